@@ -1,0 +1,148 @@
+"""Binary COPY payloads for ``weighing_logs``, built from ring records in bulk.
+
+The format is PostgreSQL's binary COPY (docs: "COPY", section "Binary
+Format"): a 19-byte header, then per row an int16 field count and per field
+an int32 byte length (-1 for NULL) followed by the value in the type's binary
+send format, then the int16 trailer -1. All integers are big-endian.
+
+Per row we send 9 fields, in :data:`COLUMNS` order:
+
+    scale_id     int4    4 bytes
+    seq          int8    8 bytes
+    measured_at  timestamptz  int8 microseconds since 2000-01-01 UTC
+    created_at   timestamptz  same
+    data_1..5    jsonb   version byte 1, then the JSON text {"val":"<text>"}
+
+Every row is laid out at its widest (each text 64 bytes) in a uint8 matrix by
+column slices, then one boolean mask drops the unused text bytes: no
+per-row Python. A text holding a quote, a backslash or a control character
+needs JSON escaping, which can make it longer; the rare rows holding one are
+encoded one by one with msgspec and appended (row order does not matter to
+COPY).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+import numpy as np
+
+from .protocol import DATA_FIELDS, MAX_TEXT_BYTES
+
+COLUMNS = ("scale_id", "seq", "measured_at", "created_at", *DATA_FIELDS)
+COPY_SQL = f"COPY weighing_logs ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = b"\xff\xff"
+PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 UTC in Unix microseconds
+
+_FIXED = np.dtype(
+    [
+        ("nfields", ">i2"),
+        ("len_scale_id", ">i4"),
+        ("scale_id", ">i4"),
+        ("len_seq", ">i4"),
+        ("seq", ">i8"),
+        ("len_measured", ">i4"),
+        ("measured", ">i8"),
+        ("len_created", ">i4"),
+        ("created", ">i8"),
+    ]
+)
+_JSON_PREFIX = b'\x01{"val":"'
+_JSON_SUFFIX = b'"}'
+_FIELD_WIDTH = 4 + len(_JSON_PREFIX) + MAX_TEXT_BYTES + len(_JSON_SUFFIX)
+_ROW_WIDTH = _FIXED.itemsize + len(DATA_FIELDS) * _FIELD_WIDTH
+
+
+def _field_offset(k: int) -> int:
+    return _FIXED.itemsize + k * _FIELD_WIDTH
+
+
+def build(records: np.ndarray, created_us: int) -> bytes:
+    """Return the whole binary COPY payload (header to trailer) for ``records``.
+
+    ``records`` is a ``protocol.RECORD_DTYPE`` array of any length;
+    ``created_us`` (Unix microseconds) becomes every row's ``created_at``.
+    """
+    n = len(records)
+    text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
+    # NUL never occurs inside a text (protocol rejects it), so NUL is padding.
+    special = ((text < 0x20) & (text != 0)) | (text == 0x22) | (text == 0x5C)
+    needs_escape = special.any(axis=(1, 2))
+    clean = records if not needs_escape.any() else records[~needs_escape]
+    parts = [HEADER, _build_clean(clean, created_us)]
+    if needs_escape.any():
+        parts.extend(_build_row(r, created_us) for r in records[needs_escape])
+    parts.append(TRAILER)
+    return b"".join(parts)
+
+
+def _build_clean(records: np.ndarray, created_us: int) -> bytes:
+    n = len(records)
+    if n == 0:
+        return b""
+    fixed = np.empty(n, _FIXED)
+    fixed["nfields"] = len(COLUMNS)
+    fixed["len_scale_id"] = 4
+    fixed["scale_id"] = records["scale_id"]
+    fixed["len_seq"] = 8
+    fixed["seq"] = records["seq"]
+    fixed["len_measured"] = 8
+    fixed["measured"] = records["measured_us"] - PG_EPOCH_US
+    fixed["len_created"] = 8
+    fixed["created"] = created_us - PG_EPOCH_US
+
+    text_len = records["text_len"].astype(np.int32)  # (n, 5), -1 for NULL
+    text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
+    field_len = np.where(text_len < 0, -1, text_len + len(_JSON_PREFIX) + len(_JSON_SUFFIX))
+
+    rows = np.empty((n, _ROW_WIDTH), np.uint8)
+    keep = np.ones((n, _ROW_WIDTH), bool)
+    rows[:, : _FIXED.itemsize] = fixed.view(np.uint8).reshape(n, _FIXED.itemsize)
+    positions = np.arange(MAX_TEXT_BYTES)
+    for k in range(len(DATA_FIELDS)):
+        at = _field_offset(k)
+        rows[:, at : at + 4] = field_len[:, k].astype(">i4").view(np.uint8).reshape(n, 4)
+        at += 4
+        rows[:, at : at + len(_JSON_PREFIX)] = np.frombuffer(_JSON_PREFIX, np.uint8)
+        keep[:, at : at + len(_JSON_PREFIX)] = text_len[:, k, None] >= 0
+        at += len(_JSON_PREFIX)
+        rows[:, at : at + MAX_TEXT_BYTES] = text[:, k]
+        keep[:, at : at + MAX_TEXT_BYTES] = positions < text_len[:, k, None]
+        at += MAX_TEXT_BYTES
+        rows[:, at : at + len(_JSON_SUFFIX)] = np.frombuffer(_JSON_SUFFIX, np.uint8)
+        keep[:, at : at + len(_JSON_SUFFIX)] = text_len[:, k, None] >= 0
+    return rows[keep].tobytes()
+
+
+_ROW_FIXED = struct.Struct(">hiiiqiqiq")
+
+
+def _build_row(record: np.void, created_us: int) -> bytes:
+    """One row the slow way, for texts that need JSON escaping."""
+    out = [
+        _ROW_FIXED.pack(
+            len(COLUMNS),
+            4, int(record["scale_id"]),
+            8, int(record["seq"]),
+            8, int(record["measured_us"]) - PG_EPOCH_US,
+            8, created_us - PG_EPOCH_US,
+        )
+    ]
+    for k in range(len(DATA_FIELDS)):
+        length = int(record["text_len"][k])
+        if length < 0:
+            out.append(b"\xff\xff\xff\xff")
+            continue
+        value = b'\x01{"val":' + msgspec.json.encode(bytes(record["text"][k][:length]).decode()) + b"}"
+        out.append(struct.pack(">i", len(value)) + value)
+    return b"".join(out)
+
+
+def texts(records: np.ndarray, k: int) -> list[str | None]:
+    """``data_{k+1}`` of each record as text, None where NULL (for the UPSERT's parameters)."""
+    lens = records["text_len"][:, k].tolist()
+    raw = records["text"][:, k].tolist()  # S64 drops the NUL padding
+    return [None if n < 0 else b.decode() for b, n in zip(raw, lens)]

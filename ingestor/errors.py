@@ -1,0 +1,25 @@
+"""The errors scale-ingestor raises, one small hierarchy (psycopg_pool/errors.py style)."""
+
+
+class IngestorError(Exception):
+    """Base class of every error raised by scale-ingestor."""
+
+
+class ConfigError(IngestorError):
+    """A configuration value is missing, malformed or out of its allowed range."""
+
+
+class RingError(IngestorError):
+    """The shared-memory ring is missing, foreign, or used against its rules."""
+
+
+class EmbeddedPostgresError(IngestorError):
+    """The embedded PostgreSQL server could not be found, initialised or started."""
+
+
+class MigrationError(IngestorError):
+    """A schema migration failed; nothing of that migration was applied."""
+
+
+class StatsUnavailable(IngestorError):
+    """No running ingestor answered on the stats endpoint."""

@@ -1,0 +1,294 @@
+"""The wire protocol of SPEC §1: frames in, validated measurements out.
+
+A *frame* is one ZeroMQ message part, MessagePack or JSON (SPEC §1: a first
+byte of ``{`` or ``[`` means JSON). It holds one event or an array of at most
+:data:`MAX_EVENTS_PER_FRAME` events. :class:`Event` is the single definition
+of an event; msgspec checks types and ranges while decoding, and
+:func:`decode_frame` adds the rules a type cannot express (text length in
+bytes, finite numbers, ``ts`` at most 24 h ahead).
+
+Valid events go into a :class:`RecordBuilder`, which turns a whole received
+batch into one numpy array of :data:`RECORD_DTYPE` records, the unit the ring
+stores and the writers COPY. Invalid events come back as :class:`Rejected`
+values for the dead-letter store; no input raises.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Annotated, NamedTuple
+
+import msgspec
+import numpy as np
+
+MAX_EVENTS_PER_FRAME = 1000  # SPEC §1
+MAX_TEXT_BYTES = 64  # SPEC §1.1: a data string is at most 64 bytes of UTF-8
+FUTURE_TOLERANCE_US = 24 * 3600 * 1_000_000  # SPEC §1.1: ts at most 24 h ahead
+DATA_FIELDS = ("data_1", "data_2", "data_3", "data_4", "data_5")
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_ONE_US = _dt.timedelta(microseconds=1)
+# PostgreSQL's timestamptz covers 4713 BC .. 294276 AD; Python's datetime covers
+# years 1 .. 9999, so integer ts are held to the same range as string ts.
+_TS_MIN_MS = (_dt.datetime(1, 1, 1, tzinfo=_dt.timezone.utc) - _EPOCH) // _dt.timedelta(milliseconds=1)
+
+Text = str | int | float | None
+
+
+class Event(msgspec.Struct, gc=False):
+    """One measurement as a sender sends it (SPEC §1.1). Unknown fields are ignored."""
+
+    scale_id: Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    ts: int | Annotated[_dt.datetime, msgspec.Meta(tz=True)]
+    data_1: Text = None
+    data_2: Text = None
+    data_3: Text = None
+    data_4: Text = None
+    data_5: Text = None
+
+
+class _Probe(msgspec.Struct):
+    """Reads only ``scale_id`` out of an invalid event, for the dead letter."""
+
+    scale_id: object = None
+
+
+_Frame = Annotated[list[Event], msgspec.Meta(max_length=MAX_EVENTS_PER_FRAME)] | Event
+_DECODERS = {
+    True: msgspec.json.Decoder(_Frame),
+    False: msgspec.msgpack.Decoder(_Frame),
+}
+_EVENT_DECODERS = {True: msgspec.json.Decoder(Event), False: msgspec.msgpack.Decoder(Event)}
+_RAW_LIST_DECODERS = {
+    True: msgspec.json.Decoder(list[msgspec.Raw]),
+    False: msgspec.msgpack.Decoder(list[msgspec.Raw]),
+}
+_PROBE_DECODERS = {True: msgspec.json.Decoder(_Probe), False: msgspec.msgpack.Decoder(_Probe)}
+
+# A ring record: one valid measurement, fixed size so the ring can hold it in a
+# numpy array and the writers can build COPY rows from columns.
+#   scale_id      int32
+#   text_len      int8[5]   bytes of data_1..data_5, -1 when NULL
+#   seq           int64
+#   measured_us   int64     ts, microseconds since 1970-01-01 UTC
+#   received_ns   int64     time.time_ns() when the front received the frame
+#   tag           uint64    acknowledgement tag (acked mode), 0 when none
+#   text          S64[5]    UTF-8 text of data_1..data_5, NUL-padded (text
+#                           never holds NUL, see _text)
+RECORD_DTYPE = np.dtype(
+    [
+        ("scale_id", "<i4"),
+        ("text_len", "i1", (5,)),
+        ("seq", "<i8"),
+        ("measured_us", "<i8"),
+        ("received_ns", "<i8"),
+        ("tag", "<u8"),
+        ("text", "S64", (5,)),
+    ],
+    align=True,
+)
+
+
+class Rejected(NamedTuple):
+    """An invalid event (or an undecodable frame) and why (SPEC §1.1)."""
+
+    kind: str  #: short category: undecodable, invalid, too_many_events, future_ts, text_too_long, not_finite
+    reason: str  #: one sentence naming the field and the rule broken
+    scale_id: int | None  #: when the event says it and it is an integer
+    raw: bytes  #: the frame, or the event's own bytes inside an array frame
+    index: int | None  #: position in the frame's array, None for a single event
+
+
+class _Invalid(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind, self.reason = kind, reason
+
+
+def _text(name: str, value: Text) -> bytes | None:
+    """Return the stored text of one data field, or None for NULL.
+
+    Raises _Invalid for text over 64 bytes, NUL characters (PostgreSQL text
+    and jsonb cannot hold U+0000) and NaN or infinite numbers.
+    """
+    if value is None:
+        return None
+    if type(value) is str:
+        raw = value.encode()
+        if len(raw) > MAX_TEXT_BYTES:
+            raise _Invalid("text_too_long", f"{name} is {len(raw)} bytes of UTF-8, over the {MAX_TEXT_BYTES}-byte limit")
+        if b"\x00" in raw:
+            raise _Invalid("invalid", f"{name} contains U+0000, which PostgreSQL cannot store")
+        return raw
+    if type(value) is int:
+        raw = str(value).encode()
+    else:
+        if not math.isfinite(value):
+            raise _Invalid("not_finite", f"{name} is {value!r}; numbers must be finite")
+        # repr() is the shortest text that reads back as the same double;
+        # an integral value drops its ".0" (1.0 -> "1").
+        text = repr(value)
+        raw = (text[:-2] if text.endswith(".0") else text).encode()
+    if len(raw) > MAX_TEXT_BYTES:
+        raise _Invalid("text_too_long", f"{name} is a number of {len(raw)} digits, over the {MAX_TEXT_BYTES}-byte limit")
+    return raw
+
+
+class RecordBuilder:
+    """Collects valid events of one received batch as columns.
+
+    ``add`` validates what msgspec could not; ``build`` makes the numpy array
+    once per batch, so the per-event Python work is a few list appends.
+    """
+
+    __slots__ = ("scale_id", "seq", "measured_us", "texts", "text_len")
+
+    def __init__(self) -> None:
+        self.scale_id: list[int] = []
+        self.seq: list[int] = []
+        self.measured_us: list[int] = []
+        self.texts: list[bytes] = []
+        self.text_len: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def add(self, event: Event, now_us: int) -> None:
+        """Append one event; raise _Invalid (and append nothing) when it breaks a rule."""
+        ts = event.ts
+        if type(ts) is int:
+            if ts < _TS_MIN_MS:
+                raise _Invalid("invalid", f"ts {ts} ms is before year 1")
+            if ts > (now_us + FUTURE_TOLERANCE_US) // 1000:
+                raise _Invalid("future_ts", f"ts {ts} ms is more than 24 h in the future")
+            us = ts * 1000
+        else:
+            us = (ts - _EPOCH) // _ONE_US
+            if us > now_us + FUTURE_TOLERANCE_US:
+                raise _Invalid("future_ts", f"ts {ts.isoformat()} is more than 24 h in the future")
+        texts = [
+            _text("data_1", event.data_1),
+            _text("data_2", event.data_2),
+            _text("data_3", event.data_3),
+            _text("data_4", event.data_4),
+            _text("data_5", event.data_5),
+        ]
+        self.scale_id.append(event.scale_id)
+        self.seq.append(event.seq)
+        self.measured_us.append(us)
+        for t in texts:
+            if t is None:
+                self.texts.append(b"")
+                self.text_len.append(-1)
+            else:
+                self.texts.append(t)
+                self.text_len.append(len(t))
+
+    def build(self, received_ns: int, tag: int = 0) -> np.ndarray:
+        """Return the collected events as a ``RECORD_DTYPE`` array of ``len(self)`` records."""
+        n = len(self.seq)
+        out = np.zeros(n, RECORD_DTYPE)
+        if n:
+            out["scale_id"] = np.asarray(self.scale_id, np.int32)
+            out["seq"] = np.asarray(self.seq, np.int64)
+            out["measured_us"] = np.asarray(self.measured_us, np.int64)
+            out["received_ns"] = received_ns
+            out["tag"] = tag
+            out["text"] = np.asarray(self.texts, "S64").reshape(n, 5)
+            out["text_len"] = np.asarray(self.text_len, np.int8).reshape(n, 5)
+        return out
+
+
+def _is_json(frame: bytes) -> bool:
+    return frame[:1] in (b"{", b"[")
+
+
+def _kind_of(error: msgspec.ValidationError) -> str:
+    text = str(error)
+    if "missing required field" in text:
+        return "missing_field"
+    if "length <=" in text and "$" in text and "`array`" in text:
+        return "too_many_events"
+    return "invalid"
+
+
+def _scale_id_of(raw: bytes, json: bool) -> int | None:
+    try:
+        value = _PROBE_DECODERS[json].decode(raw).scale_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return value if type(value) is int else None
+
+
+def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, list[Rejected]]:
+    """Decode one frame, add its valid events to ``into``, return what was rejected.
+
+    Returns ``(events, rejected)``: how many events the frame held (an
+    undecodable frame counts as one) and the invalid ones. Never raises for
+    any input bytes; ``now_us`` (microseconds since the epoch) dates the 24 h
+    rule of SPEC §1.1.
+    """
+    json = _is_json(frame)
+    try:
+        decoded = _DECODERS[json].decode(frame)
+    except msgspec.ValidationError:
+        return _decode_one_by_one(frame, json, into, now_us)
+    except msgspec.DecodeError as e:
+        fmt = "JSON" if json else "MessagePack"
+        return 1, [Rejected("undecodable", f"undecodable {fmt} frame: {e}", None, frame, None)]
+    if type(decoded) is not list:
+        try:
+            into.add(decoded, now_us)
+        except _Invalid as e:
+            return 1, [Rejected(e.kind, e.reason, decoded.scale_id, frame, None)]
+        return 1, []
+    rejected: list[Rejected] = []
+    raws: list[msgspec.Raw] | None = None
+    for index, event in enumerate(decoded):
+        try:
+            into.add(event, now_us)
+        except _Invalid as e:
+            if raws is None:  # rare: only now pay for the events' own bytes
+                raws = _RAW_LIST_DECODERS[json].decode(frame)
+            rejected.append(Rejected(e.kind, e.reason, event.scale_id, bytes(raws[index]), index))
+    return len(decoded), rejected
+
+
+def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: int) -> tuple[int, list[Rejected]]:
+    """Slow path for a frame msgspec rejected as a whole: judge each event alone."""
+    try:
+        raws = _RAW_LIST_DECODERS[json].decode(frame)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raws = None  # not an array: one event
+    if raws is None:
+        try:
+            event = _EVENT_DECODERS[json].decode(frame)
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
+            return 1, [Rejected(kind, f"invalid event: {e}", _scale_id_of(frame, json), frame, None)]
+        try:
+            into.add(event, now_us)
+        except _Invalid as e:
+            return 1, [Rejected(e.kind, e.reason, event.scale_id, frame, None)]
+        return 1, []
+    rejected: list[Rejected] = []
+    if len(raws) > MAX_EVENTS_PER_FRAME:
+        reason = f"frame holds {len(raws)} events, over the limit of {MAX_EVENTS_PER_FRAME}"
+        for index, raw in enumerate(raws):
+            raw_bytes = bytes(raw)
+            rejected.append(Rejected("too_many_events", reason, _scale_id_of(raw_bytes, json), raw_bytes, index))
+        return len(raws), rejected
+    decoder = _EVENT_DECODERS[json]
+    for index, raw in enumerate(raws):
+        raw_bytes = bytes(raw)
+        try:
+            event = decoder.decode(raw_bytes)
+        except msgspec.ValidationError as e:
+            rejected.append(Rejected(_kind_of(e), f"invalid event: {e}", _scale_id_of(raw_bytes, json), raw_bytes, index))
+            continue
+        try:
+            into.add(event, now_us)
+        except _Invalid as e:
+            rejected.append(Rejected(e.kind, e.reason, event.scale_id, raw_bytes, index))
+    return len(raws), rejected

@@ -1,0 +1,297 @@
+"""The shared-memory ring between the front (producer) and the writers (consumers).
+
+The ring is split into *lanes*, one per writer; the front routes each
+measurement to lane ``scale_id % lanes``. Each lane is a single-producer,
+single-consumer ring of fixed-size slots, so no slot is ever contended, the
+writers of two lanes never touch the same scale (their UPSERTs cannot
+deadlock), and one scale's events stay in arrival order.
+
+Positions are absolute 64-bit counters: ``head`` counts records ever
+published into a lane, ``tail`` counts records released by its writer, and a
+record at position ``p`` lives in slot ``p % lane_capacity``. ``head - tail``
+is what the lane holds; a writer releases a record only after the
+transaction holding it has committed, so a crashed writer's records are still
+there for its successor.
+
+Memory ordering: a producer writes its records, stores ``head``, then posts
+the lane's ``data`` semaphore; a consumer waits on that semaphore before
+reading ``head``. A semaphore post/wait is a full barrier on every platform
+(edge boxes are often ARM), and, unlike a lock, a consumer killed in the
+middle cannot leave it held. ``space`` works the same way the other round.
+
+Block layout (one ``multiprocessing.shared_memory`` block, little-endian)::
+
+    offset 0                 header, 64 bytes: magic b"SCALERNG", layout
+                             version u32, lanes u32, lane_capacity u64,
+                             record size u64, draining u64, ring id 16 bytes
+    64 + 128*i               lane i: head u64 at +0, tail u64 at +64
+                             (separate cache lines: the producer stores head,
+                             the consumer stores tail)
+    64 + 128*lanes (aligned) slots: lanes x lane_capacity records
+
+The supervisor creates and unlinks the block (it outlives crashed children);
+children attach by name and only ``close()``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import secrets
+import time
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+from typing import Callable
+
+import msgspec
+import numpy as np
+
+from .errors import RingError
+
+MAGIC = b"SCALERNG"
+LAYOUT_VERSION = 1
+_HEADER = 64
+_LANE_STRIDE = 128
+_LANE_WORDS = _LANE_STRIDE // 8
+# How long one wait on a semaphore lasts before the caller re-checks its stop
+# condition: short enough for a prompt shutdown, long enough to cost nothing.
+WAIT_SLICE_S = 0.1
+
+
+class RingSpec(msgspec.Struct, frozen=True):
+    """What a child needs to attach to a ring: picklable, sent at spawn."""
+
+    name: str
+    lanes: int
+    lane_capacity: int
+    ring_id: str
+
+
+class _Semaphores:
+    """The per-lane semaphores; made by the owner and inherited by spawned children."""
+
+    def __init__(self, lanes: int, ctx: multiprocessing.context.BaseContext) -> None:
+        self.data = [ctx.Semaphore(0) for _ in range(lanes)]
+        self.space = [ctx.Semaphore(0) for _ in range(lanes)]
+
+
+def _untrack(shm: SharedMemory) -> None:
+    # Python < 3.13 registers every attach with the resource tracker, which
+    # then unlinks the block when *any* attached process exits, or warns
+    # about a "leak". The supervisor unlinks explicitly, so nobody is tracked.
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - tracker not running
+        pass
+
+
+class Ring:
+    """A lane-partitioned SPSC ring of ``dtype`` records in shared memory.
+
+    Use :meth:`create` in the owning process and :meth:`attach` in children.
+    """
+
+    def __init__(self, shm: SharedMemory, spec: RingSpec, dtype: np.dtype, sems: _Semaphores, owner: bool) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self._shm = shm
+        self._sems = sems
+        self._owner = owner
+        self._header = np.ndarray((8,), np.uint64, shm.buf, 0)
+        self._positions = np.ndarray((spec.lanes, _LANE_WORDS), np.uint64, shm.buf, _HEADER)
+        slots_offset = _slots_offset(spec.lanes, dtype)
+        self._slots = np.ndarray((spec.lanes, spec.lane_capacity), dtype, shm.buf, slots_offset)
+        self.lanes = [Lane(self, i) for i in range(spec.lanes)]
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        lanes: int,
+        lane_capacity: int,
+        dtype: np.dtype,
+        ctx: multiprocessing.context.BaseContext | None = None,
+    ) -> Ring:
+        """Create a new block of ``lanes * lane_capacity`` slots of ``dtype``.
+
+        Raises ValueError for a lane count or capacity below 1.
+        """
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes!r}")
+        if lane_capacity < 1:
+            raise ValueError(f"lane_capacity must be >= 1, got {lane_capacity!r}")
+        size = _slots_offset(lanes, dtype) + lanes * lane_capacity * dtype.itemsize
+        shm = SharedMemory(create=True, size=size)
+        _untrack(shm)
+        spec = RingSpec(name=shm.name, lanes=lanes, lane_capacity=lane_capacity, ring_id=secrets.token_hex(8))
+        header = np.ndarray((8,), np.uint64, shm.buf, 0)
+        header[:] = 0
+        shm.buf[0:8] = MAGIC
+        header[1] = LAYOUT_VERSION | (lanes << 32)
+        header[2] = lane_capacity
+        header[3] = dtype.itemsize
+        shm.buf[40:56] = bytes.fromhex(spec.ring_id).ljust(16, b"\0")
+        np.ndarray((lanes, _LANE_WORDS), np.uint64, shm.buf, _HEADER)[:] = 0
+        sems = _Semaphores(lanes, ctx or multiprocessing.get_context("spawn"))
+        return cls(shm, spec, dtype, sems, owner=True)
+
+    @classmethod
+    def attach(cls, spec: RingSpec, dtype: np.dtype, sems: _Semaphores) -> Ring:
+        """Attach to a ring created by another process.
+
+        Raises RingError when the block is missing or its layout differs.
+        """
+        try:
+            shm = SharedMemory(name=spec.name)
+        except FileNotFoundError:
+            raise RingError(f"shared-memory ring {spec.name!r} does not exist") from None
+        _untrack(shm)
+        if bytes(shm.buf[0:8]) != MAGIC:
+            shm.close()
+            raise RingError(f"shared memory {spec.name!r} is not a scale-ingestor ring")
+        header = np.ndarray((8,), np.uint64, shm.buf, 0)
+        if int(header[3]) != dtype.itemsize or int(header[2]) != spec.lane_capacity:
+            shm.close()
+            raise RingError(f"ring {spec.name!r} layout differs from this build's record layout")
+        return cls(shm, spec, dtype, sems, owner=False)
+
+    @property
+    def handles(self) -> tuple[RingSpec, _Semaphores]:
+        """``(spec, semaphores)``: pass both to a spawned child for :meth:`attach`."""
+        return self.spec, self._sems
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.lanes * self.spec.lane_capacity
+
+    def used(self) -> int:
+        """Records held in all lanes (published, not yet released)."""
+        pos = self._positions
+        return int((pos[:, 0] - pos[:, 8]).sum())
+
+    @property
+    def draining(self) -> bool:
+        """Set by the supervisor once the front has stopped: writers exit when their lane is empty."""
+        return bool(self._header[4])
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._header[4] = 1 if value else 0
+        for sem in self._sems.data:  # wake every writer to look at the flag
+            sem.release()
+
+    def close(self) -> None:
+        """Let go of the block in this process (children call only this)."""
+        self.lanes = []
+        del self._header, self._positions, self._slots
+        self._shm.close()
+
+    def unlink(self) -> None:
+        """Destroy the block; only the owner calls this, after every child is gone."""
+        if not self._owner:
+            raise RingError("only the process that created the ring may unlink it")
+        self._shm.unlink()
+
+
+def _slots_offset(lanes: int, dtype: np.dtype) -> int:
+    end = _HEADER + lanes * _LANE_STRIDE
+    align = max(64, dtype.alignment)
+    return (end + align - 1) // align * align
+
+
+class Lane:
+    """One SPSC lane: the front calls ``put``; lane ``i``'s writer calls ``peek``/``release``."""
+
+    def __init__(self, ring: Ring, index: int) -> None:
+        self.index = index
+        self.capacity = ring.spec.lane_capacity
+        self._pos = ring._positions[index]
+        self._slots = ring._slots[index]
+        self._data = ring._sems.data[index]
+        self._space = ring._sems.space[index]
+
+    @property
+    def head(self) -> int:
+        return int(self._pos[0])
+
+    @property
+    def tail(self) -> int:
+        return int(self._pos[8])
+
+    def used(self) -> int:
+        return int(self._pos[0] - self._pos[8])
+
+    def free(self) -> int:
+        return self.capacity - self.used()
+
+    # -- producer -------------------------------------------------------
+
+    def put(self, records: np.ndarray) -> int:
+        """Publish as many of ``records`` as fit now; return how many (0 when full)."""
+        head = int(self._pos[0])
+        n = min(len(records), self.capacity - (head - int(self._pos[8])))
+        if n <= 0:
+            return 0
+        start = head % self.capacity
+        first = min(n, self.capacity - start)
+        self._slots[start : start + first] = records[:first]
+        if n > first:  # wrap around
+            self._slots[: n - first] = records[first:n]
+        self._pos[0] = head + n  # publish only after the content is written
+        self._data.release()
+        return n
+
+    def put_all(self, records: np.ndarray, keep_waiting: Callable[[], bool] = lambda: True) -> int:
+        """Publish all ``records``, waiting for space while the lane is full.
+
+        Returns how many were published: all of them, unless ``keep_waiting``
+        returned False while the lane was full.
+        """
+        done = 0
+        while done < len(records):
+            done += self.put(records[done:])
+            if done < len(records):
+                self._space.acquire(timeout=WAIT_SLICE_S)
+                if not keep_waiting():
+                    break
+        return done
+
+    # -- consumer -------------------------------------------------------
+
+    def wait_batch(self, max_records: int, timeout_s: float, keep_waiting: Callable[[], bool]) -> int:
+        """Wait until a batch is ready and return its size (at most ``max_records``).
+
+        A batch is ready when ``max_records`` records are held, or when the
+        oldest held record was received ``timeout_s`` ago (the batch timeout
+        counts from the first event's arrival, not from when we looked).
+        Returns 0 when ``keep_waiting`` returns False with nothing ready.
+        """
+        while True:
+            n = self.used()
+            if n >= max_records:
+                return max_records
+            if n:
+                oldest_ns = int(self._slots[self.tail % self.capacity]["received_ns"])
+                left = oldest_ns / 1e9 + timeout_s - time.time()
+                if left <= 0:
+                    return n
+                self._data.acquire(timeout=min(left, WAIT_SLICE_S))
+            else:
+                if not keep_waiting():
+                    return 0
+                self._data.acquire(timeout=WAIT_SLICE_S)
+
+    def peek(self, n: int) -> np.ndarray:
+        """Copy of the ``n`` oldest held records (they stay in the lane until :meth:`release`)."""
+        n = min(n, self.used())
+        start = self.tail % self.capacity
+        first = min(n, self.capacity - start)
+        if first == n:
+            return self._slots[start : start + n].copy()
+        return np.concatenate((self._slots[start:], self._slots[: n - first]))
+
+    def release(self, n: int) -> None:
+        """Free the ``n`` oldest records: call only after they are committed."""
+        if n < 0 or n > self.used():
+            raise RingError(f"cannot release {n} records from lane {self.index} holding {self.used()}")
+        self._pos[8] = int(self._pos[8]) + n
+        self._space.release()

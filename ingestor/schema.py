@@ -1,0 +1,94 @@
+"""The database schema: versioned migrations from ``sql/`` and daily partitions.
+
+Migrations are the files ``sql/NNN_name.sql``, applied in version order,
+each in its own transaction together with its row in
+``ingestor_schema_migrations``; a transaction-level advisory lock keeps two
+starting services from applying the same one twice. Applying is idempotent:
+a recorded version is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+from typing import NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from .errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+PARTITIONS_AHEAD = 7  # days of weighing_logs partitions kept ready ahead of today
+_LOCK_KEY = 0x5CA1E  # advisory lock held while migrating
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """The migrations shipped with this version, in version order."""
+    found = []
+    for entry in importlib.resources.files("ingestor.sql").iterdir():
+        m = _FILE.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def set_search_path(conn: psycopg.Connection, schema: str) -> None:
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+
+
+def migrate(dsn: str, schema: str = "public") -> list[Migration]:
+    """Bring the schema ``schema`` of database ``dsn`` up to date; return what was applied.
+
+    Raises MigrationError (naming the migration) when one fails; its
+    transaction is rolled back and later migrations are not tried.
+    """
+    applied = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        set_search_path(conn, schema)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS ingestor_schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in migrations():
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                done = conn.execute(
+                    "SELECT 1 FROM ingestor_schema_migrations WHERE version = %s", (migration.version,)
+                ).fetchone()
+                if done:
+                    continue
+                try:
+                    conn.execute(migration.sql)
+                except psycopg.Error as e:
+                    raise MigrationError(
+                        f"migration {migration.version:03d}_{migration.name} failed: {e}"
+                    ) from e
+                conn.execute(
+                    "INSERT INTO ingestor_schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                log.info("Applied migration %03d_%s", migration.version, migration.name)
+                applied.append(migration)
+        ensure_partitions(conn, PARTITIONS_AHEAD)
+    return applied
+
+
+def ensure_partitions(conn: psycopg.Connection, days_ahead: int = PARTITIONS_AHEAD) -> int:
+    """Create the missing daily partitions from today to ``days_ahead`` days on; return how many."""
+    row = conn.execute("SELECT ingestor_ensure_partitions(%s)", (days_ahead,)).fetchone()
+    created = int(row[0]) if row else 0
+    if created:
+        log.info("Created %d daily partition(s) of weighing_logs", created)
+    return created

@@ -1,0 +1,146 @@
+"""Counters shared by all processes, and the figures of SPEC §4 made from them.
+
+Every counter has exactly one writing process (the front, writer ``i``, or
+the supervisor), so plain 64-bit stores suffice; the supervisor reads them
+all to answer ``ingestor stats``. The block is owned by the supervisor like
+the ring, so a writer's counts survive its crash and restart.
+"""
+
+from __future__ import annotations
+
+import json
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import zmq
+
+from .errors import StatsUnavailable
+from .ring import _untrack
+
+# Receive-to-commit latency histogram: 1 ms buckets up to 1 s, 100 ms buckets
+# up to 60 s, one overflow bucket. Fine where the p99 target (300 ms) lives.
+_FINE_MS, _COARSE_STEP_MS, _MAX_MS = 1000, 100, 60_000
+HIST_BUCKETS = _FINE_MS + (_MAX_MS - _FINE_MS) // _COARSE_STEP_MS + 1
+
+FRONT_DTYPE = np.dtype(
+    [
+        ("pid", "<i8"),
+        ("received_frames", "<i8"),
+        ("received_events", "<i8"),
+        ("invalid", "<i8"),
+        ("dead_letter_errors", "<i8"),
+    ]
+)
+
+WRITER_DTYPE = np.dtype(
+    [
+        ("pid", "<i8"),
+        ("restarts", "<i8"),  # written by the supervisor
+        ("persisted", "<i8"),
+        ("failed", "<i8"),
+        ("duplicates", "<i8"),
+        ("batches", "<i8"),
+        ("batch_us_total", "<i8"),
+        ("last_batch_us", "<i8"),
+        ("last_commit_ns", "<i8"),
+        ("connected", "<i8"),
+        ("latency_hist", "<i8", (HIST_BUCKETS,)),
+    ]
+)
+
+
+class Counters:
+    """The shared counter block: ``front`` (one record) and ``writers`` (one per lane)."""
+
+    def __init__(self, shm: SharedMemory, writers: int, owner: bool) -> None:
+        self._shm = shm
+        self._owner = owner
+        self.name = shm.name
+        self.front = np.ndarray((), FRONT_DTYPE, shm.buf, 0)
+        self.writers = np.ndarray((writers,), WRITER_DTYPE, shm.buf, _writers_offset())
+
+    @classmethod
+    def create(cls, writers: int) -> Counters:
+        shm = SharedMemory(create=True, size=_writers_offset() + writers * WRITER_DTYPE.itemsize)
+        _untrack(shm)
+        shm.buf[:] = b"\0" * shm.size
+        return cls(shm, writers, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, writers: int) -> Counters:
+        shm = SharedMemory(name=name)
+        _untrack(shm)
+        return cls(shm, writers, owner=False)
+
+    def close(self) -> None:
+        del self.front, self.writers
+        self._shm.close()
+
+    def unlink(self) -> None:
+        self._shm.unlink()
+
+
+def _writers_offset() -> int:
+    return (FRONT_DTYPE.itemsize + 63) // 64 * 64
+
+
+def latency_buckets(latency_ns: np.ndarray) -> np.ndarray:
+    """Histogram of ``latency_ns`` (int64 array, any length) as HIST_BUCKETS counts."""
+    ms = np.maximum(latency_ns, 0) // 1_000_000
+    idx = np.where(ms < _FINE_MS, ms, _FINE_MS + (ms - _FINE_MS) // _COARSE_STEP_MS)
+    return np.bincount(np.minimum(idx, HIST_BUCKETS - 1), minlength=HIST_BUCKETS)
+
+
+def percentile_ms(hist: np.ndarray, q: float) -> float | None:
+    """Upper bound in ms of the bucket holding the ``q`` quantile (0 < q <= 1), None when empty."""
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(hist), q * total))
+    if i < _FINE_MS:
+        return float(i + 1)
+    return float(_FINE_MS + (i - _FINE_MS + 1) * _COARSE_STEP_MS)
+
+
+# -- the stats socket ---------------------------------------------------------
+
+STATS_REQUEST = b"stats"
+
+
+def query(endpoint: str, timeout_s: float = 2.0) -> dict:
+    """Ask the service on ``endpoint`` for its figures (SPEC §4).
+
+    Raises StatsUnavailable when nothing answers within ``timeout_s`` seconds.
+    """
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+    try:
+        sock.connect(endpoint)
+        sock.send(STATS_REQUEST)
+        reply = sock.recv()
+    except zmq.Again:
+        raise StatsUnavailable(f"no ingestor answered on {endpoint} within {timeout_s:g} s") from None
+    except zmq.ZMQError as e:
+        raise StatsUnavailable(f"cannot reach an ingestor on {endpoint}: {e}") from None
+    finally:
+        sock.close()
+    return json.loads(reply)
+
+
+def format_text(stats: dict) -> str:
+    """The figures as aligned ``name: value`` lines for people."""
+    lines = []
+    for key, value in stats.items():
+        if key == "writers":
+            continue
+        lines.append(f"{key:>20}: {value}")
+    for i, w in enumerate(stats.get("writers", [])):
+        state = "alive" if w["alive"] else "dead"
+        lines.append(
+            f"{'writer ' + str(i):>20}: pid {w['pid']} {state}, {w['persisted']} persisted in "
+            f"{w['batches']} batches, last {w['last_batch_ms']} ms, {w['restarts']} restarts"
+        )
+    return "\n".join(lines)
