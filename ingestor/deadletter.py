@@ -96,14 +96,21 @@ def read(directory: str | os.PathLike[str]) -> Iterator[tuple[Path, DeadLetter]]
 
     A line that is not a dead letter (a torn last line after a crash) is skipped.
     """
-    decoder = msgspec.json.Decoder(DeadLetter)
     for path in sorted(Path(directory).glob("*.jsonl")):
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    yield path, decoder.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
+        yield from read_file(path)
+
+
+_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def read_file(path: Path) -> Iterator[tuple[Path, DeadLetter]]:
+    """The dead letters of one file; a torn or foreign line is skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                yield path, _decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
 
 
 def summarize(directory: str | os.PathLike[str]) -> dict:

@@ -84,6 +84,16 @@ def _untrack(shm: SharedMemory) -> None:
         pass
 
 
+def _unlink(shm: SharedMemory) -> None:
+    # SharedMemory.unlink() unregisters from the tracker; register first so
+    # the tracker has the name to remove (see _untrack).
+    try:
+        resource_tracker.register(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover
+        pass
+    shm.unlink()
+
+
 class Ring:
     """A lane-partitioned SPSC ring of ``dtype`` records in shared memory.
 
@@ -189,7 +199,7 @@ class Ring:
         """Destroy the block; only the owner calls this, after every child is gone."""
         if not self._owner:
             raise RingError("only the process that created the ring may unlink it")
-        self._shm.unlink()
+        _unlink(self._shm)
 
 
 def _slots_offset(lanes: int, dtype: np.dtype) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from .errors import StatsUnavailable
-from .ring import _untrack
+from .ring import _unlink, _untrack
 
 # Receive-to-commit latency histogram: 1 ms buckets up to 1 s, 100 ms buckets
 # up to 60 s, one overflow bucket. Fine where the p99 target (300 ms) lives.
@@ -77,7 +77,7 @@ class Counters:
         self._shm.close()
 
     def unlink(self) -> None:
-        self._shm.unlink()
+        _unlink(self._shm)
 
 
 def _writers_offset() -> int:

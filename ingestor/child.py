@@ -1,0 +1,70 @@
+"""The one entry point of every child process (started with the ``spawn`` method).
+
+The supervisor blocks SIGINT and SIGTERM while it spawns; here the child sets
+up logging again, installs its own handlers and only then unblocks them
+(dramatiq's ``try_block_signals`` idea), so no signal lands before the child
+can handle it. Children ignore SIGINT: a Ctrl-C in the terminal reaches the
+whole process group, and the supervisor alone decides how to stop. SIGTERM
+sets a flag the child's loop reads.
+
+Each child also stops when its supervisor is gone (its parent pid changes),
+so a SIGKILLed supervisor leaves no orphans running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+# Named exit codes (gunicorn's WORKER_BOOT_ERROR idea): the supervisor halts
+# instead of restarting a child that can never boot.
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s[%(process)d] %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+class StopFlag:
+    """Set by SIGTERM, or when the supervisor (our parent) has died."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.parent = os.getppid()
+
+    def __call__(self) -> bool:
+        return self.requested or os.getppid() != self.parent
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+def main(role: str, log_level: str, kwargs: dict[str, Any]) -> None:
+    """Run child ``role`` (``front``, ``writer`` or ``simulator``) with ``kwargs``; exits the process."""
+    setup_logging(log_level)
+    stop = StopFlag()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop.handle)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    log = logging.getLogger("ingestor.child")
+    try:
+        if role == "front":
+            from .front import run_front as target
+        elif role == "writer":
+            from .writer import run_writer as target
+        elif role == "simulator":
+            from .simulator import run_simulator as target
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown child role {role!r}")
+        code = target(stop=stop, **kwargs)
+    except Exception:
+        log.exception("%s crashed", role)
+        sys.exit(1)
+    sys.exit(code or EXIT_OK)

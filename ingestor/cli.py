@@ -1,0 +1,208 @@
+"""The ``ingestor`` command (SPEC §3): run, stats, migrate, dead-letters, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, config as config_mod, deadletter, stats
+from .child import setup_logging
+from .errors import ConfigError, IngestorError, StatsUnavailable
+
+DEFAULT_STATS_ENDPOINT = config_mod.Config().stats_endpoint
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``ingestor run``; each defaults to None so only given flags override."""
+    o = p.add_argument
+    o("--config", metavar="FILE", help="TOML file with any of these options (keys as below, with _ for -)")
+    o("--dsn", help="libpq connection string or URI; none anywhere: start an embedded PostgreSQL under --data-dir")
+    o("--schema", help="database schema of the tables (default: public)")
+    o("--bind", help="PULL endpoint senders connect to (default: tcp://0.0.0.0:5555)")
+    o("--ack-bind", help="ROUTER endpoint of acked mode (SPEC §1.3; default: off)")
+    o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
+    o("--batch-size", type=int, help="events per COPY batch at most (default: 5000)")
+    o("--batch-timeout-ms", type=int, help="a batch closes this long after its first event arrived (default: 200)")
+    o("--ring-capacity", type=int, help="slots in the shared-memory ring, all lanes together (default: 65536)")
+    o("--max-frame-bytes", type=int, help="larger ZeroMQ frames are refused (default: 1048576)")
+    o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
+                         "(default: /var/lib/ingestor as root, ./ingestor-data otherwise)")
+    o("--dead-letter-dir", help="JSON Lines files of invalid events (default: DATA_DIR/dead-letters)")
+    o("--spool-dir", help="on-disk spool (default: DATA_DIR/spool)")
+    o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
+    o("--log-level", help="debug, info, warning or error (default: info)")
+    o("--simulate-scales", type=int, help="also run a simulator of this many scales sending to --bind (default: 0)")
+    o("--simulate-rate", type=float, help="simulated events per second, all scales together (default: 300)")
+    o("--run-seconds", type=float, help="drain and exit after this many seconds (default: 0 = run until stopped)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ingestor", description="Scale measurements from ZeroMQ into PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"scale-ingestor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the service")
+    _add_run_options(run)
+
+    st = sub.add_parser("stats", help="the running service's figures (SPEC §4)")
+    st.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT))
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default: 2)")
+
+    mg = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    mg.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
+    mg.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+
+    dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
+    dl_sub = dl.add_subparsers(dest="action", required=True)
+    ls = dl_sub.add_parser("list", help="counts by kind, with time range and an example reason")
+    rp = dl_sub.add_parser("replay", help="re-send the dead letters that are valid now; keep the rest")
+    for p in (ls, rp):
+        p.add_argument("--dead-letter-dir", help="default: from --config / INGESTOR_DEAD_LETTER_DIR / DATA_DIR/dead-letters")
+        p.add_argument("--config", metavar="FILE")
+    ls.add_argument("--json", action="store_true")
+    rp.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the service's PULL endpoint")
+
+    cf = sub.add_parser("config", help="the effective configuration")
+    cf_sub = cf.add_subparsers(dest="action", required=True)
+    show = cf_sub.add_parser("show", help="print every option with where its value came from")
+    _add_run_options(show)
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> tuple[config_mod.Config, dict[str, str]]:
+    flags = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS}
+    return config_mod.load(flags, config_file=args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config, _ = _load_config(args)
+    setup_logging(config.log_level)
+    try:
+        import uvloop  # noqa: F401  (asyncio users in this process get uvloop)
+    except ImportError:
+        pass
+    from .supervisor import Supervisor
+
+    return Supervisor(config).run()
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    try:
+        figures = stats.query(args.stats_endpoint, args.timeout)
+    except StatsUnavailable as e:
+        print(f"ingestor stats: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(figures, indent=2) if args.json else stats.format_text(figures))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import schema
+
+    setup_logging("info")
+    applied = schema.migrate(args.dsn, args.schema)
+    print(f"schema {args.schema!r} is up to date ({len(applied)} migration(s) applied now)")
+    return 0
+
+
+def _dead_letter_dir(args: argparse.Namespace) -> Path:
+    if args.dead_letter_dir:
+        return Path(args.dead_letter_dir)
+    config, _ = config_mod.load({}, config_file=args.config)
+    return config.resolved_dead_letter_dir()
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    directory = _dead_letter_dir(args)
+    if args.action == "list":
+        summary = deadletter.summarize(directory)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        elif not summary:
+            print(f"no dead letters in {directory}")
+        else:
+            for kind, s in summary.items():
+                print(f"{s['count']:>9}  {kind:<22} {s['first']} .. {s['last']}  e.g. {s['example']}")
+        return 0
+    resent, kept = replay(directory, args.endpoint)
+    print(f"re-sent {resent} dead letter(s) to {args.endpoint}; kept {kept} still invalid")
+    return 0
+
+
+def replay(directory: Path, endpoint: str) -> tuple[int, int]:
+    """Re-send the dead letters under ``directory`` that are valid now; rewrite the files with the rest.
+
+    Returns ``(resent, kept)``.
+    """
+    import msgspec
+    import zmq
+
+    from .protocol import RecordBuilder, decode_frame
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoint)
+    resent = kept = 0
+    encoder = msgspec.json.Encoder()
+    now_us = time.time_ns() // 1000
+    try:
+        for path in sorted(directory.glob("*.jsonl")):
+            keep_lines = []
+            for _, letter in deadletter.read_file(path):
+                raw = letter.frame_bytes()
+                _, rejected = decode_frame(raw, RecordBuilder(), now_us)
+                if rejected:
+                    keep_lines.append(encoder.encode(letter))
+                    kept += 1
+                else:
+                    push.send(raw)
+                    resent += 1
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_bytes(b"".join(line + b"\n" for line in keep_lines))
+            if keep_lines:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink()
+                path.unlink()
+    finally:
+        push.close(linger=10_000)
+        ctx.term()
+    return resent, kept
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config, sources = _load_config(args)
+    print(config_mod.to_toml(config, sources))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "stats": cmd_stats,
+    "migrate": cmd_migrate,
+    "dead-letters": cmd_dead_letters,
+    "config": cmd_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"ingestor: {e}", file=sys.stderr)
+        return 2
+    except IngestorError as e:
+        logging.getLogger("ingestor").error("%s", e)
+        print(f"ingestor: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The service's configuration: one msgspec Struct, filled in layers.
+
+Layers, later ones winning (SPEC §3): the defaults below, the TOML file given
+by ``--config``, ``INGESTOR_<NAME>`` environment variables, command-line
+flags. :func:`load` records where each value came from, and checks every
+value once, raising ConfigError with the key and the allowed range.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+
+from .errors import ConfigError
+
+ENV_PREFIX = "INGESTOR_"
+
+
+def default_data_dir() -> str:
+    """``/var/lib/ingestor`` for root (a system service), ``./ingestor-data`` otherwise."""
+    return "/var/lib/ingestor" if os.geteuid() == 0 else "ingestor-data"
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every option of ``ingestor run`` (README "Options" lists them with their meaning)."""
+
+    dsn: str | None = None
+    schema: str = "public"
+    bind: str = "tcp://0.0.0.0:5555"
+    ack_bind: str | None = None
+    writers: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
+    batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 200
+    ring_capacity: Annotated[int, msgspec.Meta(ge=64, le=1 << 26)] = 65536
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 30)] = 1 << 20
+    data_dir: str = msgspec.field(default_factory=default_data_dir)
+    dead_letter_dir: str | None = None
+    spool_dir: str | None = None
+    stats_endpoint: str = "tcp://127.0.0.1:5557"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    simulate_scales: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 0
+    simulate_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 300.0
+    run_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    def writer_count(self) -> int:
+        """``writers``, with ``auto`` resolved for this machine (README "Writers")."""
+        if self.writers != "auto":
+            return self.writers
+        return auto_writers(os.cpu_count() or 1)
+
+    def resolved_dead_letter_dir(self) -> Path:
+        return Path(self.dead_letter_dir or Path(self.data_dir) / "dead-letters")
+
+    def resolved_spool_dir(self) -> Path:
+        return Path(self.spool_dir or Path(self.data_dir) / "spool")
+
+
+def auto_writers(cpus: int) -> int:
+    """Writer count for ``--writers auto``: one per core, at least 2, at most 8.
+
+    Two writers keep PostgreSQL busy while one of them builds its next COPY
+    payload; more than one per core only adds context switches.
+    """
+    return max(2, min(8, cpus))
+
+
+FIELDS = tuple(f.name for f in msgspec.structs.fields(Config))
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in FIELDS:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _file_layer(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path!r}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def load(
+    flags: Mapping[str, Any],
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[Config, dict[str, str]]:
+    """Merge the layers into a checked Config; return it with the source of every key.
+
+    ``flags`` holds only the options given on the command line. Raises
+    ConfigError naming the key, the bad value and the rule it breaks.
+    """
+    layers = [("file " + config_file if config_file else "file", _file_layer(config_file)),
+              ("environment", _env_layer(environ)),
+              ("command line", {k: v for k, v in flags.items() if v is not None})]
+    merged: dict[str, Any] = {}
+    sources = {name: "default" for name in FIELDS}
+    for source, values in layers:
+        for key, value in values.items():
+            merged[key] = value
+            sources[key] = source
+    if isinstance(merged.get("writers"), str) and merged["writers"].isdigit():
+        merged["writers"] = int(merged["writers"])
+    try:
+        config = msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as e:
+        key = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else "?"
+        value = merged.get(key, "<missing>")
+        raise ConfigError(f"invalid value {value!r} for {key} (from {sources.get(key, '?')}): {e}") from None
+    return config, sources
+
+
+def to_toml(config: Config, sources: Mapping[str, str]) -> str:
+    """The effective configuration as TOML, each line commented with its source."""
+    lines = []
+    for name in FIELDS:
+        value = getattr(config, name)
+        if value is None:
+            lines.append(f"# {name} = (unset)  # {sources[name]}")
+            continue
+        lines.append(f"{name} = {_toml_value(value)}  # {sources[name]}")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return msgspec.json.encode(str(value)).decode()

@@ -1,0 +1,445 @@
+"""The supervisor (``ingestor run``): owns the ring and the children, in one loop.
+
+Modelled on gunicorn's arbiter. Signal handlers only queue the signal; the
+loop wakes on a signal (``signal.set_wakeup_fd``), a child's death (its
+process sentinel), a stats request, or once a second, then handles queued
+signals, reaps dead children, spawns missing ones and does its periodic
+work (rate line, partitions).
+
+Children: one front, one writer per ring lane, and optionally a simulator.
+A dead child is respawned at the same index, after a backoff that doubles
+with each quick failure; a child exiting with ``EXIT_BOOT_ERROR`` halts the
+supervisor instead (it would only fail again).
+
+Stopping:
+- graceful (SIGTERM, SIGINT): status ``draining``; stop the simulator and
+  the front (SIGTERM, they finish the batch in hand), then set the ring's
+  draining flag so writers exit once their lane is written; then stop the
+  embedded PostgreSQL and exit 0. If that takes longer than
+  ``GRACEFUL_TIMEOUT_S``, what is left is killed and the exit code is 1.
+- immediate (SIGQUIT, or a second SIGINT/SIGTERM): SIGKILL every child and exit 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import errno
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+import zmq
+
+from . import child, schema
+from .config import Config
+from .embedded_pg import EmbeddedPostgres
+from .errors import IngestorError
+from .protocol import RECORD_DTYPE
+from .ring import Ring
+from .stats import STATS_REQUEST, Counters, percentile_ms
+
+log = logging.getLogger(__name__)
+
+LOOP_WAKE_S = 1.0  # the loop runs at least this often
+RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
+RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
+PARTITION_CHECK_EVERY_S = 3600.0
+GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
+FRONT_STOP_TIMEOUT_S = 15.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
+STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+
+
+class Child:
+    """One supervised child slot: what to run, the current process, its restart history."""
+
+    def __init__(self, role: str, index: int, kwargs: dict) -> None:
+        self.role = role
+        self.index = index
+        self.kwargs = kwargs
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.quick_failures = 0
+        self.spawn_after = 0.0
+        self.wanted = True
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role != "writer" else f"writer-{self.index}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+
+class Supervisor:
+    """Runs the service described by ``config``; :meth:`run` returns the exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.status = "starting"
+        self.started = time.time()
+        self.children: list[Child] = []
+        self.ring: Ring | None = None
+        self.counters: Counters | None = None
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = config.dsn
+        self.zmq = zmq.Context()
+        self.stats_sock: zmq.Socket | None = None
+        self._wakeup_r = self._wakeup_w = -1
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._last_rate_log = self._last_partition_check = time.monotonic()
+        self._stop_deadline = 0.0
+        self._halt_reason: str | None = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signals()
+        try:
+            self.boot()
+            self.status = "running"
+            log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
+                     len(self.writers), self.ring.capacity, self.config.stats_endpoint)
+            while True:
+                self.sleep()
+                code = self.handle_signals()
+                if code is None:
+                    self.reap_children()
+                    code = self.manage_children()
+                if code is not None:
+                    return code
+                self.tick()
+        except IngestorError as e:
+            log.error("%s", e)
+            return 2
+        finally:
+            self.cleanup()
+
+    def install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        signal.set_wakeup_fd(self._wakeup_w)
+        for sig in SIGNALS:
+            signal.signal(sig, self.signal_handler)
+
+    def signal_handler(self, signum: int, frame: object) -> None:
+        """NO LOGGING, just queue the signal (the loop handles it)."""
+        self.signals.put(signum)
+
+    def sleep(self) -> None:
+        """Wait up to LOOP_WAKE_S for a signal, a child's death or a stats request; answer stats."""
+        poller = zmq.Poller()
+        poller.register(self.stats_sock, zmq.POLLIN)
+        poller.register(self._wakeup_r, zmq.POLLIN)
+        for c in self.children:
+            if c.alive():
+                poller.register(c.process.sentinel, zmq.POLLIN)
+        try:
+            events = dict(poller.poll(LOOP_WAKE_S * 1000))
+        except zmq.ZMQError as e:
+            if e.errno == errno.EINTR:
+                return
+            raise
+        if self._wakeup_r in events:
+            try:
+                while os.read(self._wakeup_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.stats_sock in events:
+            self.serve_stats()
+
+    def handle_signals(self) -> int | None:
+        while True:
+            try:
+                sig = self.signals.get_nowait()
+            except queue.Empty:
+                return None
+            name = signal.Signals(sig).name
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: nothing to reload (configuration is read at start)")
+            elif sig == signal.SIGQUIT or self.status == "draining":
+                log.warning("%s: stopping immediately", name)
+                return self.stop_immediately()
+            else:
+                log.info("%s: draining (stop reading, write everything accepted, exit)", name)
+                self.begin_drain()
+
+    # -- boot -----------------------------------------------------------------
+
+    def boot(self) -> None:
+        cfg = self.config
+        if not self.dsn:
+            self.embedded = EmbeddedPostgres(cfg.data_dir)
+            self.dsn = self.embedded.start()
+            print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
+        try:
+            schema.migrate(self.dsn, cfg.schema)
+        except psycopg.OperationalError as e:
+            raise IngestorError(f"cannot connect to PostgreSQL to migrate: {e}") from None
+        writers = cfg.writer_count()
+        lane_capacity = max(1, cfg.ring_capacity // writers)
+        self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
+        self.counters = Counters.create(writers)
+        self.stats_sock = self.zmq.socket(zmq.REP)
+        self.stats_sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self.stats_sock.bind(cfg.stats_endpoint)
+        except zmq.ZMQError as e:
+            raise IngestorError(f"cannot bind the stats endpoint {cfg.stats_endpoint}: {e}") from None
+        dead_letter_dir = str(cfg.resolved_dead_letter_dir())
+        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name}
+        for i in range(writers):
+            self.children.append(Child("writer", i, {
+                **shared, "index": i, "dsn": self.dsn, "schema": cfg.schema, "batch_size": cfg.batch_size,
+                "batch_timeout_ms": cfg.batch_timeout_ms, "dead_letter_dir": dead_letter_dir,
+            }))
+        self.children.append(Child("front", 0, {
+            **shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
+            "dead_letter_dir": dead_letter_dir,
+        }))
+        if cfg.simulate_scales:
+            endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+            self.children.append(Child("simulator", 0, {
+                "endpoint": endpoint, "scales": cfg.simulate_scales, "rate": cfg.simulate_rate,
+            }))
+        for c in self.children:
+            self.spawn(c)
+
+    @property
+    def writers(self) -> list[Child]:
+        return [c for c in self.children if c.role == "writer"]
+
+    def child(self, role: str) -> Child | None:
+        return next((c for c in self.children if c.role == role), None)
+
+    # -- children ---------------------------------------------------------------
+
+    def spawn(self, c: Child) -> None:
+        process = self.ctx.Process(
+            target=child.main, args=(c.role, self.config.log_level, c.kwargs), name=c.name, daemon=False
+        )
+        with _signals_blocked():
+            process.start()
+        c.process = process
+        c.started_at = time.monotonic()
+        log.debug("Spawned %s (pid %d)", c.name, process.pid)
+
+    def reap_children(self) -> None:
+        """Notice children that ended; log how, and schedule their respawn."""
+        for c in self.children:
+            p = c.process
+            if p is None or p.exitcode is None:
+                continue
+            code, pid = p.exitcode, p.pid
+            p.close()
+            c.process = None
+            lived = time.monotonic() - c.started_at
+            if code == 0:
+                log.info("%s (pid %d) exited", c.name, pid)
+                if c.role in ("front", "simulator") or self.status == "draining":
+                    c.wanted = False
+                    continue
+            if code == child.EXIT_BOOT_ERROR:
+                self._halt_reason = f"{c.name} could not boot (exit code {code}); see the log above"
+                continue
+            if code < 0:
+                sig = signal.Signals(-code).name
+                hint = " Perhaps out of memory?" if -code == signal.SIGKILL else ""
+                log.error("%s (pid %d) was killed by %s.%s", c.name, pid, sig, hint)
+            elif code != 0:
+                log.error("%s (pid %d) exited with code %d", c.name, pid, code)
+            c.quick_failures = c.quick_failures + 1 if lived < STABLE_AFTER_S else 0
+            delay = 0.0 if not c.quick_failures else min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (c.quick_failures - 1))
+            c.spawn_after = time.monotonic() + delay
+            c.restarts += 1
+            if c.role == "writer":
+                self.counters.writers["restarts"][c.index] = c.restarts
+            log.warning("Restarting %s in %.1f s (restart %d)", c.name, delay, c.restarts)
+
+    def manage_children(self) -> int | None:
+        """Respawn what is due; advance a graceful stop. Returns an exit code when it is time to exit."""
+        if self._halt_reason:
+            log.error("Halting: %s", self._halt_reason)
+            return self.stop_immediately()
+        now = time.monotonic()
+        for c in self.children:
+            if c.wanted and c.process is None and now >= c.spawn_after:
+                self.spawn(c)
+        if self.status != "draining":
+            return None
+        front = self.child("front")
+        if front.alive():
+            if now > self._front_deadline:
+                log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
+                os.kill(front.process.pid, signal.SIGKILL)
+            return None
+        if not self.ring.draining:
+            self.ring.draining = True
+        if any(c.alive() or c.wanted for c in self.writers):
+            if now > self._stop_deadline:
+                log.error("Writers did not drain within %.0f s; %d events left unwritten",
+                          GRACEFUL_TIMEOUT_S, self.ring.used())
+                return self.stop_immediately()
+            return None
+        log.info("Drained: %d events persisted in all, ring empty", int(self.counters.writers["persisted"].sum()))
+        return 0 if self.ring.used() == 0 else 1
+
+    def begin_drain(self) -> None:
+        self.status = "draining"
+        now = time.monotonic()
+        self._stop_deadline = now + GRACEFUL_TIMEOUT_S
+        self._front_deadline = now + FRONT_STOP_TIMEOUT_S
+        for role in ("simulator", "front"):
+            c = self.child(role)
+            if c is None:
+                continue
+            c.wanted = False
+            if c.alive():
+                os.kill(c.process.pid, signal.SIGTERM)
+
+    def stop_immediately(self) -> int:
+        for c in self.children:
+            c.wanted = False
+            if c.alive():
+                os.kill(c.process.pid, signal.SIGKILL)
+        for c in self.children:
+            if c.process is not None:
+                c.process.join(5)
+        return 1
+
+    # -- periodic work ------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        persisted = int(self.counters.writers["persisted"].sum())
+        self._rate_samples.append((now, persisted))
+        while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
+            self._rate_samples.popleft()
+        if now - self._last_rate_log >= RATE_LOG_EVERY_S:
+            self._last_rate_log = now
+            s = self.snapshot()
+            log.info("[RATE] %.1f events/s; %d persisted, %d pending, %d invalid, ring %d/%d",
+                     s["events_per_s"], s["persisted"], s["pending"], s["invalid"], s["ring_used"], s["ring_capacity"])
+        if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
+            self._last_partition_check = now
+            self.maintain_partitions()
+        if self.config.run_seconds and self.status == "running" and time.time() - self.started >= self.config.run_seconds:
+            log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
+            self.begin_drain()
+
+    def maintain_partitions(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                schema.set_search_path(conn, self.config.schema)
+                schema.ensure_partitions(conn)
+        except psycopg.Error as e:
+            log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
+
+    # -- stats ----------------------------------------------------------------------
+
+    def events_per_s(self) -> float:
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, p0), (t1, p1) = self._rate_samples[0], self._rate_samples[-1]
+        return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
+
+    def snapshot(self) -> dict:
+        """The figures of SPEC §4 (and a few more), read from the shared counters."""
+        f, w = self.counters.front, self.counters.writers
+        persisted = int(w["persisted"].sum())
+        batches = int(w["batches"].sum())
+        last_commit = int(w["last_commit_ns"].max())
+        hist = w["latency_hist"].sum(axis=0)
+        alive = [c.alive() for c in self.writers]
+        return {
+            "status": self.status,
+            "uptime_s": round(time.time() - self.started, 1),
+            "received_frames": int(f["received_frames"]),
+            "received_events": int(f["received_events"]),
+            "invalid": int(f["invalid"]),
+            "duplicates": int(w["duplicates"].sum()),
+            "persisted": persisted,
+            "failed": int(w["failed"].sum()),
+            "pending": self.ring.used(),
+            "ring_capacity": self.ring.capacity,
+            "ring_used": self.ring.used(),
+            "spool_bytes": 0,
+            "events_per_s": self.events_per_s(),
+            "average_batch_size": round(persisted / batches, 1) if batches else 0.0,
+            "average_batch_ms": round(int(w["batch_us_total"].sum()) / batches / 1000, 1) if batches else 0.0,
+            "last_persisted_at": (
+                dt.datetime.fromtimestamp(last_commit / 1e9, dt.timezone.utc).isoformat() if last_commit else None
+            ),
+            "database_connected": bool(alive) and all(bool(w["connected"][i]) for i, a in enumerate(alive) if a),
+            "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
+            "dead_letter_errors": int(f["dead_letter_errors"]),
+            "writers": [
+                {
+                    "pid": c.process.pid if c.alive() else int(w["pid"][c.index]),
+                    "alive": c.alive(),
+                    "restarts": c.restarts,
+                    "persisted": int(w["persisted"][c.index]),
+                    "batches": int(w["batches"][c.index]),
+                    "last_batch_ms": round(int(w["last_batch_us"][c.index]) / 1000, 1),
+                }
+                for c in self.writers
+            ],
+        }
+
+    def serve_stats(self) -> None:
+        try:
+            request = self.stats_sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if request == STATS_REQUEST:
+            reply = json.dumps(self.snapshot()).encode()
+        else:
+            reply = json.dumps({"error": f"unknown request {request[:40]!r}; send {STATS_REQUEST!r}"}).encode()
+        self.stats_sock.send(reply)
+
+    # -- teardown -------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        for c in self.children:
+            if c.alive():
+                os.kill(c.process.pid, signal.SIGKILL)
+                c.process.join(5)
+        if self.stats_sock is not None:
+            self.stats_sock.close(linger=0)
+        self.zmq.term()
+        if self.counters is not None:
+            self.counters.unlink()
+            self.counters.close()
+        if self.ring is not None:
+            self.ring.unlink()
+            self.ring.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wakeup_r, self._wakeup_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block the handled signals while spawning; the child unblocks them once its handlers are in."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, child.HANDLED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

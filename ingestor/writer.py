@@ -1,0 +1,342 @@
+"""A writer process: one ring lane into PostgreSQL, one transaction per batch.
+
+Each batch is written in one transaction holding three statements:
+
+1. ``COPY weighing_logs (...) FROM STDIN (FORMAT BINARY)`` of every record
+   (payload from :mod:`ingestor.copy_payload`);
+2. one UPSERT of ``scale_current_states`` over the batch's latest record per
+   scale, which only replaces a stored state older by (``measured_at``,
+   ``seq``) (SPEC §1.2: a late, older event never overwrites a newer state);
+3. the lane's checkpoint: the ring position after this batch.
+
+Only after the commit are the records released from the ring. A writer
+killed anywhere leaves its records in the lane; its successor reads the
+checkpoint and releases what was already committed, so nothing is written
+twice or lost. Lanes hold disjoint sets of scales, so two writers never
+UPSERT the same row and cannot deadlock.
+
+Errors are classified by SQLSTATE class (PostgreSQL docs, Appendix A):
+a data error (class 22 or 23) is isolated by bisecting the batch, so only
+the rejected records are dead-lettered, with PostgreSQL's message and
+SQLSTATE; anything else (connection loss, shutdown, deadlock, a missing
+table) is retried with exponential backoff and jitter, without releasing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from typing import Callable
+
+import msgspec
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import copy_payload
+from .deadletter import DeadLetterWriter
+from .protocol import DATA_FIELDS, Rejected
+from .ring import Lane
+from .schema import set_search_path
+from .stats import latency_buckets
+
+log = logging.getLogger(__name__)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0  # a dead server is retried this often at most once backed off
+DATA_ERROR_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+
+UPSERT_SQL = f"""
+INSERT INTO scale_current_states AS s
+    (scale_id, seq, measured_at, {", ".join(DATA_FIELDS)}, updated_at)
+SELECT u.scale_id, u.seq,
+       timestamptz 'epoch' + u.measured_us * interval '1 microsecond',
+       {", ".join(f"CASE WHEN u.d{k} IS NULL THEN NULL ELSE jsonb_build_object('val', u.d{k}) END" for k in range(1, 6))},
+       now()
+FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+     AS u(scale_id, seq, measured_us, d1, d2, d3, d4, d5)
+ON CONFLICT (scale_id) DO UPDATE SET
+    seq = EXCLUDED.seq, measured_at = EXCLUDED.measured_at,
+    {", ".join(f"{f} = EXCLUDED.{f}" for f in DATA_FIELDS)},
+    updated_at = EXCLUDED.updated_at
+WHERE (EXCLUDED.measured_at, EXCLUDED.seq) > (s.measured_at, s.seq)
+"""
+
+CHECKPOINT_SQL = """
+INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, updated_at)
+VALUES (%s, %s, %s, %s, now())
+ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED.position,
+    persisted = EXCLUDED.persisted, updated_at = EXCLUDED.updated_at
+"""
+
+
+def latest_per_scale(records: np.ndarray) -> np.ndarray:
+    """Indices into ``records`` of each scale's greatest (measured_us, seq) record, one per scale."""
+    order = np.lexsort((records["seq"], records["measured_us"], records["scale_id"]))
+    scales = records["scale_id"][order]
+    last = np.ones(len(order), bool)
+    last[:-1] = scales[1:] != scales[:-1]
+    return order[last]
+
+
+def upsert_params(records: np.ndarray) -> list:
+    latest = records[latest_per_scale(records)]
+    return [
+        latest["scale_id"].tolist(),
+        latest["seq"].tolist(),
+        latest["measured_us"].tolist(),
+        *(copy_payload.texts(latest, k) for k in range(len(DATA_FIELDS))),
+    ]
+
+
+def _sqlstate(error: psycopg.Error) -> str:
+    return getattr(error, "sqlstate", None) or ""
+
+
+class Writer:
+    """Writes lane ``lane.index`` of the ring; ``run()`` returns when the ring drains.
+
+    ``counters`` is this writer's record of ``stats.WRITER_DTYPE`` (a 0-d
+    view into the shared block); ``stop_when`` tells the loop the supervisor
+    asked it to finish (the lane is then written out before returning).
+    """
+
+    def __init__(
+        self,
+        *,
+        lane: Lane,
+        ring_id: str,
+        dsn: str,
+        schema: str,
+        batch_size: int,
+        batch_timeout_ms: int,
+        counters: np.ndarray,
+        dead_letters: DeadLetterWriter,
+        draining: Callable[[], bool],
+    ) -> None:
+        self.lane = lane
+        self.ring_id = ring_id
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_ms / 1000
+        self.counters = counters
+        self.dead_letters = dead_letters
+        self.draining = draining
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=1,
+            open=False,
+            name=f"writer-{lane.index}",
+            configure=lambda conn: _configure(conn, schema),
+            check=ConnectionPool.check_connection,
+        )
+        self._failures = 0
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        self.pool.open(wait=False)
+        try:
+            self._retrying(self._recover)
+            while True:
+                n = self.lane.wait_batch(self.batch_size, self.batch_timeout_s, lambda: not self.draining())
+                if n == 0:
+                    if self.draining() and self.lane.used() == 0:
+                        log.info("Lane %d drained; writer exiting", self.lane.index)
+                        return
+                    continue
+                self.write_batch(self.lane.peek(n))
+        finally:
+            self.pool.close()
+
+    def write_batch(self, records: np.ndarray) -> None:
+        """Commit ``records`` (the lane's oldest), isolating rejected ones, then release them."""
+        started = time.perf_counter()
+        self._write_range(records, 0)
+        elapsed_us = int((time.perf_counter() - started) * 1e6)
+        c = self.counters
+        c["batches"] += 1
+        c["batch_us_total"] += elapsed_us
+        c["last_batch_us"] = elapsed_us
+        log.info("[BATCH] Persisted %d events in %d ms", len(records), round(elapsed_us / 1000))
+
+    def _write_range(self, records: np.ndarray, offset: int) -> None:
+        # records are lane positions tail+offset .. tail+offset+len-1
+        try:
+            self._retrying(lambda: self._commit(records, offset))
+        except _DataError as e:
+            if len(records) > 1:
+                half = len(records) // 2
+                self._write_range(records[:half], offset)
+                self._write_range(records[half:], offset + half)
+                return
+            self._reject(records, offset, e.error)
+
+    def _commit(self, records: np.ndarray, offset: int) -> None:
+        position = self.lane.tail + offset + len(records)
+        persisted = int(self.counters["persisted"]) + len(records)
+        created_us = time.time_ns() // 1000
+        payload = copy_payload.build(records, created_us)
+        with self.pool.connection(timeout=RETRY_MAX_S) as conn:
+            try:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        with cur.copy(copy_payload.COPY_SQL) as copy:
+                            copy.write(payload)
+                        cur.execute(UPSERT_SQL, upsert_params(records))
+                        cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted))
+            except psycopg.Error as e:
+                if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
+                    raise _DataError(e) from e
+                raise
+        self._committed(records, persisted)
+
+    def _committed(self, records: np.ndarray, persisted: int) -> None:
+        now_ns = time.time_ns()
+        c = self.counters
+        c["persisted"] = persisted
+        c["last_commit_ns"] = now_ns
+        c["connected"] = 1
+        c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
+        self.lane.release(len(records))
+
+    def _reject(self, records: np.ndarray, offset: int, error: psycopg.Error) -> None:
+        """Dead-letter one record PostgreSQL refused, and move the checkpoint past it."""
+        r = records[0]
+        state = _sqlstate(error)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        rejected = Rejected(
+            "rejected_by_database", f"PostgreSQL rejected the row: {message}", int(r["scale_id"]),
+            _record_json(r), None,
+        )
+        self.dead_letters.write([rejected], sqlstate=state)
+        position = self.lane.tail + offset + 1
+        persisted = int(self.counters["persisted"])
+
+        def advance() -> None:
+            with self.pool.connection(timeout=RETRY_MAX_S) as conn:
+                conn.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted))
+                conn.commit()
+
+        self._retrying(advance)
+        self.counters["failed"] += 1
+        self.lane.release(1)
+        log.warning("Dead-lettered scale %d seq %d: SQLSTATE %s %s", r["scale_id"], r["seq"], state, message)
+
+    # -- recovery and retries ---------------------------------------------
+
+    def _recover(self) -> None:
+        """Release what a crashed predecessor committed but did not release."""
+        with self.pool.connection(timeout=RETRY_MAX_S) as conn:
+            row = conn.execute(
+                "SELECT ring_id, position, persisted FROM ingestor_checkpoints WHERE lane = %s", (self.lane.index,)
+            ).fetchone()
+            conn.commit()
+        self.counters["connected"] = 1
+        if row is None or row[0] != self.ring_id:
+            return
+        _, position, persisted = row
+        self.counters["persisted"] = persisted
+        committed = position - self.lane.tail
+        if committed > 0:
+            self.lane.release(committed)
+            log.warning("Lane %d: released %d events committed before the last writer died", self.lane.index, committed)
+
+    def _retrying(self, attempt: Callable[[], None]) -> None:
+        """Run ``attempt`` until it succeeds; retry transient errors with backoff and jitter.
+
+        _DataError propagates at once: retrying a rejected row cannot help.
+        """
+        while True:
+            try:
+                attempt()
+                self._failures = 0
+                return
+            except _DataError:
+                raise
+            except (psycopg.Error, PoolTimeout) as e:
+                self._failures += 1
+                self.counters["connected"] = 0 if _is_connection_error(e) else self.counters["connected"]
+                delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "Lane %d: write failed (%s%s); retry %d in %.1f s",
+                    self.lane.index, f"SQLSTATE {_sqlstate(e)}: " if _sqlstate(e) else "",
+                    str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                    self._failures, delay,
+                )
+                time.sleep(delay)
+
+
+class _DataError(Exception):
+    """PostgreSQL rejected the data of a batch (SQLSTATE class 22 or 23)."""
+
+    def __init__(self, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    return isinstance(e, (psycopg.OperationalError, PoolTimeout)) or _sqlstate(e)[:2] in ("08", "57")
+
+
+def _configure(conn: psycopg.Connection, schema: str) -> None:
+    set_search_path(conn, schema)
+    conn.commit()
+
+
+def _record_json(r: np.void) -> bytes:
+    """The record as a JSON event a sender could have sent (ts as RFC 3339, to the microsecond)."""
+    ts = _EPOCH + dt.timedelta(microseconds=int(r["measured_us"]))
+    event = {"scale_id": int(r["scale_id"]), "seq": int(r["seq"]), "ts": ts.isoformat()}
+    for k, name in enumerate(DATA_FIELDS):
+        if r["text_len"][k] >= 0:
+            event[name] = bytes(r["text"][k]).decode()
+    return msgspec.json.encode(event)
+
+
+def run_writer(
+    *,
+    stop: Callable[[], bool],
+    ring_handles: tuple,
+    counters_name: str,
+    index: int,
+    dsn: str,
+    schema: str,
+    batch_size: int,
+    batch_timeout_ms: int,
+    dead_letter_dir: str,
+) -> int:
+    """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``index``.
+
+    SIGTERM alone does not stop a writer: it writes until the supervisor sets
+    the ring's draining flag (after the front has stopped) and its lane is
+    empty, or until the supervisor itself is gone.
+    """
+    import os
+
+    from .protocol import RECORD_DTYPE
+    from .ring import Ring
+    from .stats import Counters
+
+    spec, sems = ring_handles
+    ring = Ring.attach(spec, RECORD_DTYPE, sems)
+    counters = Counters.attach(counters_name, spec.lanes)
+    mine = counters.writers[index : index + 1].reshape(())
+    mine["pid"] = os.getpid()
+    parent = os.getppid()
+    writer = Writer(
+        lane=ring.lanes[index], ring_id=spec.ring_id, dsn=dsn, schema=schema, batch_size=batch_size,
+        batch_timeout_ms=batch_timeout_ms, counters=mine,
+        dead_letters=DeadLetterWriter(dead_letter_dir, f"writer-{index}"),
+        draining=lambda: ring.draining or os.getppid() != parent,
+    )
+    try:
+        writer.run()
+    finally:
+        del writer, mine  # drop views into the shared blocks before closing them
+        counters.close()
+        ring.close()
+    return 0
