@@ -91,6 +91,11 @@ RECORD_DTYPE = np.dtype(
 )
 
 
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a string.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
+_BAD_EVENT = (msgspec.DecodeError, UnicodeDecodeError, msgspec.ValidationError)
+
+
 class Rejected(NamedTuple):
     """An invalid event (or an undecodable frame) and why (SPEC §1.1)."""
 
@@ -205,18 +210,13 @@ def _is_json(frame: bytes) -> bool:
 
 
 def _kind_of(error: msgspec.ValidationError) -> str:
-    text = str(error)
-    if "missing required field" in text:
-        return "missing_field"
-    if "length <=" in text and "$" in text and "`array`" in text:
-        return "too_many_events"
-    return "invalid"
+    return "missing_field" if "missing required field" in str(error) else "invalid"
 
 
 def _scale_id_of(raw: bytes, json: bool) -> int | None:
     try:
         value = _PROBE_DECODERS[json].decode(raw).scale_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _BAD_EVENT:
         return None
     return value if type(value) is int else None
 
@@ -234,7 +234,7 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
         decoded = _DECODERS[json].decode(frame)
     except msgspec.ValidationError:
         return _decode_one_by_one(frame, json, into, now_us)
-    except msgspec.DecodeError as e:
+    except _UNDECODABLE as e:
         fmt = "JSON" if json else "MessagePack"
         return 1, [Rejected("undecodable", f"undecodable {fmt} frame: {e}", None, frame, None)]
     if type(decoded) is not list:
@@ -259,12 +259,12 @@ def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: in
     """Slow path for a frame msgspec rejected as a whole: judge each event alone."""
     try:
         raws = _RAW_LIST_DECODERS[json].decode(frame)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except _BAD_EVENT:
         raws = None  # not an array: one event
     if raws is None:
         try:
             event = _EVENT_DECODERS[json].decode(frame)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        except _BAD_EVENT as e:
             kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
             return 1, [Rejected(kind, f"invalid event: {e}", _scale_id_of(frame, json), frame, None)]
         try:
@@ -284,8 +284,9 @@ def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: in
         raw_bytes = bytes(raw)
         try:
             event = decoder.decode(raw_bytes)
-        except msgspec.ValidationError as e:
-            rejected.append(Rejected(_kind_of(e), f"invalid event: {e}", _scale_id_of(raw_bytes, json), raw_bytes, index))
+        except _BAD_EVENT as e:
+            kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
+            rejected.append(Rejected(kind, f"invalid event: {e}", _scale_id_of(raw_bytes, json), raw_bytes, index))
             continue
         try:
             into.add(event, now_us)

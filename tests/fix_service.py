@@ -1,0 +1,96 @@
+"""The real service as a subprocess (``ingestor run``), on free local ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ingestor import stats
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """One ``ingestor run`` process; its stderr goes to ``log``."""
+
+    def __init__(self, args: list[str], workdir: Path) -> None:
+        self.bind = f"tcp://127.0.0.1:{free_port()}"
+        self.stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.dead_letter_dir = workdir / "dead-letters"
+        self.log = workdir / "service.log"
+        cmd = [
+            sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind,
+            "--stats-endpoint", self.stats_endpoint, "--dead-letter-dir", str(self.dead_letter_dir),
+            "--spool-dir", str(workdir / "spool"), "--data-dir", str(workdir / "data"), *args,
+        ]
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT)
+
+    def stats(self, timeout_s: float = 2.0) -> dict:
+        return stats.query(self.stats_endpoint, timeout_s)
+
+    def wait_ready(self, timeout_s: float = 60) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                s = self.stats(0.5)
+                if s["status"] == "running" and all(w["alive"] for w in s["writers"]):
+                    return s
+            except stats.StatsUnavailable:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"service not ready in {timeout_s} s:\n{self.output()}")
+
+    def wait_for(self, predicate, timeout_s: float = 60) -> dict:
+        """Poll stats until ``predicate(stats)`` holds; return those stats."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            last = self.stats()
+            if predicate(last):
+                return last
+            time.sleep(0.2)
+        raise AssertionError(f"condition not met in {timeout_s} s; last stats: {last}\n{self.output()[-3000:]}")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+    def output(self) -> str:
+        self._logf.flush()
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._logf.close()
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator:
+    """Start services with ``service_factory("--dsn", dsn, ...)``; all are killed at teardown."""
+    started: list[Service] = []
+
+    def start(*args: str) -> Service:
+        svc = Service(list(args), tmp_path)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.close()

@@ -1,0 +1,57 @@
+"""The command line of SPEC §3 as operators and scripts use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ingestor import config
+from ingestor.errors import ConfigError
+from tests.fix_service import free_port
+
+
+def ingestor(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingestor.cli", *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_stats_without_a_service_exits_1_with_a_clear_message():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    r = ingestor("stats", "--stats-endpoint", endpoint, "--timeout", "0.5")
+    assert r.returncode == 1
+    assert f"no ingestor answered on {endpoint}" in r.stderr
+
+
+def test_migrate_is_idempotent(dsn, conn):
+    first = ingestor("migrate", "--dsn", dsn)
+    second = ingestor("migrate", "--dsn", dsn)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "0 migration(s) applied now" in second.stdout
+    assert conn.execute("SELECT array_agg(version) FROM ingestor_schema_migrations").fetchone()[0] == [1]
+
+
+def test_config_layers_file_then_environment_then_flags(tmp_path):
+    f = tmp_path / "ingestor.toml"
+    f.write_text('batch_size = 100\nbatch-timeout-ms = 50\nwriters = 3\n')
+    cfg, sources = config.load({"writers": "4"}, config_file=str(f), environ={"INGESTOR_BATCH_TIMEOUT_MS": "75"})
+    assert (cfg.batch_size, cfg.batch_timeout_ms, cfg.writers) == (100, 75, 4)
+    assert sources["batch_size"].startswith("file") and sources["batch_timeout_ms"] == "environment"
+    assert sources["writers"] == "command line" and sources["ring_capacity"] == "default"
+
+
+@pytest.mark.parametrize("flags,words", [
+    ({"batch_size": 0}, ["batch_size", ">= 1"]),
+    ({"writers": "many"}, ["writers", "'many'"]),
+    ({"batch_timeout_ms": "soon"}, ["batch_timeout_ms", "'soon'"]),
+])
+def test_invalid_option_names_the_key_and_the_rule(flags, words):
+    with pytest.raises(ConfigError) as e:
+        config.load(flags, environ={})
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_run_with_a_bad_value_fails_at_start_naming_it():
+    r = ingestor("run", "--batch-size", "-5")
+    assert r.returncode == 2
+    assert "batch_size" in r.stderr and "-5" in r.stderr
