@@ -273,12 +273,15 @@ class Lane:
         A batch is ready when ``max_records`` records are held, or when the
         oldest held record was received ``timeout_s`` ago (the batch timeout
         counts from the first event's arrival, not from when we looked).
-        Returns 0 when ``keep_waiting`` returns False with nothing ready.
+        Once ``keep_waiting`` returns False (draining), whatever is held is
+        ready at once, and 0 is returned when nothing is.
         """
         while True:
             n = self.used()
             if n >= max_records:
                 return max_records
+            if n and not keep_waiting():
+                return n
             if n:
                 oldest_ns = int(self._slots[self.tail % self.capacity]["received_ns"])
                 left = oldest_ns / 1e9 + timeout_s - time.time()
