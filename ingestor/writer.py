@@ -1,7 +1,11 @@
 """A writer process: one ring lane into PostgreSQL, one transaction per batch.
 
-Each batch is written in one transaction holding three statements:
+Each batch is written in one transaction holding four statements:
 
+0. an INSERT … ON CONFLICT DO NOTHING of the batch's (scale_id, seq) keys
+   into ``ingestor_seen``, whose RETURNING names the keys never stored
+   before; the other records are duplicates (SPEC §1.2), counted, not
+   written;
 1. ``COPY weighing_logs (...) FROM STDIN (FORMAT BINARY)`` of every record
    (payload from :mod:`ingestor.copy_payload`);
 2. one UPSERT of ``scale_current_states`` over the batch's latest record per
@@ -66,11 +70,30 @@ WHERE (EXCLUDED.measured_at, EXCLUDED.seq) > (s.measured_at, s.seq)
 """
 
 CHECKPOINT_SQL = """
-INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, updated_at)
-VALUES (%s, %s, %s, %s, now())
+INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, duplicates, updated_at)
+VALUES (%s, %s, %s, %s, %s, now())
 ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED.position,
-    persisted = EXCLUDED.persisted, updated_at = EXCLUDED.updated_at
+    persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, updated_at = EXCLUDED.updated_at
 """
+
+# Claims the batch's keys; returns those not stored before (SPEC §1.2 dedup).
+DEDUP_SQL = """
+INSERT INTO ingestor_seen (scale_id, seq)
+SELECT * FROM unnest(%s::int4[], %s::int8[])
+ON CONFLICT DO NOTHING
+RETURNING scale_id, seq
+"""
+
+
+def only_fresh(records: np.ndarray, fresh: list[tuple[int, int]]) -> np.ndarray:
+    """The records whose (scale_id, seq) is in ``fresh``, each key once (the first occurrence)."""
+    left = set(fresh)
+    keep = np.zeros(len(records), bool)
+    for i, key in enumerate(zip(records["scale_id"].tolist(), records["seq"].tolist())):
+        if key in left:
+            left.discard(key)
+            keep[i] = True
+    return records[keep]
 
 
 def latest_per_scale(records: np.ndarray) -> np.ndarray:
@@ -177,27 +200,32 @@ class Writer:
 
     def _commit(self, records: np.ndarray, offset: int) -> None:
         position = self.lane.tail + offset + len(records)
-        persisted = int(self.counters["persisted"]) + len(records)
         created_us = time.time_ns() // 1000
-        payload = copy_payload.build(records, created_us)
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             try:
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        with cur.copy(copy_payload.COPY_SQL) as copy:
-                            copy.write(payload)
-                        cur.execute(UPSERT_SQL, upsert_params(records))
-                        cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted))
+                        cur.execute(DEDUP_SQL, (records["scale_id"].tolist(), records["seq"].tolist()))
+                        fresh = cur.fetchall()
+                        new = records if len(fresh) == len(records) else only_fresh(records, fresh)
+                        persisted = int(self.counters["persisted"]) + len(new)
+                        duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
+                        if len(new):
+                            with cur.copy(copy_payload.COPY_SQL) as copy:
+                                copy.write(copy_payload.build(new, created_us))
+                            cur.execute(UPSERT_SQL, upsert_params(new))
+                        cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
             except psycopg.Error as e:
                 if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
                     raise _DataError(e) from e
                 raise
-        self._committed(records, persisted)
+        self._committed(records, persisted, duplicates)
 
-    def _committed(self, records: np.ndarray, persisted: int) -> None:
+    def _committed(self, records: np.ndarray, persisted: int, duplicates: int) -> None:
         now_ns = time.time_ns()
         c = self.counters
         c["persisted"] = persisted
+        c["duplicates"] = duplicates
         c["last_commit_ns"] = now_ns
         c["connected"] = 1
         c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
@@ -214,11 +242,11 @@ class Writer:
         )
         self.dead_letters.write([rejected], sqlstate=state)
         position = self.lane.tail + offset + 1
-        persisted = int(self.counters["persisted"])
+        persisted, duplicates = int(self.counters["persisted"]), int(self.counters["duplicates"])
 
         def advance() -> None:
             with self.pool.connection(timeout=RETRY_MAX_S) as conn:
-                conn.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted))
+                conn.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
                 conn.commit()
 
         self._retrying(advance)
@@ -232,14 +260,16 @@ class Writer:
         """Release what a crashed predecessor committed but did not release."""
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             row = conn.execute(
-                "SELECT ring_id, position, persisted FROM ingestor_checkpoints WHERE lane = %s", (self.lane.index,)
+                "SELECT ring_id, position, persisted, duplicates FROM ingestor_checkpoints WHERE lane = %s",
+                (self.lane.index,),
             ).fetchone()
             conn.commit()
         self.counters["connected"] = 1
         if row is None or row[0] != self.ring_id:
             return
-        _, position, persisted = row
+        _, position, persisted, duplicates = row
         self.counters["persisted"] = persisted
+        self.counters["duplicates"] = duplicates
         committed = position - self.lane.tail
         if committed > 0:
             self.lane.release(committed)

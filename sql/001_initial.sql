@@ -40,7 +40,18 @@ CREATE TABLE ingestor_checkpoints (
     ring_id     text        NOT NULL,
     position    bigint      NOT NULL,
     persisted   bigint      NOT NULL,
+    duplicates  bigint      NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every (scale_id, seq) ever stored: the dedup of SPEC §1.2. weighing_logs
+-- cannot hold this unique key itself (a unique index on a partitioned table
+-- must include the partition key, created_at). Written in the same
+-- transaction as the rows, so it never disagrees with them.
+CREATE TABLE ingestor_seen (
+    scale_id    integer NOT NULL,
+    seq         bigint  NOT NULL,
+    PRIMARY KEY (scale_id, seq)
 );
 
 -- Creates the UTC-day partitions of weighing_logs from today to

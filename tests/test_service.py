@@ -24,8 +24,8 @@ def identity_holds(s: dict) -> bool:
     return s["received_events"] == s["invalid"] + s["duplicates"] + s["persisted"] + s["failed"] + s["pending"]
 
 
-def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_factory, conn):
-    svc = service_factory("--dsn", conn.info.dsn + " password=", "--writers", "2")
+def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "2")
     svc.wait_ready()
     summary = Simulator(svc.bind, scales=300, rate=0, events=300 * 50, events_per_frame=100, start_ms=1_700_000_000_000).run()
     assert summary.events == 15_000
@@ -42,8 +42,26 @@ def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_fa
     assert svc.terminate() == 0
 
 
-def test_invalid_frames_are_dead_lettered_and_the_counts_add_up(service_factory, conn):
-    svc = service_factory("--dsn", conn.info.dsn + " password=", "--writers", "1")
+def test_resent_frames_are_duplicates_also_after_a_restart(service_factory, dsn, conn):
+    run = dict(scales=30, rate=0, events=600, start_ms=1_700_000_000_000)
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    Simulator(svc.bind, **run).run()
+    Simulator(svc.bind, **run).run()  # the same frames again
+    s = svc.wait_for(lambda s: s["persisted"] + s["duplicates"] == 1200)
+    assert (s["persisted"], s["duplicates"]) == (600, 600) and identity_holds(s)
+    assert svc.terminate() == 0
+    svc = service_factory("--dsn", dsn, "--writers", "3")  # restarted, other lanes
+    svc.wait_ready()
+    Simulator(svc.bind, **run).run()
+    s = svc.wait_for(lambda s: s["duplicates"] == 600)
+    assert s["persisted"] == 0 and identity_holds(s)
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (600, 600)
+    assert svc.terminate() == 0
+
+
+def test_invalid_frames_are_dead_lettered_and_the_counts_add_up(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "1")
     svc.wait_ready()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -63,9 +81,9 @@ def test_invalid_frames_are_dead_lettered_and_the_counts_add_up(service_factory,
     assert svc.terminate() == 0
 
 
-def test_sigterm_writes_everything_already_accepted(service_factory, conn):
+def test_sigterm_writes_everything_already_accepted(service_factory, dsn, conn):
     # a long batch timeout keeps the accepted events in the ring until SIGTERM
-    svc = service_factory("--dsn", conn.info.dsn + " password=", "--writers", "2",
+    svc = service_factory("--dsn", dsn, "--writers", "2",
                           "--batch-timeout-ms", "60000", "--batch-size", "100000")
     svc.wait_ready()
     Simulator(svc.bind, scales=50, rate=0, events=5000, start_ms=1_700_000_000_000).run()
@@ -76,10 +94,10 @@ def test_sigterm_writes_everything_already_accepted(service_factory, conn):
     assert "Drained: 5000 events persisted" in svc.output()
 
 
-def test_killed_writer_is_restarted_and_nothing_is_lost(service_factory, conn):
+def test_killed_writer_is_restarted_and_nothing_is_lost(service_factory, dsn, conn):
     import os
 
-    svc = service_factory("--dsn", conn.info.dsn + " password=", "--writers", "2")
+    svc = service_factory("--dsn", dsn, "--writers", "2")
     s = svc.wait_ready()
     os.kill(s["writers"][0]["pid"], signal.SIGKILL)
     Simulator(svc.bind, scales=20, rate=0, events=2000, start_ms=1_700_000_000_000).run()

@@ -85,3 +85,19 @@ def test_restarted_writer_releases_what_its_predecessor_committed(ring, dsn, con
     successor.run()
     assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM weighing_logs").fetchone() == (10, 10)
     assert ring.used() == 0 and int(successor.counters["persisted"]) == 10
+
+
+def test_resent_events_are_counted_as_duplicates_and_stored_once(ring, dsn, conn, tmp_path):
+    put(ring, [Event(scale_id=1, seq=i, ts=1000 + i) for i in range(5)] + [Event(scale_id=1, seq=2, ts=1002)])
+    w = make_writer(ring, dsn, tmp_path)
+    w.run()
+    assert (int(w.counters["persisted"]), int(w.counters["duplicates"])) == (5, 1)
+    # a later re-send, mixed with an out-of-order event never stored before
+    put(ring, [Event(scale_id=1, seq=3, ts=1003), Event(scale_id=1, seq=-0 + 100, ts=900)])
+    w2 = make_writer(ring, dsn, tmp_path)
+    w2.counters[...] = w.counters
+    w2.run()
+    assert (int(w2.counters["persisted"]), int(w2.counters["duplicates"])) == (6, 2)
+    assert conn.execute("SELECT array_agg(seq ORDER BY seq) FROM weighing_logs").fetchone()[0] == [0, 1, 2, 3, 4, 100]
+    # the out-of-order event is stored but is not the latest state (older ts)
+    assert conn.execute("SELECT seq FROM scale_current_states").fetchone()[0] == 4
