@@ -258,38 +258,28 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
 def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: int) -> tuple[int, list[Rejected]]:
     """Slow path for a frame msgspec rejected as a whole: judge each event alone."""
     try:
-        raws = _RAW_LIST_DECODERS[json].decode(frame)
-    except _BAD_EVENT:
-        raws = None  # not an array: one event
-    if raws is None:
-        try:
-            event = _EVENT_DECODERS[json].decode(frame)
-        except _BAD_EVENT as e:
-            kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
-            return 1, [Rejected(kind, f"invalid event: {e}", _scale_id_of(frame, json), frame, None)]
-        try:
-            into.add(event, now_us)
-        except _Invalid as e:
-            return 1, [Rejected(e.kind, e.reason, event.scale_id, frame, None)]
-        return 1, []
-    rejected: list[Rejected] = []
+        raws = [bytes(raw) for raw in _RAW_LIST_DECODERS[json].decode(frame)]
+    except _BAD_EVENT:  # not an array: one event
+        rejected = _judge(frame, None, json, into, now_us)
+        return 1, [rejected] if rejected else []
     if len(raws) > MAX_EVENTS_PER_FRAME:
         reason = f"frame holds {len(raws)} events, over the limit of {MAX_EVENTS_PER_FRAME}"
-        for index, raw in enumerate(raws):
-            raw_bytes = bytes(raw)
-            rejected.append(Rejected("too_many_events", reason, _scale_id_of(raw_bytes, json), raw_bytes, index))
-        return len(raws), rejected
-    decoder = _EVENT_DECODERS[json]
-    for index, raw in enumerate(raws):
-        raw_bytes = bytes(raw)
-        try:
-            event = decoder.decode(raw_bytes)
-        except _BAD_EVENT as e:
-            kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
-            rejected.append(Rejected(kind, f"invalid event: {e}", _scale_id_of(raw_bytes, json), raw_bytes, index))
-            continue
-        try:
-            into.add(event, now_us)
-        except _Invalid as e:
-            rejected.append(Rejected(e.kind, e.reason, event.scale_id, raw_bytes, index))
-    return len(raws), rejected
+        return len(raws), [
+            Rejected("too_many_events", reason, _scale_id_of(raw, json), raw, index) for index, raw in enumerate(raws)
+        ]
+    judged = (_judge(raw, index, json, into, now_us) for index, raw in enumerate(raws))
+    return len(raws), [r for r in judged if r is not None]
+
+
+def _judge(raw: bytes, index: int | None, json: bool, into: RecordBuilder, now_us: int) -> Rejected | None:
+    """Decode one event's bytes and add it to ``into``; return why it is invalid, or None."""
+    try:
+        event = _EVENT_DECODERS[json].decode(raw)
+    except _BAD_EVENT as e:
+        kind = _kind_of(e) if isinstance(e, msgspec.ValidationError) else "undecodable"
+        return Rejected(kind, f"invalid event: {e}", _scale_id_of(raw, json), raw, index)
+    try:
+        into.add(event, now_us)
+    except _Invalid as e:
+        return Rejected(e.kind, e.reason, event.scale_id, raw, index)
+    return None

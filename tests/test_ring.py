@@ -21,11 +21,8 @@ def records(start: int, n: int, scale_id: int = 1) -> np.ndarray:
 
 
 @pytest.fixture
-def ring():
-    r = Ring.create(lanes=2, lane_capacity=8, dtype=RECORD_DTYPE)
-    yield r
-    r.unlink()
-    r.close()
+def ring(ring_factory):
+    return ring_factory(lanes=2, lane_capacity=8)
 
 
 def test_ring_wraps_around_keeping_order(ring):

@@ -16,11 +16,8 @@ from ingestor.writer import Writer
 
 
 @pytest.fixture
-def ring():
-    r = Ring.create(lanes=1, lane_capacity=4096, dtype=RECORD_DTYPE)
-    yield r
-    r.unlink()
-    r.close()
+def ring(ring_factory):
+    return ring_factory(lanes=1, lane_capacity=4096)
 
 
 def make_writer(ring, dsn, tmp_path, ring_id=None):
