@@ -55,3 +55,31 @@ def test_run_with_a_bad_value_fails_at_start_naming_it():
     r = ingestor("run", "--batch-size", "-5")
     assert r.returncode == 2
     assert "batch_size" in r.stderr and "-5" in r.stderr
+
+
+def test_dead_letters_list_counts_by_kind_and_replay_resends_the_valid_ones(service_factory, dsn, conn, tmp_path):
+    import json
+
+    from ingestor.deadletter import DeadLetterWriter, read
+    from ingestor.protocol import Rejected
+
+    directory = tmp_path / "letters"
+    valid_now = json.dumps({"scale_id": 3, "seq": 7, "ts": 1_700_000_000_000, "data_1": "ok"}).encode()
+    still_bad = json.dumps({"scale_id": 3, "seq": 8}).encode()
+    DeadLetterWriter(directory, "front").write([
+        Rejected("rejected_by_database", "PostgreSQL rejected the row: fixed since", 3, valid_now, None),
+        Rejected("missing_field", "invalid event: Object missing required field `ts`", 3, still_bad, None),
+    ])
+    listed = ingestor("dead-letters", "list", "--dead-letter-dir", str(directory), "--json")
+    assert listed.returncode == 0, listed.stderr
+    summary = json.loads(listed.stdout)
+    assert {k: v["count"] for k, v in summary.items()} == {"missing_field": 1, "rejected_by_database": 1}
+
+    svc = service_factory("--dsn", dsn, "--writers", "1")
+    svc.wait_ready()
+    replayed = ingestor("dead-letters", "replay", "--dead-letter-dir", str(directory), "--endpoint", svc.bind)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "re-sent 1 dead letter(s)" in replayed.stdout and "kept 1 still invalid" in replayed.stdout
+    svc.wait_for(lambda s: s["persisted"] == 1)
+    assert conn.execute("SELECT scale_id, seq, data_1->>'val' FROM weighing_logs").fetchall() == [(3, 7, "ok")]
+    assert [dl.kind for _, dl in read(directory)] == ["missing_field"]

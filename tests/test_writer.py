@@ -90,7 +90,7 @@ def test_resent_events_are_counted_as_duplicates_and_stored_once(ring, dsn, conn
     w.run()
     assert (int(w.counters["persisted"]), int(w.counters["duplicates"])) == (5, 1)
     # a later re-send, mixed with an out-of-order event never stored before
-    put(ring, [Event(scale_id=1, seq=3, ts=1003), Event(scale_id=1, seq=-0 + 100, ts=900)])
+    put(ring, [Event(scale_id=1, seq=3, ts=1003), Event(scale_id=1, seq=100, ts=900)])
     w2 = make_writer(ring, dsn, tmp_path)
     w2.counters[...] = w.counters
     w2.run()
