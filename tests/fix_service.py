@@ -75,9 +75,13 @@ class Service:
         return self.log.read_text(errors="replace")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc.poll() is None:  # graceful first, so the ring's shared memory is unlinked
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         self._logf.close()
 
 
