@@ -71,10 +71,10 @@ def build(records: np.ndarray, created_us: int) -> bytes:
     # NUL never occurs inside a text (protocol rejects it), so NUL is padding.
     special = ((text < 0x20) & (text != 0)) | (text == 0x22) | (text == 0x5C)
     needs_escape = special.any(axis=(1, 2))
-    clean = records if not needs_escape.any() else records[~needs_escape]
-    parts = [HEADER, _build_clean(clean, created_us)]
-    if needs_escape.any():
-        parts.extend(_build_row(r, created_us) for r in records[needs_escape])
+    if not needs_escape.any():
+        return b"".join((HEADER, _build_clean(records, created_us), TRAILER))
+    parts = [HEADER, _build_clean(records[~needs_escape], created_us)]
+    parts.extend(_build_row(r, created_us) for r in records[needs_escape])
     parts.append(TRAILER)
     return b"".join(parts)
 

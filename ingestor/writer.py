@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 import time
 from typing import Callable
@@ -289,7 +290,8 @@ class Writer:
                 raise
             except (psycopg.Error, PoolTimeout) as e:
                 self._failures += 1
-                self.counters["connected"] = 0 if _is_connection_error(e) else self.counters["connected"]
+                if _is_connection_error(e):
+                    self.counters["connected"] = 0
                 delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
                 log.warning(
                     "Lane %d: write failed (%s%s); retry %d in %.1f s",
@@ -345,8 +347,6 @@ def run_writer(
     the ring's draining flag (after the front has stopped) and its lane is
     empty, or until the supervisor itself is gone.
     """
-    import os
-
     from .protocol import RECORD_DTYPE
     from .ring import Ring
     from .stats import Counters
