@@ -23,3 +23,7 @@ class MigrationError(IngestorError):
 
 class StatsUnavailable(IngestorError):
     """No running ingestor answered on the stats endpoint."""
+
+
+class SpoolError(IngestorError):
+    """The on-disk spool cannot be written, or holds segments this version cannot replay."""
