@@ -33,7 +33,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
                          "(default: /var/lib/ingestor as root, ./ingestor-data otherwise)")
     o("--dead-letter-dir", help="JSON Lines files of invalid events (default: DATA_DIR/dead-letters)")
-    o("--spool-dir", help="on-disk spool (default: DATA_DIR/spool)")
+    o("--spool-dir", help="on-disk spool for when the ring is full (default: DATA_DIR/spool)")
+    o("--spool-max-bytes", type=int, help="disk the spool may take; then the front stops reading (default: 1 GiB)")
     o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
     o("--log-level", help="debug, info, warning or error (default: info)")
     o("--simulate-scales", type=int, help="also run a simulator of this many scales sending to --bind (default: 0)")

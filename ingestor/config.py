@@ -40,6 +40,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = msgspec.field(default_factory=default_data_dir)
     dead_letter_dir: str | None = None
     spool_dir: str | None = None
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
     stats_endpoint: str = "tcp://127.0.0.1:5557"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     simulate_scales: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 0

@@ -166,7 +166,7 @@ class EmbeddedPostgres:
             self.port = running
             log.info("Embedded PostgreSQL already running on port %d; using it", running)
             return self.dsn
-        self.port = _free_port()
+        self.port = self.port or _free_port()  # a restart keeps its port: clients keep their DSN
         options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''"]
         options += [f"-c {k}={v}" for k, v in self.settings.items()]
         if not self.logfile.exists():

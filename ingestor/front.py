@@ -1,15 +1,21 @@
-"""The front process: ZeroMQ PULL socket in, ring records out.
+"""The front process: ZeroMQ PULL socket in, ring records out (the spool when it is full).
 
-The loop: wait for a message, drain what else is queued (up to
-:data:`MAX_BATCH_BYTES`), decode every frame of the batch into one
+The loop: move what the spool holds into the ring while there is room; wait
+for a message, drain what else is queued (up to :data:`MAX_BATCH_BYTES`),
+decode every frame of the batch into one
 :class:`~ingestor.protocol.RecordBuilder`, dead-letter the invalid events,
-and put the valid records into their lanes (``scale_id % lanes``).
+and place the valid records into their lanes (``scale_id % lanes``).
 
-Back-pressure: when a lane is full, :meth:`Lane.put_all` waits for its
-writer, so the front stops reading; the socket's receive high-water mark
-then fills and ZeroMQ stops the senders (SPEC §1.2). Nothing received and
-accepted is ever dropped. A stop request (SIGTERM from the supervisor) ends
-the loop after the batch in hand is in the ring.
+Placing (SPEC §1.2): records go into the ring while the spool is empty and
+their lane has room; the rest, and everything received while the spool holds
+anything, is appended to the spool (one fsync'd block per received batch),
+so each scale's events reach the writers in arrival order. Only when the
+ring and the spool are both full does the front wait for the writers, and
+stop reading; the socket's receive high-water mark then fills and ZeroMQ
+stops the senders. Nothing received and accepted is ever dropped. A stop
+request (SIGTERM from the supervisor) ends the loop after the batch in hand
+is placed; what the spool holds stays there for the next start, which
+replays it before any new frame's events.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import zmq
 from .deadletter import DeadLetterWriter
 from .protocol import RecordBuilder, Rejected, decode_frame
 from .ring import Ring
+from .spool import Spool
+from .errors import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +41,20 @@ log = logging.getLogger(__name__)
 # records of one batch fit comfortably in a lane.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 POLL_MS = 100  # how often an idle front looks at its stop flag
+SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
+SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
+SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
 RCVHWM = 1000  # messages ZeroMQ queues before it pushes back on senders
 
 
 class Front:
-    """Receives frames on ``bind`` and fills ``ring``; ``run()`` returns when ``stopping()`` says so."""
+    """Receives frames on ``bind`` and fills ``ring`` (then ``spool``); ``run()`` returns when ``stopping()`` says so."""
 
     def __init__(
         self,
         *,
         ring: Ring,
+        spool: Spool,
         counters: np.ndarray,
         bind: str,
         max_frame_bytes: int,
@@ -50,13 +62,17 @@ class Front:
         stopping: Callable[[], bool],
     ) -> None:
         self.ring = ring
+        self.spool = spool
         self.counters = counters
         self.bind = bind
         self.max_frame_bytes = max_frame_bytes
         self.dead_letters = dead_letters
         self.stopping = stopping
+        self._carry: list[np.ndarray] | None = None  # the oldest spool block, split by lane, as yet unplaced
+        self._replay_left = 0
 
     def run(self) -> None:
+        self._open_spool()
         ctx = zmq.Context()
         pull = ctx.socket(zmq.PULL)
         try:
@@ -65,14 +81,18 @@ class Front:
             pull.bind(self.bind)
             log.info("Front listening on %s (PULL)", self.bind)
             while not self.stopping():
-                if pull.poll(POLL_MS):
-                    self.accept(_drain(pull))
+                self.refill_from_spool()
+                spooling = self.spool.events > 0
+                if pull.poll(SPOOL_POLL_MS if spooling else POLL_MS):
+                    self.accept(_receive(pull, SPOOL_GATHER_S if spooling else 0.0))
+            self._requeue_carry()
         finally:
             pull.close(linger=0)
             ctx.term()
+            self.spool.close()
 
     def accept(self, messages: list[list[bytes]]) -> None:
-        """Decode ``messages`` (each a list of frames) and put their valid events into the ring."""
+        """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool)."""
         received_ns = time.time_ns()
         now_us = received_ns // 1000
         builder = RecordBuilder()
@@ -96,30 +116,141 @@ class Front:
                 c["dead_letter_errors"] += len(rejected)
                 log.error("Could not write %d dead letters to %s: %s", len(rejected), self.dead_letters.directory, e)
         if len(builder):
-            self._route(builder.build(received_ns))
+            self.place(builder.build(received_ns))
 
-    def _route(self, records: np.ndarray) -> None:
-        lanes = self.ring.lanes
-        if len(lanes) == 1:
-            lanes[0].put_all(records)
-            return
-        lane_of = records["scale_id"] % len(lanes)
+    # -- ring first, then spool -------------------------------------------------
+
+    def place(self, records: np.ndarray) -> None:
+        """Put accepted ``records`` into the ring, or behind the spool's content; never drop them.
+
+        While the spool holds anything, new records go behind it (a scale's
+        events stay in order). When neither the ring nor the spool has room,
+        this waits for the writers: the front stops reading (SPEC §1.2).
+        Once stopping, the spool takes the records beyond its bound rather
+        than lose them.
+        """
+        self.counters["held_events"] = len(records)
+        if not self.spool.events:
+            records = self._put_fitting(records)
+        while len(records):
+            if self.stopping():
+                self._spool(records)
+                break
+            fit = self.spool.room_for()
+            if fit:
+                self._spool(records[:fit])
+                records = records[fit:]
+                continue
+            self.refill_from_spool()
+            if not self.spool.events:
+                records = self._put_fitting(records)
+            if len(records):
+                self.counters["held_events"] = len(records)
+                self._wait_for_space()
+        self.counters["held_events"] = 0
+
+    def _put_fitting(self, records: np.ndarray) -> np.ndarray:
+        """Put what fits now into each lane; return the rest (each lane's order kept)."""
+        rest = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._split(records)) if len(part)]
+        rest = [r for r in rest if len(r)]
+        return np.concatenate(rest) if rest else records[:0]
+
+    def _split(self, records: np.ndarray) -> list[np.ndarray]:
+        """``records`` by lane (``scale_id % lanes``), each lane's part in arrival order."""
+        lanes = len(self.ring.lanes)
+        if lanes == 1:
+            return [records]
+        lane_of = records["scale_id"] % lanes
         order = np.argsort(lane_of, kind="stable")  # stable: a scale's events keep their order
-        bounds = np.searchsorted(lane_of[order], np.arange(len(lanes) + 1))
-        for i, lane in enumerate(lanes):
-            if bounds[i] < bounds[i + 1]:
-                lane.put_all(records[order[bounds[i] : bounds[i + 1]]])
+        bounds = np.searchsorted(lane_of[order], np.arange(lanes + 1))
+        return [records[order[bounds[i] : bounds[i + 1]]] for i in range(lanes)]
+
+    def _spool(self, records: np.ndarray) -> None:
+        try:
+            self.spool.append(records)
+        except SpoolError as e:
+            # The disk failed us: keep the records by waiting for the ring instead.
+            log.error("%s; holding %d events until the ring has room", e, len(records))
+            for lane, part in zip(self.ring.lanes, self._split(records)):
+                lane.put_all(part)
+            return
+        self.counters["spooled_events"] += len(records)
+        self._publish_spool()
+
+    def refill_from_spool(self) -> None:
+        """Move the spool's oldest blocks into the ring while every lane they need has room."""
+        moved = False
+        while self.spool.events:
+            if self._carry is None:
+                self._carry = self._split(self.spool.peek())
+            self._carry = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._carry)]
+            moved = True
+            if any(len(part) for part in self._carry):
+                break
+            done = self.spool.oldest_records
+            self.spool.consume()
+            self._carry = None
+            if self._replay_left:
+                self._replay_left = max(0, self._replay_left - done)
+                if not self._replay_left:
+                    log.info("Replayed %d events from spool", int(self.counters["replayed_events"]))
+        if moved:
+            self._publish_spool()
+
+    def _wait_for_space(self) -> None:
+        lanes = self.ring.lanes
+        if self._carry is not None:
+            stuck = next((lanes[i] for i, part in enumerate(self._carry) if len(part)), lanes[0])
+        else:
+            stuck = min(lanes, key=lambda lane: lane.free())
+        stuck.wait_space(SPACE_WAIT_S)
+
+    def _requeue_carry(self) -> None:
+        """At stop: give the spool back the part of its oldest block not yet in the ring."""
+        if self._carry is None:
+            return
+        rest = [part for part in self._carry if len(part)]
+        self.spool.requeue_oldest(np.concatenate(rest) if rest else self.spool.peek()[:0])
+        self._carry = None
+        self._publish_spool()
+
+    def _open_spool(self) -> None:
+        c = self.counters
+        if self.spool.cut_bytes:
+            c["spool_cut_bytes"] += self.spool.cut_bytes
+        if self.spool.events and not c["spool_opened"]:
+            # Events of an earlier run: received again, by this run (keeps SPEC §4's identity).
+            c["received_events"] += self.spool.events
+            c["replayed_events"] = self.spool.events
+            self._replay_left = self.spool.events
+            log.info("Spool holds %d events from the last run; replaying them before new frames", self.spool.events)
+        c["spool_opened"] = 1
+        self._publish_spool()
+
+    def _publish_spool(self) -> None:
+        in_ring = 0
+        if self._carry is not None:
+            in_ring = self.spool.oldest_records - sum(len(part) for part in self._carry)
+        self.counters["spool_events"] = self.spool.events - in_ring
+        self.counters["spool_bytes"] = self.spool.bytes
 
 
-def _drain(sock: zmq.Socket) -> list[list[bytes]]:
-    """Every message queued on ``sock`` now, up to MAX_BATCH_BYTES (at least one)."""
-    messages = []
+def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:
+    """The messages queued on ``sock``, up to MAX_BATCH_BYTES; for ``gather_s`` more seconds if given.
+
+    Gathering makes spool blocks (one fsync each) bigger while spooling.
+    """
+    messages: list[list[bytes]] = []
     size = 0
+    deadline = time.monotonic() + gather_s
     while size < MAX_BATCH_BYTES:
         try:
             message = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            break
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(left * 1000):
+                break
+            continue
         messages.append(message)
         size += sum(len(f) for f in message)
     return messages
@@ -134,10 +265,13 @@ def run_front(
     bind: str,
     max_frame_bytes: int,
     dead_letter_dir: str,
+    spool_dir: str,
+    spool_max_bytes: int,
 ) -> int:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and run the front.
 
-    Returns child.EXIT_BOOT_ERROR when the endpoint cannot be bound.
+    Returns child.EXIT_BOOT_ERROR when the endpoint cannot be bound or the
+    spool cannot be opened.
     """
     from .child import EXIT_BOOT_ERROR
     from .protocol import RECORD_DTYPE
@@ -147,8 +281,15 @@ def run_front(
     ring = Ring.attach(spec, RECORD_DTYPE, sems)
     counters = Counters.attach(counters_name, writers)
     counters.front["pid"] = os.getpid()
+    try:
+        spool = Spool(spool_dir, RECORD_DTYPE, spool_max_bytes)
+    except SpoolError as e:
+        log.error("%s", e)
+        counters.close()
+        ring.close()
+        return EXIT_BOOT_ERROR
     front = Front(
-        ring=ring, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
+        ring=ring, spool=spool, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
         dead_letters=DeadLetterWriter(dead_letter_dir, "front"), stopping=stop,
     )
     try:

@@ -265,6 +265,10 @@ class Lane:
                     break
         return done
 
+    def wait_space(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the writer to release records (returns early when it does)."""
+        self._space.acquire(timeout=timeout_s)
+
     # -- consumer -------------------------------------------------------
 
     def wait_batch(self, max_records: int, timeout_s: float, keep_waiting: Callable[[], bool]) -> int:

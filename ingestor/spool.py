@@ -22,8 +22,9 @@ every block's checksum and cuts the file at the first bad one, logging the
 bytes cut; a torn or corrupt block is never replayed.
 
 Reading takes the oldest block (:meth:`peek`) and drops it once its records
-are in the ring (:meth:`consume`). The read position is kept in the
-``position`` file, and a segment is deleted once read; a crash between
+are in the ring (:meth:`consume`). The ``position`` file holds, for each
+segment read in part, the offset of its first unread block; a segment is
+deleted once read to its end; a crash between
 moving a block to the ring and recording that replays the block, whose
 events the writers then count as duplicates: stored once either way.
 """
@@ -63,11 +64,6 @@ class _Block(msgspec.Struct, array_like=True):
         return _BLOCK_HEADER.size + self.records * itemsize
 
 
-class _Position(msgspec.Struct):
-    segment: int
-    offset: int
-
-
 def _layout_checksum(dtype: np.dtype) -> int:
     return zlib.crc32(repr(dtype.descr).encode())
 
@@ -102,6 +98,7 @@ class Spool:
         self._sizes: dict[int, int] = {}  # segment -> file size
         self._active: int | None = None  # segment appended to
         self._active_fd = -1
+        self._read_from: dict[int, int] = {}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._scan()
@@ -114,23 +111,24 @@ class Spool:
         return self.directory / f"{segment:020d}.spool"
 
     def _scan(self) -> None:
-        position = self._read_position()
+        self._read_from = self._read_position()
         segments = sorted(int(p.stem) for p in self.directory.glob("*.spool") if p.stem.isdigit())
         for segment in segments:
-            start = position.offset if position and position.segment == segment else 0
-            self._scan_segment(segment, start)
+            self._scan_segment(segment, self._read_from.get(segment, 0))
+        self._read_from = {k: v for k, v in self._read_from.items() if k in self._sizes}
         if self._blocks:
             log.info("Spool %s holds %d events (%d bytes) from an earlier run",
                      self.directory, self.events, self.bytes)
 
-    def _read_position(self) -> _Position | None:
+    def _read_position(self) -> dict[int, int]:
+        """Segment -> offset of its first unread block, for segments read in part."""
         try:
-            return msgspec.json.decode((self.directory / _POSITION_FILE).read_bytes(), type=_Position)
+            return msgspec.json.decode((self.directory / _POSITION_FILE).read_bytes(), type=dict[int, int])
         except FileNotFoundError:
-            return None
-        except msgspec.DecodeError:
+            return {}
+        except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("Spool position file in %s is unreadable; replaying from the start", self.directory)
-            return None
+            return {}
 
     def _scan_segment(self, segment: int, start: int) -> None:
         path = self._segment_path(segment)
@@ -198,6 +196,10 @@ class Spool:
         """Whether appending ``records`` records keeps the spool within ``max_bytes``."""
         return self.bytes + self.block_bytes(records) <= self.max_bytes
 
+    def room_for(self) -> int:
+        """How many records one append may take now within ``max_bytes`` (0 when full)."""
+        return max(0, (self.max_bytes - self.bytes - self.block_bytes(0)) // self.itemsize)
+
     def append(self, records: np.ndarray, *, first: bool = False) -> None:
         """Write ``records`` as one block and fsync it; they are read after everything held now.
 
@@ -255,6 +257,11 @@ class Spool:
 
     # -- reading ------------------------------------------------------------
 
+    @property
+    def oldest_records(self) -> int:
+        """Records in the oldest block (what :meth:`peek` returns), 0 when empty."""
+        return self._blocks[0].records if self._blocks else 0
+
     def peek(self) -> np.ndarray | None:
         """The oldest block's records (a fresh array), or None when the spool is empty."""
         if not self._blocks:
@@ -267,23 +274,38 @@ class Spool:
 
     def consume(self) -> None:
         """Drop the oldest block (its records are in the ring now)."""
-        b = self._blocks.pop(0)
+        self._drop(0)
+
+    def requeue_oldest(self, rest: np.ndarray) -> None:
+        """Replace the oldest block by ``rest``, the part of it not taken into the ring.
+
+        ``rest`` is written first (a crash in between replays both: duplicates,
+        never a loss). Raises SpoolError like :meth:`append`.
+        """
+        self.append(rest, first=True)
+        self._drop(1 if len(rest) else 0)
+
+    def _drop(self, index: int) -> None:
+        b = self._blocks.pop(index)
         self.events -= b.records
-        nxt = self._blocks[0] if self._blocks else None
-        if nxt is None or nxt.segment != b.segment:  # read to its end: a segment's blocks are contiguous
+        left = [x.offset for x in self._blocks if x.segment == b.segment]
+        if left:
+            self._read_from[b.segment] = min(left)
+        else:  # that segment is read to its end
+            self._read_from.pop(b.segment, None)
             if b.segment == self._active:
                 self._close_active()
             del self._sizes[b.segment]
             self._segment_path(b.segment).unlink(missing_ok=True)
-        self._write_position(_Position(nxt.segment, nxt.offset) if nxt else None)
+        self._write_position()
 
-    def _write_position(self, position: _Position | None) -> None:
+    def _write_position(self) -> None:
         path = self.directory / _POSITION_FILE
-        if position is None:
+        if not self._read_from:
             path.unlink(missing_ok=True)
             return
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(position))
+        tmp.write_bytes(msgspec.json.encode({str(k): v for k, v in self._read_from.items()}))
         os.replace(tmp, path)  # no fsync: replaying a block again only yields duplicates
 
     def _close_active(self) -> None:

@@ -29,6 +29,13 @@ FRONT_DTYPE = np.dtype(
         ("received_events", "<i8"),
         ("invalid", "<i8"),
         ("dead_letter_errors", "<i8"),
+        ("spool_events", "<i8"),  # held in the spool now
+        ("spool_bytes", "<i8"),  # disk the spool takes now
+        ("spooled_events", "<i8"),  # ever appended to the spool by this run
+        ("replayed_events", "<i8"),  # found in the spool at start (an earlier run's)
+        ("spool_cut_bytes", "<i8"),  # torn or corrupt spool blocks cut at open
+        ("spool_opened", "<i8"),  # 1 once a front has opened the spool in this run
+        ("held_events", "<i8"),  # received, in the front's hands, waiting for ring or spool room
     ]
 )
 

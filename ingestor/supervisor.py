@@ -13,11 +13,15 @@ supervisor instead (it would only fail again).
 
 Stopping:
 - graceful (SIGTERM, SIGINT): status ``draining``; stop the simulator and
-  the front (SIGTERM, they finish the batch in hand), then set the ring's
+  the front (SIGTERM, they place the batch in hand), then set the ring's
   draining flag so writers exit once their lane is written; then stop the
-  embedded PostgreSQL and exit 0. If that takes longer than
-  ``GRACEFUL_TIMEOUT_S``, what is left is killed and the exit code is 1.
-- immediate (SIGQUIT, or a second SIGINT/SIGTERM): SIGKILL every child and exit 1.
+  embedded PostgreSQL and exit 0. When the database stays unreachable for
+  ``DRAIN_OFFLINE_GRACE_S``, or writing takes longer than
+  ``GRACEFUL_TIMEOUT_S``, the writers are killed and what the ring still
+  holds goes in front of the spool for the next start (exit 0: nothing
+  accepted was lost).
+- immediate (SIGQUIT, or a second SIGINT/SIGTERM): SIGKILL every child, put
+  what the ring holds in front of the spool, exit 1.
 """
 
 from __future__ import annotations
@@ -35,15 +39,17 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import psycopg
 import zmq
 
 from . import child, schema
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
-from .errors import IngestorError
+from .errors import IngestorError, SpoolError
 from .protocol import RECORD_DTYPE
 from .ring import Ring
+from .spool import Spool
 from .stats import STATS_REQUEST, Counters, percentile_ms
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
 PARTITION_CHECK_EVERY_S = 3600.0
 GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
+DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
@@ -101,6 +108,7 @@ class Supervisor:
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self._stop_deadline = 0.0
+        self._offline_since: float | None = None
         self._halt_reason: str | None = None
 
     # -- the loop -------------------------------------------------------------
@@ -209,7 +217,8 @@ class Supervisor:
             }))
         self.children.append(Child("front", 0, {
             **shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
-            "dead_letter_dir": dead_letter_dir,
+            "dead_letter_dir": dead_letter_dir, "spool_dir": str(cfg.resolved_spool_dir()),
+            "spool_max_bytes": cfg.spool_max_bytes,
         }))
         if cfg.simulate_scales:
             endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
@@ -290,13 +299,48 @@ class Supervisor:
         if not self.ring.draining:
             self.ring.draining = True
         if any(c.alive() or c.wanted for c in self.writers):
-            if now > self._stop_deadline:
-                log.error("Writers did not drain within %.0f s; %d events left unwritten",
-                          GRACEFUL_TIMEOUT_S, self.ring.used())
-                return self.stop_immediately()
+            if self.database_connected():
+                self._offline_since = None
+            elif self._offline_since is None:
+                self._offline_since = now
+            offline = self._offline_since is not None and now - self._offline_since > DRAIN_OFFLINE_GRACE_S
+            if offline or now > self._stop_deadline:
+                why = (f"the database has been unreachable for {DRAIN_OFFLINE_GRACE_S:.0f} s" if offline
+                       else f"writers did not drain within {GRACEFUL_TIMEOUT_S:.0f} s")
+                log.warning("Draining: %s; stopping the writers and keeping what is left in the spool", why)
+                self.kill_children()
+                return 0 if self.spool_ring_leftovers() else 1
             return None
         log.info("Drained: %d events persisted in all, ring empty", int(self.counters.writers["persisted"].sum()))
         return 0 if self.ring.used() == 0 else 1
+
+    def spool_ring_leftovers(self) -> bool:
+        """Put what the ring still holds in front of the spool (children must be dead); True when kept.
+
+        Records a killed writer had committed but not released come back as
+        duplicates on replay: stored once either way.
+        """
+        if self.ring is None or self.ring.used() == 0:
+            return True
+        left = np.concatenate([lane.peek(lane.used()) for lane in self.ring.lanes])
+        directory = self.config.resolved_spool_dir()
+        try:
+            spool = Spool(directory, RECORD_DTYPE, self.config.spool_max_bytes)
+            spool.append(left, first=True)
+            spool.close()
+        except SpoolError as e:
+            log.error("%d events left in the ring are lost: %s", len(left), e)
+            return False
+        for lane in self.ring.lanes:
+            lane.release(lane.used())
+        log.warning("Spooled %d events left in the ring to %s; the next start replays them", len(left), directory)
+        return True
+
+    def database_connected(self) -> bool:
+        """True when every live writer's last database operation succeeded (SPEC §4 ``database_connected``)."""
+        w = self.counters.writers
+        alive = [c.alive() for c in self.writers]
+        return any(alive) and all(bool(w["connected"][i]) for i, a in enumerate(alive) if a)
 
     def begin_drain(self) -> None:
         self.status = "draining"
@@ -312,6 +356,12 @@ class Supervisor:
                 os.kill(c.process.pid, signal.SIGTERM)
 
     def stop_immediately(self) -> int:
+        """SIGKILL every child; keep what the ring holds in the spool; exit code 1."""
+        self.kill_children()
+        self.spool_ring_leftovers()
+        return 1
+
+    def kill_children(self) -> None:
         for c in self.children:
             c.wanted = False
             if c.alive():
@@ -319,7 +369,6 @@ class Supervisor:
         for c in self.children:
             if c.process is not None:
                 c.process.join(5)
-        return 1
 
     # -- periodic work ------------------------------------------------------------
 
@@ -364,7 +413,6 @@ class Supervisor:
         batches = int(w["batches"].sum())
         last_commit = int(w["last_commit_ns"].max())
         hist = w["latency_hist"].sum(axis=0)
-        alive = [c.alive() for c in self.writers]
         return {
             "status": self.status,
             "uptime_s": round(time.time() - self.started, 1),
@@ -374,17 +422,20 @@ class Supervisor:
             "duplicates": int(w["duplicates"].sum()),
             "persisted": persisted,
             "failed": int(w["failed"].sum()),
-            "pending": self.ring.used(),
+            "pending": self.ring.used() + int(f["spool_events"]) + int(f["held_events"]),
             "ring_capacity": self.ring.capacity,
             "ring_used": self.ring.used(),
-            "spool_bytes": 0,
+            "spool_bytes": int(f["spool_bytes"]),
+            "spool_events": int(f["spool_events"]),
+            "spooled_events": int(f["spooled_events"]),
+            "replayed_events": int(f["replayed_events"]),
             "events_per_s": self.events_per_s(),
             "average_batch_size": round(persisted / batches, 1) if batches else 0.0,
             "average_batch_ms": round(int(w["batch_us_total"].sum()) / batches / 1000, 1) if batches else 0.0,
             "last_persisted_at": (
                 dt.datetime.fromtimestamp(last_commit / 1e9, dt.timezone.utc).isoformat() if last_commit else None
             ),
-            "database_connected": bool(alive) and all(bool(w["connected"][i]) for i, a in enumerate(alive) if a),
+            "database_connected": self.database_connected(),
             "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
             "dead_letter_errors": int(f["dead_letter_errors"]),
             "writers": [

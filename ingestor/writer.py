@@ -158,6 +158,7 @@ class Writer:
             check=ConnectionPool.check_connection,
         )
         self._failures = 0
+        self._offline_since: float | None = None  # when the circuit opened (connection errors)
 
     # -- the loop -----------------------------------------------------------
 
@@ -228,7 +229,6 @@ class Writer:
         c["persisted"] = persisted
         c["duplicates"] = duplicates
         c["last_commit_ns"] = now_ns
-        c["connected"] = 1
         c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
         self.lane.release(len(records))
 
@@ -265,7 +265,6 @@ class Writer:
                 (self.lane.index,),
             ).fetchone()
             conn.commit()
-        self.counters["connected"] = 1
         if row is None or row[0] != self.ring_id:
             return
         _, position, persisted, duplicates = row
@@ -280,18 +279,23 @@ class Writer:
         """Run ``attempt`` until it succeeds; retry transient errors with backoff and jitter.
 
         _DataError propagates at once: retrying a rejected row cannot help.
+        Connection errors (SQLSTATE classes 08 and 57, or no connection at
+        all) open the circuit: ``connected`` goes to 0 and the server is
+        probed at most every RETRY_MAX_S until an attempt succeeds again.
         """
         while True:
             try:
                 attempt()
-                self._failures = 0
-                return
             except _DataError:
                 raise
             except (psycopg.Error, PoolTimeout) as e:
                 self._failures += 1
-                if _is_connection_error(e):
+                connection = _is_connection_error(e)
+                if connection and self._offline_since is None:
+                    self._offline_since = time.monotonic()
                     self.counters["connected"] = 0
+                    log.error("Lane %d: database unreachable; circuit open, probing with backoff up to %.0f s",
+                              self.lane.index, RETRY_MAX_S)
                 delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
                 log.warning(
                     "Lane %d: write failed (%s%s); retry %d in %.1f s",
@@ -300,6 +304,14 @@ class Writer:
                     self._failures, delay,
                 )
                 time.sleep(delay)
+                continue
+            self._failures = 0
+            if self._offline_since is not None:
+                log.info("Lane %d: database reachable again after %.1f s; circuit closed",
+                         self.lane.index, time.monotonic() - self._offline_since)
+                self._offline_since = None
+            self.counters["connected"] = 1
+            return
 
 
 class _DataError(Exception):

@@ -122,3 +122,16 @@ def test_spool_that_cannot_be_created_names_the_directory(tmp_path):
     blocker.write_text("x")
     with pytest.raises(SpoolError, match="file/spool"):
         Spool(blocker / "spool", RECORD_DTYPE, max_bytes=1 << 30)
+
+
+def test_spool_requeued_rest_of_a_block_is_read_first_and_once(tmp_path):
+    spool = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30)
+    spool.append(records(0, 6))
+    spool.append(records(6, 3))
+    block = spool.peek()
+    spool.requeue_oldest(block[4:])  # 0..3 went into the ring
+    spool.close()
+    again = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30)
+    assert again.events == 5
+    assert drain(again) == [4, 5, 6, 7, 8]
+    assert segments(tmp_path) == []

@@ -1,0 +1,140 @@
+"""Faults injected into the running service, each ending with exact database contents.
+
+These tests stop and start PostgreSQL, so each gets its own cluster
+(``own_pg``), not the session's shared server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from ingestor import schema
+from ingestor.embedded_pg import EmbeddedPostgres
+from ingestor.simulator import Simulator
+
+from .fix_pg import TEST_SETTINGS
+from .test_service import identity_holds
+
+pytestmark = pytest.mark.slow
+
+# SPEC-size outage by default; INGESTOR_TEST_OUTAGE_S shortens it for a quick local run.
+OUTAGE_S = float(os.environ.get("INGESTOR_TEST_OUTAGE_S", "60"))
+START_MS = 1_700_000_000_000
+
+
+@pytest.fixture
+def own_pg() -> Iterator[EmbeddedPostgres]:
+    """A migrated PostgreSQL cluster of this test's own, which the test may stop and start."""
+    data_dir = tempfile.mkdtemp(prefix="ingestor-fault-pg-")
+    os.chmod(data_dir, 0o755)  # reachable by the postgres user when the tests run as root
+    # synchronous_commit stays on: an immediate stop is a crash, and a commit
+    # reported before its WAL was written would be lost with it (fsync off is
+    # fine, the operating system keeps the written WAL).
+    settings = {k: v for k, v in TEST_SETTINGS.items() if k != "synchronous_commit"}
+    server = EmbeddedPostgres(data_dir, settings=settings)
+    server.start()
+    schema.migrate(server.dsn)
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stored(dsn: str) -> tuple[int, int, int, int]:
+    """(rows, distinct (scale_id, seq), states, states whose seq is their scale's greatest stored)."""
+    with psycopg.connect(dsn) as conn:
+        rows, keys = conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone()
+        states, latest = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE s.seq = m.seq) FROM scale_current_states s "
+            "JOIN (SELECT scale_id, max(seq) seq FROM weighing_logs GROUP BY 1) m USING (scale_id)"
+        ).fetchone()
+    return rows, keys, states, latest
+
+
+def test_database_outage_mid_stream_loses_nothing_and_spool_drains(service_factory, own_pg):
+    rate, scales = 5000, 300
+    events = int(rate * (OUTAGE_S + 20))
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "2", "--ring-capacity", "16384")
+    svc.wait_ready()
+    sim = Simulator(svc.bind, scales=scales, rate=rate, events=events, events_per_frame=50, start_ms=START_MS)
+    sent = []
+    sender = threading.Thread(target=lambda: sent.append(sim.run()))
+    sender.start()
+    time.sleep(5)
+    own_pg.stop("immediate")
+    stopped_at = time.monotonic()
+    during = svc.wait_for(lambda s: not s["database_connected"] and s["spool_bytes"] > 0, timeout_s=OUTAGE_S)
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+    peak = svc.stats()
+    own_pg.start()
+    restarted_at = time.monotonic()
+    sender.join()
+    s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0, timeout_s=180)
+    recovered_s = time.monotonic() - restarted_at
+    assert sent[0].events == events
+    assert identity_holds(s) and s["database_connected"] and s["spool_bytes"] == 0
+    assert (s["invalid"], s["duplicates"], s["failed"]) == (0, 0, 0)
+    assert during["received_events"] > during["persisted"]
+    assert stored(own_pg.dsn) == (events, events, scales, scales)
+    print(f"\noutage {OUTAGE_S:.0f} s at {rate} ev/s: sent {events}, stored {s['persisted']}, "
+          f"spool peak {peak['spool_bytes']} B / {peak['spool_events']} events, spooled {s['spooled_events']}, "
+          f"recovered {recovered_s:.1f} s after restart")
+    assert svc.terminate() == 0
+
+
+def test_full_ring_and_spool_stop_reading_then_lose_nothing(service_factory, own_pg):
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "2", "--ring-capacity", "1024",
+                          "--spool-max-bytes", str(1 << 20))
+    svc.wait_ready()
+    own_pg.stop("immediate")
+    svc.wait_for(lambda s: True)
+    # Far beyond ring (1,024) + spool (~2,800 records) + what the front holds
+    # in hand (one 4 MiB batch) + the ZeroMQ queues (1,000 messages each side).
+    events = 200_000
+    sim = Simulator(svc.bind, scales=50, rate=0, events=events, events_per_frame=20, start_ms=START_MS)
+    sender = threading.Thread(target=sim.run)
+    sender.start()
+    full = svc.wait_for(lambda s: s["ring_used"] == s["ring_capacity"] and s["spool_events"] > 0, timeout_s=60)
+    time.sleep(1)
+    before = svc.stats()
+    time.sleep(2)
+    stalled = svc.stats()
+    # The front stopped reading, the sender is held back, and nothing is lost meanwhile.
+    assert stalled["received_events"] == before["received_events"] < events
+    assert stalled["spool_bytes"] <= 1 << 20
+    assert sender.is_alive() and identity_holds(stalled)
+    own_pg.start()
+    sender.join(180)
+    s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0, timeout_s=180)
+    assert identity_holds(s) and full["spool_bytes"] > 0
+    assert stored(own_pg.dsn)[:2] == (events, events)
+    assert svc.terminate() == 0
+
+
+def test_sigterm_while_database_is_down_keeps_events_in_spool_for_next_start(service_factory, own_pg):
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "2")
+    svc.wait_ready()
+    own_pg.stop("immediate")
+    events = 6000
+    Simulator(svc.bind, scales=40, rate=0, events=events, events_per_frame=100, start_ms=START_MS).run()
+    svc.wait_for(lambda s: s["received_events"] == events)
+    assert svc.terminate(signal.SIGTERM, timeout_s=60) == 0
+    assert "Spooled 6000 events left in the ring" in svc.output()
+    assert list(Path(svc.log.parent / "spool").glob("*.spool"))
+    own_pg.start()
+    again = service_factory("--dsn", own_pg.dsn, "--writers", "3")
+    again.wait_ready()
+    s = again.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0)
+    assert identity_holds(s) and s["received_events"] == events and s["replayed_events"] == events
+    assert "Replayed 6000 events from spool" in again.output()
+    assert stored(own_pg.dsn) == (events, events, 40, 40)
+    assert again.terminate() == 0
