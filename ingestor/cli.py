@@ -24,7 +24,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--dsn", help="libpq connection string or URI; none anywhere: start an embedded PostgreSQL under --data-dir")
     o("--schema", help="database schema of the tables (default: public)")
     o("--bind", help="PULL endpoint senders connect to (default: tcp://0.0.0.0:5555)")
-    o("--ack-bind", help="ROUTER endpoint of acked mode (SPEC §1.3; default: off)")
+    o("--ack-bind", help="ROUTER endpoint of acked mode (SPEC §1.3), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
     o("--batch-size", type=int, help="events per COPY batch at most (default: 5000)")
     o("--batch-timeout-ms", type=int, help="a batch closes this long after its first event arrived (default: 200)")

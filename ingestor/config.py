@@ -31,7 +31,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dsn: str | None = None
     schema: str = "public"
     bind: str = "tcp://0.0.0.0:5555"
-    ack_bind: str | None = None
+    ack_bind: str = "tcp://0.0.0.0:5556"
     writers: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
     batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 200
@@ -52,6 +52,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.writers != "auto":
             return self.writers
         return auto_writers(os.cpu_count() or 1)
+
+    def ack_endpoint(self) -> str | None:
+        """``ack_bind``, or None when acked mode is switched off (``off``, ``none`` or empty)."""
+        return None if self.ack_bind.strip().lower() in ("", "off", "none") else self.ack_bind
 
     def resolved_dead_letter_dir(self) -> Path:
         return Path(self.dead_letter_dir or Path(self.data_dir) / "dead-letters")

@@ -23,11 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
+
+import msgspec
 
 import numpy as np
 import zmq
 
+from .acks import SLOTS, AckTable
 from .deadletter import DeadLetterWriter
 from .protocol import RecordBuilder, Rejected, decode_frame
 from .ring import Ring
@@ -44,6 +47,9 @@ POLL_MS = 100  # how often an idle front looks at its stop flag
 SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
+ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
+ACK_EXPIRE_S = 600.0  # an acked message still uncounted after this is given up (the sender re-sends)
+MAX_TOKEN_BYTES = 64  # SPEC §1.3
 RCVHWM = 1000  # messages ZeroMQ queues before it pushes back on senders
 
 
@@ -60,8 +66,14 @@ class Front:
         max_frame_bytes: int,
         dead_letters: DeadLetterWriter,
         stopping: Callable[[], bool],
+        ack_bind: str | None = None,
+        acks: AckTable | None = None,
     ) -> None:
         self.ring = ring
+        self.ack_bind = ack_bind
+        self.acks = acks
+        self._awaiting: dict[int, _Awaiting] = {}  # tag -> acked message waiting for its commit
+        self._next_tag = time.time_ns()  # unique over the service's life, across front restarts
         self.spool = spool
         self.counters = counters
         self.bind = bind
@@ -75,39 +87,85 @@ class Front:
         self._open_spool()
         ctx = zmq.Context()
         pull = ctx.socket(zmq.PULL)
+        router = ctx.socket(zmq.ROUTER) if self.ack_bind else None
         try:
-            pull.setsockopt(zmq.RCVHWM, RCVHWM)
-            pull.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-            pull.bind(self.bind)
-            log.info("Front listening on %s (PULL)", self.bind)
+            for sock, endpoint in ((pull, self.bind), (router, self.ack_bind)):
+                if sock is not None:
+                    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+                    sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+                    sock.bind(endpoint)
+            if router is not None:
+                # room for a reply to every message that may await one, so none is dropped
+                # while a sender is slow to read (ROUTER drops at the high-water mark)
+                router.setsockopt(zmq.SNDHWM, SLOTS // 2)
+            log.info("Front listening on %s (PULL)%s", self.bind,
+                     f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "")
+            poller = zmq.Poller()
+            poller.register(pull, zmq.POLLIN)
             while not self.stopping():
                 self.refill_from_spool()
+                if router is not None:
+                    self.reply_committed(router)
+                    # beyond SLOTS waiting messages a tag's row would be reused: stop reading acked input
+                    poller.register(router, zmq.POLLIN if len(self._awaiting) < SLOTS // 2 else 0)
                 spooling = self.spool.events > 0
-                if pull.poll(SPOOL_POLL_MS if spooling else POLL_MS):
-                    self.accept(_receive(pull, SPOOL_GATHER_S if spooling else 0.0))
+                timeout = SPOOL_POLL_MS if spooling else ACK_POLL_MS if self._awaiting else POLL_MS
+                ready = dict(poller.poll(timeout))
+                gather = SPOOL_GATHER_S if spooling else 0.0
+                if pull in ready:
+                    self.accept(_receive(pull, gather))
+                if router is not None and router in ready:
+                    self.accept(_receive(router, gather), acked=True)
             self._requeue_carry()
         finally:
             pull.close(linger=0)
+            if router is not None:
+                router.close(linger=0)
             ctx.term()
             self.spool.close()
 
-    def accept(self, messages: list[list[bytes]]) -> None:
-        """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool)."""
+    def accept(self, messages: list[list[bytes]], acked: bool = False) -> None:
+        """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool).
+
+        With ``acked=True`` each message is ``[identity, token, frame, ...]``
+        from the ROUTER socket (SPEC §1.3): its records get the message's tag
+        and its reply waits in ``_awaiting`` until they are committed.
+        """
         received_ns = time.time_ns()
         now_us = received_ns // 1000
         builder = RecordBuilder()
         rejected: list[Rejected] = []
         frames = events = 0
+        tagged: list[tuple[int, int, int]] = []  # (tag, first record, end record)
         for message in messages:
+            if acked:
+                start, invalid_before = len(builder), len(rejected)
+                identity, token, message = message[0], message[1] if len(message) > 1 else b"", message[2:]
+                if len(token) > MAX_TOKEN_BYTES:
+                    rejected += [_bad_token(token, frame) for frame in message]
+                    frames += len(message)
+                    events += len(message)
+                    message = []
             for frame in message:
                 frames += 1
                 n, bad = decode_frame(frame, builder, now_us)
                 events += n
                 if bad:
                     rejected += bad
+            if acked:
+                tag = self._next_tag
+                self._next_tag += 1
+                accepted = len(builder) - start
+                self._awaiting[tag] = _Awaiting(identity, token, accepted, len(rejected) - invalid_before,
+                                                time.monotonic())
+                if accepted:
+                    self.acks.open(tag)
+                    tagged.append((tag, start, len(builder)))
         c = self.counters
         c["received_frames"] += frames
         c["received_events"] += events
+        if acked:
+            c["acked_messages"] += len(messages)
         if rejected:
             c["invalid"] += len(rejected)
             try:
@@ -116,7 +174,33 @@ class Front:
                 c["dead_letter_errors"] += len(rejected)
                 log.error("Could not write %d dead letters to %s: %s", len(rejected), self.dead_letters.directory, e)
         if len(builder):
-            self.place(builder.build(received_ns))
+            records = builder.build(received_ns)
+            for tag, start, end in tagged:
+                records["tag"][start:end] = tag
+            self.place(records)
+
+    def reply_committed(self, router: zmq.Socket) -> None:
+        """Answer every acked message whose accepted events are all committed (SPEC §1.3)."""
+        if not self._awaiting:
+            return
+        tags = np.fromiter(self._awaiting, np.int64, len(self._awaiting))
+        progress = self.acks.progress(tags)
+        now = time.monotonic()
+        for tag, (done, duplicates, failed) in zip(tags.tolist(), progress.tolist()):
+            m = self._awaiting[tag]
+            if done >= m.accepted:
+                reply = {"accepted": m.accepted - duplicates - failed, "duplicates": duplicates,
+                         "invalid": m.invalid + failed}
+                router.send_multipart([m.identity, m.token, _REPLY_ENCODER.encode(reply)], zmq.NOBLOCK)
+                self.counters["ack_replies"] += 1
+                del self._awaiting[tag]
+            elif now - m.since > ACK_EXPIRE_S:
+                # Counts lost with a writer killed between its commit and its count: the
+                # sender got no reply and re-sends; its events are stored once anyway.
+                log.warning("No reply for an acked message after %.0f s (%d of %d events counted); "
+                            "dropping its wait, the sender re-sends", ACK_EXPIRE_S, done, m.accepted)
+                self.counters["ack_expired"] += 1
+                del self._awaiting[tag]
 
     # -- ring first, then spool -------------------------------------------------
 
@@ -235,6 +319,24 @@ class Front:
         self.counters["spool_bytes"] = self.spool.bytes
 
 
+class _Awaiting(NamedTuple):
+    """An acked message waiting for its events' commit."""
+
+    identity: bytes  # ROUTER's routing id of the sender
+    token: bytes
+    accepted: int  # valid events, placed with the message's tag
+    invalid: int  # rejected by the decoder
+    since: float  # time.monotonic() when received
+
+
+_REPLY_ENCODER = msgspec.msgpack.Encoder()
+
+
+def _bad_token(token: bytes, frame: bytes) -> Rejected:
+    reason = f"acked-mode token is {len(token)} bytes, more than {MAX_TOKEN_BYTES} (SPEC §1.3)"
+    return Rejected("bad_token", reason, None, frame, None)
+
+
 def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:
     """The messages queued on ``sock``, up to MAX_BATCH_BYTES; for ``gather_s`` more seconds if given.
 
@@ -267,6 +369,8 @@ def run_front(
     dead_letter_dir: str,
     spool_dir: str,
     spool_max_bytes: int,
+    ack_bind: str | None,
+    acks_name: str,
 ) -> int:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and run the front.
 
@@ -281,24 +385,27 @@ def run_front(
     ring = Ring.attach(spec, RECORD_DTYPE, sems)
     counters = Counters.attach(counters_name, writers)
     counters.front["pid"] = os.getpid()
+    acks = AckTable.attach(acks_name, spec.lanes)
     try:
         spool = Spool(spool_dir, RECORD_DTYPE, spool_max_bytes)
     except SpoolError as e:
         log.error("%s", e)
+        acks.close()
         counters.close()
         ring.close()
         return EXIT_BOOT_ERROR
     front = Front(
         ring=ring, spool=spool, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
-        dead_letters=DeadLetterWriter(dead_letter_dir, "front"), stopping=stop,
+        dead_letters=DeadLetterWriter(dead_letter_dir, "front"), stopping=stop, ack_bind=ack_bind, acks=acks,
     )
     try:
         front.run()
     except zmq.ZMQError as e:
-        log.error("Cannot bind %s: %s", bind, e)
+        log.error("Cannot bind %s%s: %s", bind, f" or {ack_bind}" if ack_bind else "", e)
         return EXIT_BOOT_ERROR
     finally:
         del front  # drop its views into the shared blocks before closing them
+        acks.close()
         counters.close()
         ring.close()
     log.info("Front stopped")

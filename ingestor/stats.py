@@ -36,6 +36,9 @@ FRONT_DTYPE = np.dtype(
         ("spool_cut_bytes", "<i8"),  # torn or corrupt spool blocks cut at open
         ("spool_opened", "<i8"),  # 1 once a front has opened the spool in this run
         ("held_events", "<i8"),  # received, in the front's hands, waiting for ring or spool room
+        ("acked_messages", "<i8"),  # received on the ROUTER endpoint
+        ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
+        ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
     ]
 )
 

@@ -44,6 +44,7 @@ import psycopg
 import zmq
 
 from . import child, schema
+from .acks import AckTable
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .errors import IngestorError, SpoolError
@@ -100,6 +101,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.ring: Ring | None = None
         self.counters: Counters | None = None
+        self.acks: AckTable | None = None
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = config.dsn
         self.zmq = zmq.Context()
@@ -202,6 +204,7 @@ class Supervisor:
         lane_capacity = max(1, cfg.ring_capacity // writers)
         self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
         self.counters = Counters.create(writers)
+        self.acks = AckTable.create(writers)
         self.stats_sock = self.zmq.socket(zmq.REP)
         self.stats_sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -209,7 +212,7 @@ class Supervisor:
         except zmq.ZMQError as e:
             raise IngestorError(f"cannot bind the stats endpoint {cfg.stats_endpoint}: {e}") from None
         dead_letter_dir = str(cfg.resolved_dead_letter_dir())
-        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name}
+        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name}
         for i in range(writers):
             self.children.append(Child("writer", i, {
                 **shared, "index": i, "dsn": self.dsn, "schema": cfg.schema, "batch_size": cfg.batch_size,
@@ -218,7 +221,7 @@ class Supervisor:
         self.children.append(Child("front", 0, {
             **shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
             "dead_letter_dir": dead_letter_dir, "spool_dir": str(cfg.resolved_spool_dir()),
-            "spool_max_bytes": cfg.spool_max_bytes,
+            "spool_max_bytes": cfg.spool_max_bytes, "ack_bind": cfg.ack_endpoint(),
         }))
         if cfg.simulate_scales:
             endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
@@ -429,6 +432,9 @@ class Supervisor:
             "spool_events": int(f["spool_events"]),
             "spooled_events": int(f["spooled_events"]),
             "replayed_events": int(f["replayed_events"]),
+            "acked_messages": int(f["acked_messages"]),
+            "ack_replies": int(f["ack_replies"]),
+            "ack_expired": int(f["ack_expired"]),
             "events_per_s": self.events_per_s(),
             "average_batch_size": round(persisted / batches, 1) if batches else 0.0,
             "average_batch_ms": round(int(w["batch_us_total"].sum()) / batches / 1000, 1) if batches else 0.0,
@@ -475,6 +481,9 @@ class Supervisor:
         if self.counters is not None:
             self.counters.unlink()
             self.counters.close()
+        if self.acks is not None:
+            self.acks.unlink()
+            self.acks.close()
         if self.ring is not None:
             self.ring.unlink()
             self.ring.close()

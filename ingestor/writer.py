@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import os
 import random
+import signal
 import time
 from typing import Callable
 
@@ -41,6 +42,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import copy_payload
+from .acks import AckTable
 from .deadletter import DeadLetterWriter
 from .protocol import DATA_FIELDS, Rejected
 from .ring import Lane
@@ -86,15 +88,17 @@ RETURNING scale_id, seq
 """
 
 
-def only_fresh(records: np.ndarray, fresh: list[tuple[int, int]]) -> np.ndarray:
-    """The records whose (scale_id, seq) is in ``fresh``, each key once (the first occurrence)."""
+def fresh_mask(records: np.ndarray, fresh: list[tuple[int, int]]) -> np.ndarray:
+    """Bool array, one per record: its (scale_id, seq) is in ``fresh`` and this is its first occurrence."""
+    if len(fresh) == len(records):
+        return np.ones(len(records), bool)
     left = set(fresh)
     keep = np.zeros(len(records), bool)
     for i, key in enumerate(zip(records["scale_id"].tolist(), records["seq"].tolist())):
         if key in left:
             left.discard(key)
             keep[i] = True
-    return records[keep]
+    return keep
 
 
 def latest_per_scale(records: np.ndarray) -> np.ndarray:
@@ -140,8 +144,10 @@ class Writer:
         counters: np.ndarray,
         dead_letters: DeadLetterWriter,
         draining: Callable[[], bool],
+        acks: AckTable | None = None,
     ) -> None:
         self.lane = lane
+        self.acks = acks
         self.ring_id = ring_id
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_ms / 1000
@@ -208,8 +214,8 @@ class Writer:
                 with conn.transaction():
                     with conn.cursor() as cur:
                         cur.execute(DEDUP_SQL, (records["scale_id"].tolist(), records["seq"].tolist()))
-                        fresh = cur.fetchall()
-                        new = records if len(fresh) == len(records) else only_fresh(records, fresh)
+                        fresh = fresh_mask(records, cur.fetchall())
+                        new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
                         if len(new):
@@ -221,9 +227,12 @@ class Writer:
                 if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
                     raise _DataError(e) from e
                 raise
-        self._committed(records, persisted, duplicates)
+        self._committed(records, persisted, duplicates, fresh)
 
-    def _committed(self, records: np.ndarray, persisted: int, duplicates: int) -> None:
+    def _committed(self, records: np.ndarray, persisted: int, duplicates: int, fresh: np.ndarray) -> None:
+        _failpoint("writer-after-commit")
+        if self.acks is not None:
+            self.acks.count(self.lane.index, records["tag"], ~fresh)
         now_ns = time.time_ns()
         c = self.counters
         c["persisted"] = persisted
@@ -251,6 +260,8 @@ class Writer:
                 conn.commit()
 
         self._retrying(advance)
+        if self.acks is not None:
+            self.acks.count(self.lane.index, records[:1]["tag"], failed=True)
         self.counters["failed"] += 1
         self.lane.release(1)
         log.warning("Dead-lettered scale %d seq %d: SQLSTATE %s %s", r["scale_id"], r["seq"], state, message)
@@ -326,6 +337,17 @@ def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (psycopg.OperationalError, PoolTimeout)) or _sqlstate(e)[:2] in ("08", "57")
 
 
+def _failpoint(name: str) -> None:
+    """Die here by SIGKILL, once, when the file ``$INGESTOR_FAILPOINTS/<name>`` exists (fault tests)."""
+    directory = os.environ.get("INGESTOR_FAILPOINTS")
+    if directory:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _configure(conn: psycopg.Connection, schema: str) -> None:
     set_search_path(conn, schema)
     conn.commit()
@@ -352,6 +374,7 @@ def run_writer(
     batch_size: int,
     batch_timeout_ms: int,
     dead_letter_dir: str,
+    acks_name: str,
 ) -> int:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``index``.
 
@@ -368,17 +391,19 @@ def run_writer(
     counters = Counters.attach(counters_name, spec.lanes)
     mine = counters.writers[index : index + 1].reshape(())
     mine["pid"] = os.getpid()
+    acks = AckTable.attach(acks_name, spec.lanes)
     parent = os.getppid()
     writer = Writer(
         lane=ring.lanes[index], ring_id=spec.ring_id, dsn=dsn, schema=schema, batch_size=batch_size,
         batch_timeout_ms=batch_timeout_ms, counters=mine,
         dead_letters=DeadLetterWriter(dead_letter_dir, f"writer-{index}"),
-        draining=lambda: ring.draining or os.getppid() != parent,
+        draining=lambda: ring.draining or os.getppid() != parent, acks=acks,
     )
     try:
         writer.run()
     finally:
         del writer, mine  # drop views into the shared blocks before closing them
+        acks.close()
         counters.close()
         ring.close()
     return 0

@@ -25,18 +25,21 @@ def free_port() -> int:
 class Service:
     """One ``ingestor run`` process; its stderr goes to ``log``."""
 
-    def __init__(self, args: list[str], workdir: Path) -> None:
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.bind = f"tcp://127.0.0.1:{free_port()}"
+        self.ack_bind = f"tcp://127.0.0.1:{free_port()}"
         self.stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.dead_letter_dir = workdir / "dead-letters"
         self.log = workdir / "service.log"
         cmd = [
-            sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind,
+            sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind, "--ack-bind", self.ack_bind,
             "--stats-endpoint", self.stats_endpoint, "--dead-letter-dir", str(self.dead_letter_dir),
             "--spool-dir", str(workdir / "spool"), "--data-dir", str(workdir / "data"), *args,
         ]
         self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT)
+        # its own session: kill_tree() can SIGKILL the whole process tree, as a power cut would
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
 
     def stats(self, timeout_s: float = 2.0) -> dict:
         return stats.query(self.stats_endpoint, timeout_s)
@@ -70,6 +73,11 @@ class Service:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout_s)
 
+    def kill_tree(self) -> None:
+        """SIGKILL the supervisor and every child at once; nothing gets to clean up."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def output(self) -> str:
         self._logf.flush()
         return self.log.read_text(errors="replace")
@@ -90,8 +98,8 @@ def service_factory(tmp_path: Path) -> Iterator:
     """Start services with ``service_factory("--dsn", dsn, ...)``; all are killed at teardown."""
     started: list[Service] = []
 
-    def start(*args: str) -> Service:
-        svc = Service(list(args), tmp_path)
+    def start(*args: str, env: dict[str, str] | None = None) -> Service:
+        svc = Service(list(args), tmp_path, env)
         started.append(svc)
         return svc
 

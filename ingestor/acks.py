@@ -1,0 +1,92 @@
+"""Acked mode's bookkeeping (SPEC §1.3): which events of a message are committed.
+
+The front gives each message received on the ROUTER endpoint a *tag*, unique
+over the service's life (nanoseconds at the front's start, plus one per
+message), stamps it on the message's records, and opens the tag's row in this
+table. A writer, after the transaction holding tagged records has committed,
+adds to the row of each tag in its lane how many of them it wrote, how many
+were duplicates and how many PostgreSQL rejected. The front sends the reply
+once the rows of all lanes add up to the message's accepted events.
+
+Table layout: one shared-memory array, ``(lanes, SLOTS, 4)`` int64, a row
+being (tag, done, duplicates, failed). Tag ``t`` lives in slot
+``t % SLOTS``. Each lane's rows have one writing writer, and the front writes
+a row only while no record of it is in flight; a writer adds only to a row
+that still holds its records' tag, so records of an expired or earlier
+message (replayed from the spool after a restart) never count for another.
+Counts only grow, so a stale read merely delays a reply.
+"""
+
+from __future__ import annotations
+
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from .ring import _unlink, _untrack
+
+SLOTS = 1 << 16  # messages awaiting their reply at most (the front stops reading acked input beyond)
+_TAG, _DONE, _DUPLICATES, _FAILED = range(4)
+
+
+class AckTable:
+    """The shared per-lane counts of acked messages' committed events."""
+
+    def __init__(self, shm: SharedMemory, lanes: int) -> None:
+        self._shm = shm
+        self.name = shm.name
+        self.lanes = lanes
+        self.rows = np.ndarray((lanes, SLOTS, 4), np.int64, shm.buf)
+
+    @classmethod
+    def create(cls, lanes: int) -> AckTable:
+        shm = SharedMemory(create=True, size=lanes * SLOTS * 4 * 8)
+        _untrack(shm)
+        table = cls(shm, lanes)
+        table.rows[:] = 0
+        return table
+
+    @classmethod
+    def attach(cls, name: str, lanes: int) -> AckTable:
+        shm = SharedMemory(name=name)
+        _untrack(shm)
+        return cls(shm, lanes)
+
+    # -- the front ------------------------------------------------------------
+
+    def open(self, tag: int) -> None:
+        """Start counting for ``tag`` (before any of its records is placed)."""
+        self.rows[:, tag % SLOTS] = (tag, 0, 0, 0)
+
+    def progress(self, tags: np.ndarray) -> np.ndarray:
+        """``(len(tags), 3)`` int64: done, duplicates, failed of each tag, all lanes summed."""
+        rows = self.rows[:, tags % SLOTS]  # (lanes, n, 4)
+        mine = rows[:, :, _TAG] == tags
+        return (rows[:, :, _DONE:] * mine[:, :, None]).sum(axis=0)
+
+    # -- a writer -------------------------------------------------------------
+
+    def count(self, lane: int, tags: np.ndarray, duplicate: np.ndarray | None = None, failed: bool = False) -> None:
+        """Add committed records of ``lane``: their ``tags`` (uint64; 0 = not acked) and which were duplicates.
+
+        With ``failed=True`` every record counts as rejected by the database.
+        """
+        tagged = tags != 0
+        if not tagged.any():
+            return
+        t = tags[tagged].astype(np.int64)
+        unique, index = np.unique(t, return_inverse=True)
+        slots = unique % SLOTS
+        mine = self.rows[lane, slots, _TAG] == unique
+        done = np.bincount(index, minlength=len(unique))
+        column = _FAILED if failed else _DUPLICATES
+        extra = done if failed else np.bincount(index, weights=duplicate[tagged], minlength=len(unique)).astype(np.int64)
+        self.rows[lane, slots[mine], _DONE] += done[mine]
+        self.rows[lane, slots[mine], column] += extra[mine]
+
+    def close(self) -> None:
+        del self.rows
+        self._shm.close()
+
+    def unlink(self) -> None:
+        _unlink(self._shm)

@@ -1,0 +1,168 @@
+"""Acked mode (SPEC §1.3) against the running service: replies only after commit, re-sends stored once."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from .test_service import identity_holds
+
+pytestmark = pytest.mark.slow
+START_MS = 1_700_000_000_000
+
+
+def frame(scale_id: int, seqs: range) -> bytes:
+    return msgspec.msgpack.encode(
+        [{"scale_id": scale_id, "seq": s, "ts": START_MS + s, "data_1": f"{s}.5"} for s in seqs]
+    )
+
+
+class AckedSender:
+    """A DEALER sender: sends ``[token, frame...]`` and reads ``[token, reply]``."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, token: bytes, *frames: bytes) -> None:
+        self.sock.send_multipart([token, *frames])
+
+    def replies(self, timeout_s: float, want: int = 0) -> list[tuple[bytes, dict]]:
+        """Replies arriving within ``timeout_s`` (returns early once ``want`` have arrived)."""
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(left * 1000):
+            token, reply = self.sock.recv_multipart()
+            out.append((token, msgspec.msgpack.decode(reply)))
+            if want and len(out) >= want:
+                break
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_acked_reply_comes_only_after_the_events_are_committed(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    sender = AckedSender(svc.ack_bind)
+    bad = msgspec.msgpack.encode({"scale_id": 0, "seq": 1, "ts": 1})
+    sender.send(b"t-1", frame(11, range(3)), bad, frame(12, range(2)))
+    (token, reply), = sender.replies(10, want=1)
+    # the reply is the promise: the rows must be there the moment it arrives
+    assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 5
+    assert (token, reply) == (b"t-1", {"accepted": 5, "duplicates": 0, "invalid": 1})
+    sender.send(b"t-2", frame(11, range(4)))  # three re-sent, one new
+    assert sender.replies(10, want=1) == [(b"t-2", {"accepted": 1, "duplicates": 3, "invalid": 0})]
+    sender.send(b"x" * 65, frame(13, range(2)))
+    assert sender.replies(10, want=1) == [(b"x" * 65, {"accepted": 0, "duplicates": 0, "invalid": 1})]
+    sender.send(b"empty")
+    assert sender.replies(10, want=1) == [(b"empty", {"accepted": 0, "duplicates": 0, "invalid": 0})]
+    sender.close()
+    s = svc.wait_for(lambda s: s["ack_replies"] == 4)
+    assert identity_holds(s) and (s["persisted"], s["duplicates"], s["invalid"]) == (6, 3, 2)
+    assert svc.terminate() == 0
+
+
+def test_sender_that_drops_replies_and_resends_stores_each_event_once(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-timeout-ms", "50")
+    svc.wait_ready()
+    sender = AckedSender(svc.ack_bind)
+    messages = {f"m{i}".encode(): frame(i % 37 + 1, range(i * 10, i * 10 + 10)) for i in range(300)}
+    unacked = set(messages)
+    sends = 0
+    while unacked:
+        for token in sorted(unacked):
+            sender.send(token, messages[token])
+            sends += 1
+        for token, reply in sender.replies(0.3):
+            if hash(token) % 3 == 0 and sends < 3 * len(messages):
+                continue  # this reply is "lost": the message goes out again
+            unacked.discard(token)
+    sender.close()
+    assert sends > len(messages)
+    s = svc.wait_for(lambda s: s["pending"] == 0 and s["persisted"] == 3000)
+    assert identity_holds(s) and s["duplicates"] == (sends - len(messages)) * 10
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (3000, 3000)
+    assert svc.terminate() == 0
+
+
+def test_sigkill_of_the_whole_tree_never_loses_an_acknowledged_event(service_factory, dsn, conn):
+    shm_before = set(os.listdir("/dev/shm"))
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    messages = {f"k{i}".encode(): frame(i % 50 + 1, range(i * 5, i * 5 + 5)) for i in range(20_000)}
+    acknowledged: set[bytes] = set()
+    stop = threading.Event()
+
+    def send_all() -> None:
+        sender = AckedSender(svc.ack_bind)
+        for n, (token, f) in enumerate(messages.items()):
+            if stop.is_set():
+                break
+            sender.send(token, f)
+            if n % 50 == 49:
+                acknowledged.update(t for t, _ in sender.replies(0.01))
+        acknowledged.update(t for t, _ in sender.replies(0.2))
+        sender.close()
+
+    thread = threading.Thread(target=send_all)
+    thread.start()
+    time.sleep(2.5)
+    svc.kill_tree()  # supervisor, front, writers: all at once
+    stop.set()
+    thread.join()
+    for name in set(os.listdir("/dev/shm")) - shm_before:  # nobody was left to unlink them
+        Path("/dev/shm", name).unlink(missing_ok=True)
+    assert acknowledged
+    keys = {(r[0], r[1]) for r in conn.execute("SELECT scale_id, seq FROM weighing_logs")}
+    for token in acknowledged:
+        i = int(token[1:])
+        assert {(i % 50 + 1, s) for s in range(i * 5, i * 5 + 5)} <= keys, token
+    # The sender re-sends everything it has no reply for; then each event is stored once.
+    again = service_factory("--dsn", dsn, "--writers", "2")
+    again.wait_ready()
+    sender = AckedSender(again.ack_bind)
+    missing = set(messages) - acknowledged
+    resent = len(missing)
+    for _ in range(5):  # a real sender: re-send what has no reply yet, reading replies as it goes
+        for n, token in enumerate(sorted(missing)):
+            sender.send(token, messages[token])
+            if n % 100 == 99:
+                missing -= {t for t, _ in sender.replies(0.001)}
+        missing -= {t for t, _ in sender.replies(3)}
+        if not missing:
+            break
+    assert not missing
+    sender.close()
+    total = len(messages) * 5
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (total, total)
+    assert again.terminate() == 0
+    print(f"\nSIGKILL of the tree: {len(acknowledged)} messages acknowledged before the kill, all stored; "
+          f"{resent} re-sent after the restart; {total} events stored once")
+
+
+def test_writer_killed_between_commit_and_release_writes_nothing_twice(service_factory, dsn, conn, tmp_path):
+    failpoints = tmp_path / "failpoints"
+    failpoints.mkdir()
+    (failpoints / "writer-after-commit").touch()  # the first writer to commit dies right after it
+    svc = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_FAILPOINTS": str(failpoints)})
+    svc.wait_ready()
+    from ingestor.simulator import Simulator
+
+    Simulator(svc.bind, scales=20, rate=0, events=4000, start_ms=START_MS).run()
+    s = svc.wait_for(lambda s: s["persisted"] == 4000 and s["pending"] == 0 and all(w["alive"] for w in s["writers"]))
+    assert not (failpoints / "writer-after-commit").exists()
+    assert sum(w["restarts"] for w in s["writers"]) == 1 and s["duplicates"] == 0 and identity_holds(s)
+    assert "committed before the last writer died" in svc.output()
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (4000, 4000)
+    assert svc.terminate() == 0
