@@ -15,6 +15,7 @@ from .child import setup_logging
 from .errors import ConfigError, IngestorError, StatsUnavailable
 
 DEFAULT_STATS_ENDPOINT = config_mod.Config().stats_endpoint
+REPLAY_RESEND_S = 5.0  # dead-letters replay re-sends what has no answer this often
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
                          "(default: /var/lib/ingestor as root, ./ingestor-data otherwise)")
     o("--dead-letter-dir", help="JSON Lines files of invalid events (default: DATA_DIR/dead-letters)")
+    o("--dead-letter-max-bytes", type=int, help="the dead-letter files' total size; the oldest go first "
+                                                 "(default: 256 MiB)")
     o("--spool-dir", help="on-disk spool for when the ring is full (default: DATA_DIR/spool)")
     o("--spool-max-bytes", type=int, help="disk the spool may take; then the front stops reading (default: 1 GiB)")
     o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
@@ -62,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     ls = dl_sub.add_parser("list", help="counts by kind, with time range and an example reason")
-    rp = dl_sub.add_parser("replay", help="re-send the dead letters that are valid now; keep the rest")
+    rp = dl_sub.add_parser("replay", help="re-submit (acked mode) the dead letters that are valid now; keep the rest")
     for p in (ls, rp):
         p.add_argument("--dead-letter-dir", help="default: from --config / INGESTOR_DEAD_LETTER_DIR / DATA_DIR/dead-letters")
         p.add_argument("--config", metavar="FILE")
     ls.add_argument("--json", action="store_true")
-    rp.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the service's PULL endpoint")
+    rp.add_argument("--ack-endpoint", default="tcp://127.0.0.1:5556",
+                    help="the service's acked-mode ROUTER endpoint (default: tcp://127.0.0.1:5556)")
+    rp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answers (default: 30)")
 
     cf = sub.add_parser("config", help="the effective configuration")
     cf_sub = cf.add_subparsers(dest="action", required=True)
@@ -131,50 +136,66 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             for kind, s in summary.items():
                 print(f"{s['count']:>9}  {kind:<22} {s['first']} .. {s['last']}  e.g. {s['example']}")
         return 0
-    resent, kept = replay(directory, args.endpoint)
-    print(f"re-sent {resent} dead letter(s) to {args.endpoint}; kept {kept} still invalid")
-    return 0
+    answered, invalid, unanswered = replay(directory, args.ack_endpoint, args.timeout)
+    print(f"re-submitted {answered} dead letter(s) to {args.ack_endpoint}, each answered; "
+          f"kept {invalid} still invalid" + (f" and {unanswered} unanswered (is the service running?)" if unanswered else ""))
+    return 1 if unanswered else 0
 
 
-def replay(directory: Path, endpoint: str) -> tuple[int, int]:
-    """Re-send the dead letters under ``directory`` that are valid now; rewrite the files with the rest.
+def replay(directory: Path, endpoint: str, timeout_s: float = 30.0) -> tuple[int, int, int]:
+    """Re-submit the dead letters under ``directory`` that are valid now, in acked mode (SPEC §1.3).
 
-    Returns ``(resent, kept)``.
+    A letter leaves the store only once the service has answered for it (its
+    event is then committed, a duplicate, or dead-lettered again by the
+    service itself); letters still invalid, and those without an answer
+    within ``timeout_s`` (re-sent every few seconds meanwhile), are kept.
+    The files are first renamed out of the service's way, so its processes
+    start new ones instead of appending to files being rewritten. Returns
+    ``(answered, still_invalid, unanswered)``.
     """
     import msgspec
     import zmq
 
     from .protocol import RecordBuilder, decode_frame
 
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(endpoint)
-    resent = kept = 0
-    encoder = msgspec.json.Encoder()
+    for path in sorted(directory.glob("*.jsonl")):
+        os.replace(path, path.with_suffix(".replaying"))
+    letters: list[tuple[Path, deadletter.DeadLetter]] = []
+    for work in sorted(directory.glob("*.replaying")):  # with those of an interrupted replay
+        letters += deadletter.read_file(work)
     now_us = time.time_ns() // 1000
+    valid = {}
+    for i, (_, letter) in enumerate(letters):
+        if not decode_frame(letter.frame_bytes(), RecordBuilder(), now_us)[1]:
+            valid[i.to_bytes(8, "big")] = i
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    waiting = set(valid)
+    deadline = time.monotonic() + timeout_s
     try:
-        for path in sorted(directory.glob("*.jsonl")):
-            keep_lines = []
-            for _, letter in deadletter.read_file(path):
-                raw = letter.frame_bytes()
-                _, rejected = decode_frame(raw, RecordBuilder(), now_us)
-                if rejected:
-                    keep_lines.append(encoder.encode(letter))
-                    kept += 1
-                else:
-                    push.send(raw)
-                    resent += 1
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_bytes(b"".join(line + b"\n" for line in keep_lines))
-            if keep_lines:
-                os.replace(tmp, path)
-            else:
-                tmp.unlink()
-                path.unlink()
+        while waiting and time.monotonic() < deadline:
+            for token in sorted(waiting):
+                dealer.send_multipart([token, letters[valid[token]][1].frame_bytes()])
+            resend_at = min(deadline, time.monotonic() + REPLAY_RESEND_S)
+            while waiting and (left := resend_at - time.monotonic()) > 0 and dealer.poll(left * 1000):
+                waiting.discard(dealer.recv_multipart()[0])
     finally:
-        push.close(linger=10_000)
+        dealer.close()
         ctx.term()
-    return resent, kept
+    unanswered = {valid[t] for t in waiting}
+    keep: dict[Path, list[bytes]] = {}
+    encoder = msgspec.json.Encoder()
+    for i, (work, letter) in enumerate(letters):
+        if i not in valid.values() or i in unanswered:
+            keep.setdefault(work.with_suffix(".jsonl"), []).append(encoder.encode(letter) + b"\n")
+    for path, lines in keep.items():
+        with open(path, "ab") as f:  # one write; the service may have started this file meanwhile
+            f.write(b"".join(lines))
+    for work in directory.glob("*.replaying"):
+        work.unlink()
+    return len(valid) - len(unanswered), len(letters) - len(valid), len(unanswered)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 30)] = 1 << 20
     data_dir: str = msgspec.field(default_factory=default_data_dir)
     dead_letter_dir: str | None = None
+    dead_letter_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 16)] = 256 << 20
     spool_dir: str | None = None
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
     stats_endpoint: str = "tcp://127.0.0.1:5557"

@@ -10,14 +10,22 @@ One line per rejected event (SPEC §1.1)::
 event's own bytes, with ``index`` its position), as UTF-8 text when it is
 valid UTF-8, otherwise base64 with ``frame_encoding: "base64"``.
 
-Each process writes its own file (``<source>-<UTC date>.jsonl``), so lines of
-two processes never interleave; a batch of lines goes out in one write.
+Each process writes its own files (``<source>-<UTC date>-<n>.jsonl``), so
+lines of two processes never interleave; a batch of lines goes out in one
+write. A file is closed past ``file_bytes`` and the next one started; at
+that moment, and at start, the oldest files of the directory (by
+modification time, any process's) are deleted until the directory holds at
+most ``max_bytes`` (``--dead-letter-max-bytes``). Their lines are counted in
+:attr:`DeadLetterWriter.dropped` and logged; the directory's total can
+exceed the bound by at most the open files (one per process, each under
+``file_bytes``).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -26,6 +34,8 @@ from typing import Iterable, Iterator
 import msgspec
 
 from .protocol import Rejected
+
+log = logging.getLogger(__name__)
 
 
 class DeadLetter(msgspec.Struct, omit_defaults=True):
@@ -58,16 +68,66 @@ def _frame_text(raw: bytes) -> tuple[str, str]:
         return base64.b64encode(raw).decode(), "base64"
 
 
-class DeadLetterWriter:
-    """Appends dead letters of one process (``source``: ``front``, ``writer-0``…) to its file."""
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+MIN_FILE_BYTES = 64 * 1024
 
-    def __init__(self, directory: str | os.PathLike[str], source: str) -> None:
+
+class DeadLetterWriter:
+    """Appends dead letters of one process (``source``: ``front``, ``writer-0``…) to its files.
+
+    ``max_bytes`` bounds the directory (see the module docstring); files
+    rotate past ``file_bytes`` (default: ``max_bytes / 16``, at least 64 KiB).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], source: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 file_bytes: int | None = None) -> None:
         self.directory = Path(directory)
         self.source = source
+        self.max_bytes = max_bytes
+        self.file_bytes = file_bytes or max(MIN_FILE_BYTES, max_bytes // 16)
+        self.dropped = 0  # dead letters deleted to keep the bound
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._path: Path | None = None
+        self._size = 0
+        self._enforce_bound(0)
 
-    def path_for(self, when: dt.datetime) -> Path:
-        return self.directory / f"{self.source}-{when:%Y%m%d}.jsonl"
+    def path_for(self, when: dt.datetime, incoming: int) -> Path:
+        """The file the next ``incoming`` bytes go to (a new one past ``file_bytes``)."""
+        day = f"{self.source}-{when:%Y%m%d}"
+        if self._path is None or not self._path.name.startswith(day + "-") or not self._path.exists():
+            numbers = [int(n) for p in self.directory.glob(f"{day}-*.jsonl") if (n := p.stem.rsplit("-", 1)[1]).isdigit()]
+            self._path = self.directory / f"{day}-{max(numbers, default=1)}.jsonl"
+            self._size = self._path.stat().st_size if self._path.exists() else 0
+        if self._size and self._size + incoming > self.file_bytes:
+            n = int(self._path.stem.rsplit("-", 1)[1]) + 1
+            self._path, self._size = self.directory / f"{day}-{n}.jsonl", 0
+            self._enforce_bound(incoming)
+        return self._path
+
+    def _enforce_bound(self, incoming: int) -> None:
+        """Delete the oldest files until the directory plus ``incoming`` bytes fits ``max_bytes``."""
+        files = []
+        for p in self.directory.glob("*.jsonl"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # another process deleted it meanwhile
+                continue
+            files.append((st.st_mtime_ns, p, st.st_size))
+        total = sum(size for _, _, size in files) + incoming
+        for _, path, size in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if path == self._path:
+                continue
+            try:
+                lines = path.read_bytes().count(b"\n")
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            total -= size
+            self.dropped += lines
+            log.warning("Dead-letter store over %d bytes: deleted %s (%d dead letters, the oldest)",
+                        self.max_bytes, path.name, lines)
 
     def write(self, rejected: Iterable[Rejected], sqlstate: str | None = None) -> int:
         """Append one line per rejected event; return how many lines were written.
@@ -86,8 +146,10 @@ class DeadLetterWriter:
             lines.append(_encoder.encode(letter))
         if not lines:
             return 0
-        with open(self.path_for(now), "ab") as f:
-            f.write(b"\n".join(lines) + b"\n")
+        data = b"\n".join(lines) + b"\n"
+        with open(self.path_for(now, len(data)), "ab") as f:
+            f.write(data)
+        self._size += len(data)
         return len(lines)
 
 

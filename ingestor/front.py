@@ -50,6 +50,12 @@ SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
 ACK_EXPIRE_S = 600.0  # an acked message still uncounted after this is given up (the sender re-sends)
 MAX_TOKEN_BYTES = 64  # SPEC §1.3
+# Frames over --max-frame-bytes are refused here, counted and dead-lettered.
+# ZMQ_MAXMSGSIZE is the hard ceiling above that: libzmq drops the sender's
+# connection on a bigger frame (with the frames queued behind it) and tells
+# the application nothing, so it is kept for frames no sender should send.
+ZMQ_MAXMSGSIZE_FACTOR = 4
+REFUSED_KEEP_BYTES = 1024  # of a refused frame, kept in its dead letter
 RCVHWM = 1000  # messages ZeroMQ queues before it pushes back on senders
 
 
@@ -92,7 +98,7 @@ class Front:
             for sock, endpoint in ((pull, self.bind), (router, self.ack_bind)):
                 if sock is not None:
                     sock.setsockopt(zmq.RCVHWM, RCVHWM)
-                    sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+                    sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
                     sock.bind(endpoint)
             if router is not None:
                 # room for a reply to every message that may await one, so none is dropped
@@ -148,6 +154,10 @@ class Front:
                     message = []
             for frame in message:
                 frames += 1
+                if len(frame) > self.max_frame_bytes:
+                    rejected.append(self._refuse(frame))
+                    events += 1
+                    continue
                 n, bad = decode_frame(frame, builder, now_us)
                 events += n
                 if bad:
@@ -173,11 +183,18 @@ class Front:
             except OSError as e:
                 c["dead_letter_errors"] += len(rejected)
                 log.error("Could not write %d dead letters to %s: %s", len(rejected), self.dead_letters.directory, e)
+            c["dead_letters_dropped"] = self.dead_letters.dropped
         if len(builder):
             records = builder.build(received_ns)
             for tag, start, end in tagged:
                 records["tag"][start:end] = tag
             self.place(records)
+
+    def _refuse(self, frame: bytes) -> Rejected:
+        """A frame over ``max_frame_bytes``: one invalid event, dead-lettered with its first KiB."""
+        self.counters["refused_frames"] += 1
+        reason = f"frame of {len(frame)} bytes is over --max-frame-bytes {self.max_frame_bytes}"
+        return Rejected("frame_too_large", reason, None, frame[:REFUSED_KEEP_BYTES], None)
 
     def reply_committed(self, router: zmq.Socket) -> None:
         """Answer every acked message whose accepted events are all committed (SPEC §1.3)."""
@@ -367,6 +384,7 @@ def run_front(
     bind: str,
     max_frame_bytes: int,
     dead_letter_dir: str,
+    dead_letter_max_bytes: int,
     spool_dir: str,
     spool_max_bytes: int,
     ack_bind: str | None,
@@ -396,7 +414,7 @@ def run_front(
         return EXIT_BOOT_ERROR
     front = Front(
         ring=ring, spool=spool, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
-        dead_letters=DeadLetterWriter(dead_letter_dir, "front"), stopping=stop, ack_bind=ack_bind, acks=acks,
+        dead_letters=DeadLetterWriter(dead_letter_dir, "front", dead_letter_max_bytes), stopping=stop, ack_bind=ack_bind, acks=acks,
     )
     try:
         front.run()

@@ -29,6 +29,7 @@ FRONT_DTYPE = np.dtype(
         ("received_events", "<i8"),
         ("invalid", "<i8"),
         ("dead_letter_errors", "<i8"),
+        ("dead_letters_dropped", "<i8"),  # deleted to keep --dead-letter-max-bytes
         ("spool_events", "<i8"),  # held in the spool now
         ("spool_bytes", "<i8"),  # disk the spool takes now
         ("spooled_events", "<i8"),  # ever appended to the spool by this run
@@ -36,6 +37,7 @@ FRONT_DTYPE = np.dtype(
         ("spool_cut_bytes", "<i8"),  # torn or corrupt spool blocks cut at open
         ("spool_opened", "<i8"),  # 1 once a front has opened the spool in this run
         ("held_events", "<i8"),  # received, in the front's hands, waiting for ring or spool room
+        ("refused_frames", "<i8"),  # over --max-frame-bytes (each also one invalid event)
         ("acked_messages", "<i8"),  # received on the ROUTER endpoint
         ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
         ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
@@ -54,6 +56,7 @@ WRITER_DTYPE = np.dtype(
         ("last_batch_us", "<i8"),
         ("last_commit_ns", "<i8"),
         ("connected", "<i8"),
+        ("dead_letters_dropped", "<i8"),
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
     ]
 )

@@ -212,15 +212,16 @@ class Supervisor:
         except zmq.ZMQError as e:
             raise IngestorError(f"cannot bind the stats endpoint {cfg.stats_endpoint}: {e}") from None
         dead_letter_dir = str(cfg.resolved_dead_letter_dir())
-        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name}
+        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name,
+                  "dead_letter_dir": dead_letter_dir, "dead_letter_max_bytes": cfg.dead_letter_max_bytes}
         for i in range(writers):
             self.children.append(Child("writer", i, {
                 **shared, "index": i, "dsn": self.dsn, "schema": cfg.schema, "batch_size": cfg.batch_size,
-                "batch_timeout_ms": cfg.batch_timeout_ms, "dead_letter_dir": dead_letter_dir,
+                "batch_timeout_ms": cfg.batch_timeout_ms,
             }))
         self.children.append(Child("front", 0, {
             **shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
-            "dead_letter_dir": dead_letter_dir, "spool_dir": str(cfg.resolved_spool_dir()),
+            "spool_dir": str(cfg.resolved_spool_dir()),
             "spool_max_bytes": cfg.spool_max_bytes, "ack_bind": cfg.ack_endpoint(),
         }))
         if cfg.simulate_scales:
@@ -432,6 +433,7 @@ class Supervisor:
             "spool_events": int(f["spool_events"]),
             "spooled_events": int(f["spooled_events"]),
             "replayed_events": int(f["replayed_events"]),
+            "refused_frames": int(f["refused_frames"]),
             "acked_messages": int(f["acked_messages"]),
             "ack_replies": int(f["ack_replies"]),
             "ack_expired": int(f["ack_expired"]),
@@ -444,6 +446,7 @@ class Supervisor:
             "database_connected": self.database_connected(),
             "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
             "dead_letter_errors": int(f["dead_letter_errors"]),
+            "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
             "writers": [
                 {
                     "pid": c.process.pid if c.alive() else int(w["pid"][c.index]),

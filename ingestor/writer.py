@@ -251,6 +251,7 @@ class Writer:
             _record_json(r), None,
         )
         self.dead_letters.write([rejected], sqlstate=state)
+        self.counters["dead_letters_dropped"] = self.dead_letters.dropped
         position = self.lane.tail + offset + 1
         persisted, duplicates = int(self.counters["persisted"]), int(self.counters["duplicates"])
 
@@ -374,6 +375,7 @@ def run_writer(
     batch_size: int,
     batch_timeout_ms: int,
     dead_letter_dir: str,
+    dead_letter_max_bytes: int,
     acks_name: str,
 ) -> int:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``index``.
@@ -396,7 +398,7 @@ def run_writer(
     writer = Writer(
         lane=ring.lanes[index], ring_id=spec.ring_id, dsn=dsn, schema=schema, batch_size=batch_size,
         batch_timeout_ms=batch_timeout_ms, counters=mine,
-        dead_letters=DeadLetterWriter(dead_letter_dir, f"writer-{index}"),
+        dead_letters=DeadLetterWriter(dead_letter_dir, f"writer-{index}", dead_letter_max_bytes),
         draining=lambda: ring.draining or os.getppid() != parent, acks=acks,
     )
     try:

@@ -77,9 +77,43 @@ def test_dead_letters_list_counts_by_kind_and_replay_resends_the_valid_ones(serv
 
     svc = service_factory("--dsn", dsn, "--writers", "1")
     svc.wait_ready()
-    replayed = ingestor("dead-letters", "replay", "--dead-letter-dir", str(directory), "--endpoint", svc.bind)
+    replayed = ingestor("dead-letters", "replay", "--dead-letter-dir", str(directory), "--ack-endpoint", svc.ack_bind)
     assert replayed.returncode == 0, replayed.stderr
-    assert "re-sent 1 dead letter(s)" in replayed.stdout and "kept 1 still invalid" in replayed.stdout
-    svc.wait_for(lambda s: s["persisted"] == 1)
+    assert "re-submitted 1 dead letter(s)" in replayed.stdout and "kept 1 still invalid" in replayed.stdout
+    # answered means committed: no waiting needed
+    assert svc.stats()["persisted"] == 1
     assert conn.execute("SELECT scale_id, seq, data_1->>'val' FROM weighing_logs").fetchall() == [(3, 7, "ok")]
     assert [dl.kind for _, dl in read(directory)] == ["missing_field"]
+
+
+def test_dead_letters_replay_without_a_service_keeps_every_letter_and_fails(tmp_path):
+    import json
+
+    from ingestor.deadletter import DeadLetterWriter, read
+    from ingestor.protocol import Rejected
+    from tests.fix_service import free_port
+
+    directory = tmp_path / "letters"
+    valid_now = json.dumps({"scale_id": 3, "seq": 7, "ts": 1_700_000_000_000}).encode()
+    DeadLetterWriter(directory, "front").write([Rejected("rejected_by_database", "x", 3, valid_now, None)])
+    r = ingestor("dead-letters", "replay", "--dead-letter-dir", str(directory),
+                 "--ack-endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "1")
+    assert r.returncode == 1 and "1 unanswered" in r.stdout
+    assert [dl.kind for _, dl in read(directory)] == ["rejected_by_database"]
+
+
+def test_dead_letter_files_rotate_and_the_oldest_go_first_counted(tmp_path):
+    from ingestor.deadletter import DeadLetterWriter, read
+    from ingestor.protocol import Rejected
+
+    writer = DeadLetterWriter(tmp_path, "front", max_bytes=1 << 16, file_bytes=1 << 13)
+    letter = Rejected("undecodable", "undecodable MessagePack frame", None, b"\xc1" * 200, None)
+    for _ in range(100):
+        writer.write([letter] * 5)
+    files = list(tmp_path.glob("*.jsonl"))
+    total = sum(p.stat().st_size for p in files)
+    kept = sum(1 for _ in read(tmp_path))
+    assert len(files) > 2 and total <= (1 << 16) + (1 << 13)
+    assert writer.dropped > 0 and kept + writer.dropped == 500
+    numbers = sorted(int(p.stem.rsplit("-", 1)[1]) for p in files)
+    assert numbers == list(range(numbers[0], numbers[-1] + 1)) and numbers[0] > 1  # the oldest went first
