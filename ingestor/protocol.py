@@ -232,7 +232,8 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
     json = _is_json(frame)
     try:
         decoded = _DECODERS[json].decode(frame)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, UnicodeDecodeError):
+        # one bad event (or bad UTF-8 in one event's string) must not sink its array
         return _decode_one_by_one(frame, json, into, now_us)
     except _UNDECODABLE as e:
         fmt = "JSON" if json else "MessagePack"
@@ -259,7 +260,7 @@ def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: in
     """Slow path for a frame msgspec rejected as a whole: judge each event alone."""
     try:
         raws = [bytes(raw) for raw in _RAW_LIST_DECODERS[json].decode(frame)]
-    except _BAD_EVENT:  # not an array: one event
+    except _BAD_EVENT:  # not an array (or not decodable as one): one event
         rejected = _judge(frame, None, json, into, now_us)
         return 1, [rejected] if rejected else []
     if len(raws) > MAX_EVENTS_PER_FRAME:
