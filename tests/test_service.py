@@ -124,3 +124,58 @@ def test_main_job_runs_on_embedded_postgres_and_stops_it(tmp_path):
     assert "Using embedded PostgreSQL: host=127.0.0.1" in proc.stdout
     assert "[BATCH] Persisted" in proc.stderr and "Embedded PostgreSQL stopped" in proc.stderr
     assert not (data_dir / "pg" / "postmaster.pid").exists()
+
+
+def malformed_frames(n: int, now_ms: int):
+    """``n`` frames that each hold exactly one invalid event, of every kind in turn: (frame, kind)."""
+    import random
+
+    rng = random.Random(42)
+    good = {"scale_id": 9, "seq": 1, "ts": now_ms - 1000, "data_1": "1.0"}
+    packed = msgspec.msgpack.encode(good)
+    makers = [
+        (lambda i: b"\xc1" + rng.randbytes(rng.randrange(0, 64)), "undecodable"),  # 0xc1: never valid MessagePack
+        (lambda i: packed[: rng.randrange(1, len(packed))], "undecodable"),
+        (lambda i: json.dumps({**good, "scale_id": "nine"}).encode(), "invalid"),
+        (lambda i: msgspec.msgpack.encode({**good, "data_2": float("nan")}), "not_finite"),
+        (lambda i: msgspec.msgpack.encode({**good, "data_3": "é" * 40}), "text_too_long"),
+        (lambda i: json.dumps({**good, "ts": now_ms + 2 * 86_400_000}).encode(), "future_ts"),
+        (lambda i: json.dumps({"scale_id": 9, "ts": now_ms}).encode(), "missing_field"),
+        (lambda i: packed.replace(b"\xa31.0", b"\xa3\xff\xfe\xfd"), "undecodable"),  # bad UTF-8
+        (lambda i: msgspec.msgpack.encode({**good, "scale_id": 2**40}), "invalid"),
+    ]
+    for i in range(n):
+        if i % 5000 == 4999:
+            yield b"[" + b" " * 5000 + b"]", "frame_too_large"
+            continue
+        make, kind = makers[i % len(makers)]
+        yield make(i), kind
+
+
+def test_100k_malformed_frames_mixed_with_valid_events_leave_the_service_up_and_exact(service_factory, dsn, conn):
+    import collections
+
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--max-frame-bytes", "4096")
+    svc.wait_ready()
+    now_ms = time.time_ns() // 1_000_000
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(svc.bind)
+    expected = collections.Counter()
+    valid = 0
+    for i, (frame, kind) in enumerate(malformed_frames(100_000, now_ms)):
+        push.send(frame)
+        expected[kind] += 1
+        if i % 500 == 0:  # valid events in between: 100 per frame, 20,000 in all
+            events = [{"scale_id": s % 40 + 1, "seq": s, "ts": now_ms - 5000, "data_1": s} for s in range(valid, valid + 100)]
+            push.send(msgspec.msgpack.encode(events))
+            valid += 100
+    push.close(linger=30_000)
+    ctx.term()
+    s = svc.wait_for(lambda s: s["received_events"] == 100_000 + valid and s["pending"] == 0, timeout_s=180)
+    assert s["status"] == "running" and all(w["alive"] for w in s["writers"])
+    assert (s["invalid"], s["persisted"], s["duplicates"], s["failed"]) == (100_000, valid, 0, 0)
+    assert identity_holds(s) and s["refused_frames"] == expected["frame_too_large"] == 20
+    assert collections.Counter(dl.kind for _, dl in read(svc.dead_letter_dir)) == expected
+    assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM weighing_logs").fetchone() == (valid, valid)
+    assert svc.terminate() == 0
