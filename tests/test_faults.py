@@ -138,3 +138,29 @@ def test_sigterm_while_database_is_down_keeps_events_in_spool_for_next_start(ser
     assert "Replayed 6000 events from spool" in again.output()
     assert stored(own_pg.dsn) == (events, events, 40, 40)
     assert again.terminate() == 0
+
+
+def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(service_factory, dsn):
+    import random
+
+    rng = random.Random(7)
+    events = 40_000
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-size", "500", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    sim = Simulator(svc.bind, scales=100, rate=8000, events=events, events_per_frame=50, start_ms=START_MS)
+    sender = threading.Thread(target=sim.run)
+    sender.start()
+    kills = 0
+    while sender.is_alive() and kills < 8:
+        time.sleep(rng.uniform(0.2, 0.8))  # lands mid-COPY, mid-UPSERT, between commit and release...
+        alive = [w for w in svc.stats()["writers"] if w["alive"]]
+        if alive:
+            os.kill(rng.choice(alive)["pid"], signal.SIGKILL)
+            kills += 1
+    sender.join()
+    s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0
+                     and all(w["alive"] for w in s["writers"]), timeout_s=180)
+    assert kills >= 4 and sum(w["restarts"] for w in s["writers"]) == kills
+    assert identity_holds(s) and s["duplicates"] == 0
+    assert stored(dsn) == (events, events, 100, 100)
+    assert svc.terminate() == 0

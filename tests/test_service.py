@@ -179,3 +179,26 @@ def test_100k_malformed_frames_mixed_with_valid_events_leave_the_service_up_and_
     assert collections.Counter(dl.kind for _, dl in read(svc.dead_letter_dir)) == expected
     assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM weighing_logs").fetchone() == (valid, valid)
     assert svc.terminate() == 0
+
+
+def test_out_of_order_event_is_stored_once_and_never_overwrites_a_newer_state(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(svc.bind)
+    day_ms = 86_400_000
+    newer = {"scale_id": 4, "seq": 10, "ts": 1_700_000_000_000, "data_1": "new"}
+    late = {"scale_id": 4, "seq": 9, "ts": 1_700_000_000_000 - 3 * day_ms, "data_1": "late"}  # days older
+    push.send(msgspec.msgpack.encode(newer))
+    svc.wait_for(lambda s: s["persisted"] == 1)
+    push.send(msgspec.msgpack.encode(late))  # never stored before: stored, state untouched
+    svc.wait_for(lambda s: s["persisted"] == 2)
+    push.send(msgspec.msgpack.encode([late, newer]))  # both again: duplicates
+    s = svc.wait_for(lambda s: s["duplicates"] == 2)
+    push.close(linger=5000)
+    ctx.term()
+    assert identity_holds(s) and s["persisted"] == 2
+    assert conn.execute("SELECT array_agg(seq ORDER BY seq) FROM weighing_logs").fetchone()[0] == [9, 10]
+    assert conn.execute("SELECT seq, data_1->>'val' FROM scale_current_states").fetchall() == [(10, "new")]
+    assert svc.terminate() == 0
