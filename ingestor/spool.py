@@ -116,9 +116,6 @@ class Spool:
         for segment in segments:
             self._scan_segment(segment, self._read_from.get(segment, 0))
         self._read_from = {k: v for k, v in self._read_from.items() if k in self._sizes}
-        if self._blocks:
-            log.info("Spool %s holds %d events (%d bytes) from an earlier run",
-                     self.directory, self.events, self.bytes)
 
     def _read_position(self) -> dict[int, int]:
         """Segment -> offset of its first unread block, for segments read in part."""

@@ -162,6 +162,12 @@ class Writer:
             name=f"writer-{lane.index}",
             configure=lambda conn: _configure(conn, schema),
             check=ConnectionPool.check_connection,
+            # The pool's own reconnect backoff doubles without bound for up to
+            # reconnect_timeout (300 s by default), so after a long outage it could
+            # sleep a minute after the server is back. Giving up early hands
+            # reconnection to our circuit breaker: its next probe grows the pool
+            # with a fresh, immediate attempt.
+            reconnect_timeout=RETRY_MAX_S,
         )
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)

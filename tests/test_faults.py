@@ -77,7 +77,10 @@ def test_database_outage_mid_stream_loses_nothing_and_spool_drains(service_facto
     peak = svc.stats()
     own_pg.start()
     restarted_at = time.monotonic()
+    svc.wait_for(lambda s: s["database_connected"], timeout_s=60)
+    reconnected_s = time.monotonic() - restarted_at
     sender.join()
+    sender_done_s = time.monotonic() - restarted_at
     s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0, timeout_s=180)
     recovered_s = time.monotonic() - restarted_at
     assert sent[0].events == events
@@ -87,7 +90,8 @@ def test_database_outage_mid_stream_loses_nothing_and_spool_drains(service_facto
     assert stored(own_pg.dsn) == (events, events, scales, scales)
     print(f"\noutage {OUTAGE_S:.0f} s at {rate} ev/s: sent {events}, stored {s['persisted']}, "
           f"spool peak {peak['spool_bytes']} B / {peak['spool_events']} events, spooled {s['spooled_events']}, "
-          f"recovered {recovered_s:.1f} s after restart")
+          f"after the restart: writing again in {reconnected_s:.1f} s, sender done at {sender_done_s:.1f} s, "
+          f"backlog written at {recovered_s:.1f} s")
     assert svc.terminate() == 0
 
 
