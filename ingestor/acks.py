@@ -1,5 +1,8 @@
 """Acked mode's bookkeeping (SPEC §1.3): which events of a message are committed.
 
+:class:`AckTable` is shared by the front and the writers; :class:`Replies`
+is the front's list of messages awaiting their reply.
+
 The front gives each message received on the ROUTER endpoint a *tag*, unique
 over the service's life (nanoseconds at the front's start, plus one per
 message), stamps it on the message's records, and opens the tag's row in this
@@ -19,13 +22,21 @@ Counts only grow, so a stale read merely delays a reply.
 
 from __future__ import annotations
 
+import logging
+import time
 from multiprocessing.shared_memory import SharedMemory
+from typing import Iterator, NamedTuple
 
+import msgspec
 import numpy as np
 
 from .ring import _unlink, _untrack
 
-SLOTS = 1 << 16  # messages awaiting their reply at most (the front stops reading acked input beyond)
+log = logging.getLogger(__name__)
+
+SLOTS = 1 << 16  # rows per lane; a tag's row is reused SLOTS tags later
+MAX_AWAITING = SLOTS // 2  # acked messages awaiting their reply at most (the front stops reading beyond)
+EXPIRE_S = 600.0  # an acked message still uncounted after this is given up (the sender re-sends)
 _TAG, _DONE, _DUPLICATES, _FAILED = range(4)
 
 
@@ -90,3 +101,66 @@ class AckTable:
 
     def unlink(self) -> None:
         _unlink(self._shm)
+
+
+class _Awaiting(NamedTuple):
+    identity: bytes  # ROUTER's routing id of the sender
+    token: bytes
+    accepted: int  # valid events, placed with the message's tag
+    invalid: int  # rejected by the decoder
+    since: float  # time.monotonic() when received
+
+
+_REPLY = msgspec.msgpack.Encoder()
+
+
+class Replies:
+    """The front's side of acked mode: messages awaiting their commit, and their replies (SPEC §1.3)."""
+
+    def __init__(self, table: AckTable) -> None:
+        self.table = table
+        self.expired = 0  # messages given up without a reply
+        self._awaiting: dict[int, _Awaiting] = {}
+        self._next_tag = time.time_ns()  # unique over the service's life, across front restarts
+
+    def __len__(self) -> int:
+        return len(self._awaiting)
+
+    def full(self) -> bool:
+        return len(self._awaiting) >= MAX_AWAITING
+
+    def add(self, identity: bytes, token: bytes, accepted: int, invalid: int) -> int:
+        """Await the commit of a message's ``accepted`` events; return the tag to stamp on their records."""
+        tag = self._next_tag
+        self._next_tag += 1
+        self._awaiting[tag] = _Awaiting(identity, token, accepted, invalid, time.monotonic())
+        if accepted:
+            self.table.open(tag)
+        return tag
+
+    def ready(self) -> Iterator[list[bytes]]:
+        """``[identity, token, reply]`` of every message whose accepted events are all committed.
+
+        ``reply`` is the MessagePack map of SPEC §1.3; ``accepted`` counts the
+        events stored now, ``duplicates`` those stored before, ``invalid``
+        those the decoder or PostgreSQL rejected.
+        """
+        if not self._awaiting:
+            return
+        tags = np.fromiter(self._awaiting, np.int64, len(self._awaiting))
+        progress = self.table.progress(tags)
+        now = time.monotonic()
+        for tag, (done, duplicates, failed) in zip(tags.tolist(), progress.tolist()):
+            m = self._awaiting[tag]
+            if done >= m.accepted:
+                del self._awaiting[tag]
+                reply = {"accepted": m.accepted - duplicates - failed, "duplicates": duplicates,
+                         "invalid": m.invalid + failed}
+                yield [m.identity, m.token, _REPLY.encode(reply)]
+            elif now - m.since > EXPIRE_S:
+                # Counts lost with a writer killed between its commit and its count: the
+                # sender got no reply and re-sends; its events are stored once anyway.
+                del self._awaiting[tag]
+                self.expired += 1
+                log.warning("No reply for an acked message after %.0f s (%d of %d events counted); "
+                            "given up, the sender re-sends", EXPIRE_S, done, m.accepted)

@@ -16,6 +16,10 @@ stops the senders. Nothing received and accepted is ever dropped. A stop
 request (SIGTERM from the supervisor) ends the loop after the batch in hand
 is placed; what the spool holds stays there for the next start, which
 replays it before any new frame's events.
+
+Acked mode (SPEC §1.3): messages from the ROUTER socket are decoded the same
+way; their records carry the message's tag, and :class:`~ingestor.acks.Replies`
+says when the writers have committed all of them, so the reply can go out.
 """
 
 from __future__ import annotations
@@ -23,19 +27,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, NamedTuple
-
-import msgspec
+from typing import Callable
 
 import numpy as np
 import zmq
 
-from .acks import SLOTS, AckTable
+from .acks import MAX_AWAITING, AckTable, Replies
 from .deadletter import DeadLetterWriter
 from .protocol import RecordBuilder, Rejected, decode_frame
+from .errors import SpoolError
 from .ring import Ring
 from .spool import Spool
-from .errors import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
-ACK_EXPIRE_S = 600.0  # an acked message still uncounted after this is given up (the sender re-sends)
 MAX_TOKEN_BYTES = 64  # SPEC §1.3
 # Frames over --max-frame-bytes are refused here, counted and dead-lettered.
 # ZMQ_MAXMSGSIZE is the hard ceiling above that: libzmq drops the sender's
@@ -77,9 +78,7 @@ class Front:
     ) -> None:
         self.ring = ring
         self.ack_bind = ack_bind
-        self.acks = acks
-        self._awaiting: dict[int, _Awaiting] = {}  # tag -> acked message waiting for its commit
-        self._next_tag = time.time_ns()  # unique over the service's life, across front restarts
+        self.replies = Replies(acks) if acks is not None else None
         self.spool = spool
         self.counters = counters
         self.bind = bind
@@ -95,15 +94,15 @@ class Front:
         pull = ctx.socket(zmq.PULL)
         router = ctx.socket(zmq.ROUTER) if self.ack_bind else None
         try:
+            if router is not None:
+                # room for a reply to every message that may await one, so none is dropped
+                # while a sender is slow to read (ROUTER drops at the high-water mark)
+                router.setsockopt(zmq.SNDHWM, MAX_AWAITING)
             for sock, endpoint in ((pull, self.bind), (router, self.ack_bind)):
                 if sock is not None:
                     sock.setsockopt(zmq.RCVHWM, RCVHWM)
                     sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
                     sock.bind(endpoint)
-            if router is not None:
-                # room for a reply to every message that may await one, so none is dropped
-                # while a sender is slow to read (ROUTER drops at the high-water mark)
-                router.setsockopt(zmq.SNDHWM, SLOTS // 2)
             log.info("Front listening on %s (PULL)%s", self.bind,
                      f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "")
             poller = zmq.Poller()
@@ -112,10 +111,10 @@ class Front:
                 self.refill_from_spool()
                 if router is not None:
                     self.reply_committed(router)
-                    # beyond SLOTS waiting messages a tag's row would be reused: stop reading acked input
-                    poller.register(router, zmq.POLLIN if len(self._awaiting) < SLOTS // 2 else 0)
+                    # too many awaiting replies would reuse their rows: stop reading acked input
+                    poller.register(router, 0 if self.replies.full() else zmq.POLLIN)
                 spooling = self.spool.events > 0
-                timeout = SPOOL_POLL_MS if spooling else ACK_POLL_MS if self._awaiting else POLL_MS
+                timeout = SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else POLL_MS
                 ready = dict(poller.poll(timeout))
                 gather = SPOOL_GATHER_S if spooling else 0.0
                 if pull in ready:
@@ -163,14 +162,8 @@ class Front:
                 if bad:
                     rejected += bad
             if acked:
-                tag = self._next_tag
-                self._next_tag += 1
-                accepted = len(builder) - start
-                self._awaiting[tag] = _Awaiting(identity, token, accepted, len(rejected) - invalid_before,
-                                                time.monotonic())
-                if accepted:
-                    self.acks.open(tag)
-                    tagged.append((tag, start, len(builder)))
+                tag = self.replies.add(identity, token, len(builder) - start, len(rejected) - invalid_before)
+                tagged.append((tag, start, len(builder)))
         c = self.counters
         c["received_frames"] += frames
         c["received_events"] += events
@@ -198,26 +191,10 @@ class Front:
 
     def reply_committed(self, router: zmq.Socket) -> None:
         """Answer every acked message whose accepted events are all committed (SPEC §1.3)."""
-        if not self._awaiting:
-            return
-        tags = np.fromiter(self._awaiting, np.int64, len(self._awaiting))
-        progress = self.acks.progress(tags)
-        now = time.monotonic()
-        for tag, (done, duplicates, failed) in zip(tags.tolist(), progress.tolist()):
-            m = self._awaiting[tag]
-            if done >= m.accepted:
-                reply = {"accepted": m.accepted - duplicates - failed, "duplicates": duplicates,
-                         "invalid": m.invalid + failed}
-                router.send_multipart([m.identity, m.token, _REPLY_ENCODER.encode(reply)], zmq.NOBLOCK)
-                self.counters["ack_replies"] += 1
-                del self._awaiting[tag]
-            elif now - m.since > ACK_EXPIRE_S:
-                # Counts lost with a writer killed between its commit and its count: the
-                # sender got no reply and re-sends; its events are stored once anyway.
-                log.warning("No reply for an acked message after %.0f s (%d of %d events counted); "
-                            "dropping its wait, the sender re-sends", ACK_EXPIRE_S, done, m.accepted)
-                self.counters["ack_expired"] += 1
-                del self._awaiting[tag]
+        for reply in self.replies.ready():
+            router.send_multipart(reply, zmq.NOBLOCK)
+            self.counters["ack_replies"] += 1
+        self.counters["ack_expired"] = self.replies.expired
 
     # -- ring first, then spool -------------------------------------------------
 
@@ -334,19 +311,6 @@ class Front:
             in_ring = self.spool.oldest_records - sum(len(part) for part in self._carry)
         self.counters["spool_events"] = self.spool.events - in_ring
         self.counters["spool_bytes"] = self.spool.bytes
-
-
-class _Awaiting(NamedTuple):
-    """An acked message waiting for its events' commit."""
-
-    identity: bytes  # ROUTER's routing id of the sender
-    token: bytes
-    accepted: int  # valid events, placed with the message's tag
-    invalid: int  # rejected by the decoder
-    since: float  # time.monotonic() when received
-
-
-_REPLY_ENCODER = msgspec.msgpack.Encoder()
 
 
 def _bad_token(token: bytes, frame: bytes) -> Rejected:
