@@ -117,10 +117,14 @@ def test_full_ring_and_spool_stop_reading_then_lose_nothing(service_factory, own
     assert stalled["spool_bytes"] <= 1 << 20
     assert sender.is_alive() and identity_holds(stalled)
     own_pg.start()
+    restarted_at = time.monotonic()
     sender.join(180)
     s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0, timeout_s=180)
     assert identity_holds(s) and full["spool_bytes"] > 0
     assert stored(own_pg.dsn)[:2] == (events, events)
+    print(f"\nring and spool full: reading stopped at {stalled['received_events']} of {events} events "
+          f"(spool {stalled['spool_bytes']} B); all {events} stored {time.monotonic() - restarted_at:.1f} s "
+          f"after the restart")
     assert svc.terminate() == 0
 
 
@@ -162,8 +166,11 @@ def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(serv
             os.kill(rng.choice(alive)["pid"], signal.SIGKILL)
             kills += 1
     sender.join()
+    last_kill = time.monotonic()
     s = svc.wait_for(lambda s: s["persisted"] == events and s["pending"] == 0
                      and all(w["alive"] for w in s["writers"]), timeout_s=180)
+    print(f"\n{kills} writer kills in a {events}-event stream: {s['persisted']} stored, "
+          f"{s['duplicates']} duplicates, done {time.monotonic() - last_kill:.1f} s after the stream ended")
     assert kills >= 4 and sum(w["restarts"] for w in s["writers"]) == kills
     assert identity_holds(s) and s["duplicates"] == 0
     assert stored(dsn) == (events, events, 100, 100)
