@@ -115,6 +115,13 @@ def percentile_ms(hist: np.ndarray, q: float) -> float | None:
     return float(_FINE_MS + (i - _FINE_MS + 1) * _COARSE_STEP_MS)
 
 
+def histogram_ms(hist: np.ndarray) -> dict[str, list]:
+    """The non-empty buckets of ``hist``: ``{"upper_ms": [...], "count": [...]}`` (for CDF plots)."""
+    nonzero = np.flatnonzero(hist)
+    upper = np.where(nonzero < _FINE_MS, nonzero + 1, _FINE_MS + (nonzero - _FINE_MS + 1) * _COARSE_STEP_MS)
+    return {"upper_ms": upper.tolist(), "count": hist[nonzero].tolist()}
+
+
 # -- the stats socket ---------------------------------------------------------
 
 STATS_REQUEST = b"stats"
@@ -147,7 +154,7 @@ def format_text(stats: dict) -> str:
     """The figures as aligned ``name: value`` lines for people."""
     lines = []
     for key, value in stats.items():
-        if key == "writers":
+        if key in ("writers", "latency_histogram"):
             continue
         lines.append(f"{key:>20}: {value}")
     for i, w in enumerate(stats.get("writers", [])):

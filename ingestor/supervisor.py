@@ -51,7 +51,7 @@ from .errors import IngestorError, SpoolError
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, percentile_ms
+from .stats import STATS_REQUEST, Counters, histogram_ms, percentile_ms
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +445,7 @@ class Supervisor:
             ),
             "database_connected": self.database_connected(),
             "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
+            "latency_histogram": histogram_ms(hist),
             "dead_letter_errors": int(f["dead_letter_errors"]),
             "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
             "writers": [

@@ -42,6 +42,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import copy_payload
+from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
 from .deadletter import DeadLetterWriter
 from .protocol import DATA_FIELDS, Rejected
@@ -63,7 +64,7 @@ SELECT u.scale_id, u.seq,
        timestamptz 'epoch' + u.measured_us * interval '1 microsecond',
        {", ".join(f"CASE WHEN u.d{k} IS NULL THEN NULL ELSE jsonb_build_object('val', u.d{k}) END" for k in range(1, 6))},
        now()
-FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+FROM unnest(%b::int4[], %b::int8[], %b::int8[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
      AS u(scale_id, seq, measured_us, d1, d2, d3, d4, d5)
 ON CONFLICT (scale_id) DO UPDATE SET
     seq = EXCLUDED.seq, measured_at = EXCLUDED.measured_at,
@@ -82,7 +83,7 @@ ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED
 # Claims the batch's keys; returns those not stored before (SPEC §1.2 dedup).
 DEDUP_SQL = """
 INSERT INTO ingestor_seen (scale_id, seq)
-SELECT * FROM unnest(%s::int4[], %s::int8[])
+SELECT * FROM unnest(%b::int4[], %b::int8[])
 ON CONFLICT DO NOTHING
 RETURNING scale_id, seq
 """
@@ -113,9 +114,9 @@ def latest_per_scale(records: np.ndarray) -> np.ndarray:
 def upsert_params(records: np.ndarray) -> list:
     latest = records[latest_per_scale(records)]
     return [
-        latest["scale_id"].tolist(),
-        latest["seq"].tolist(),
-        latest["measured_us"].tolist(),
+        BinaryArray(latest["scale_id"], INT4_ARRAY_OID),
+        BinaryArray(latest["seq"], INT8_ARRAY_OID),
+        BinaryArray(latest["measured_us"], INT8_ARRAY_OID),
         *(copy_payload.texts(latest, k) for k in range(len(DATA_FIELDS))),
     ]
 
@@ -219,7 +220,8 @@ class Writer:
             try:
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        cur.execute(DEDUP_SQL, (records["scale_id"].tolist(), records["seq"].tolist()))
+                        cur.execute(DEDUP_SQL, (BinaryArray(records["scale_id"], INT4_ARRAY_OID),
+                                                BinaryArray(records["seq"], INT8_ARRAY_OID)))
                         fresh = fresh_mask(records, cur.fetchall())
                         new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
@@ -356,6 +358,7 @@ def _failpoint(name: str) -> None:
 
 
 def _configure(conn: psycopg.Connection, schema: str) -> None:
+    copy_payload.register_dumpers(conn)
     set_search_path(conn, schema)
     conn.commit()
 
