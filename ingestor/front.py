@@ -7,11 +7,14 @@ decode every frame of the batch into one
 and place the valid records into their lanes (``scale_id % lanes``).
 
 Placing (SPEC §1.2): records go into the ring while the spool is empty and
-their lane has room; the rest, and everything received while the spool holds
-anything, is appended to the spool (one fsync'd block per received batch),
-so each scale's events reach the writers in arrival order. Only when the
-ring and the spool are both full does the front wait for the writers, and
-stop reading; the socket's receive high-water mark then fills and ZeroMQ
+their lane has room. When a lane is full the front waits for its writer as
+long as the writers keep freeing slots (they are only slower than the
+senders: back-pressure); once they have freed nothing for
+:data:`SPILL_AFTER_S` (the database is gone), the rest, and everything
+received while the spool holds anything, is appended to the spool (one
+fsync'd block per received batch), so each scale's events reach the writers
+in arrival order. When the ring and the spool are both full the front waits
+for the writers, and stops reading; the socket's receive high-water mark then fills and ZeroMQ
 stops the senders. Nothing received and accepted is ever dropped. A stop
 request (SIGTERM from the supervisor) ends the loop after the batch in hand
 is placed; what the spool holds stays there for the next start, which
@@ -49,6 +52,7 @@ POLL_MS = 100  # how often an idle front looks at its stop flag
 SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
+SPILL_AFTER_S = 0.5  # a full ring whose writers free nothing for this long spills to the spool
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
 MAX_TOKEN_BYTES = 64  # SPEC §1.3
 # Frames over --max-frame-bytes are refused here, counted and dead-lettered.
@@ -202,15 +206,30 @@ class Front:
         """Put accepted ``records`` into the ring, or behind the spool's content; never drop them.
 
         While the spool holds anything, new records go behind it (a scale's
-        events stay in order). When neither the ring nor the spool has room,
-        this waits for the writers: the front stops reading (SPEC §1.2).
+        events stay in order). A full ring whose writers still free slots is
+        waited for; one that frees nothing for SPILL_AFTER_S spills to the
+        spool. When neither has room, this waits for the writers: the front
+        stops reading (SPEC §1.2).
         Once stopping, the spool takes the records beyond its bound rather
         than lose them.
         """
         self.counters["held_events"] = len(records)
-        if not self.spool.events:
-            records = self._put_fitting(records)
+        stalled_at = time.monotonic()
         while len(records):
+            if not self.spool.events:
+                before = len(records)
+                records = self._put_fitting(records)
+                if not len(records):
+                    break
+                now = time.monotonic()
+                if len(records) < before:
+                    stalled_at = now
+                if now - stalled_at < SPILL_AFTER_S and not self.stopping():
+                    # The writers are moving, only slower than the senders: that is
+                    # back-pressure, not an outage, and the disk would only add work.
+                    self.counters["held_events"] = len(records)
+                    self._wait_for_space()
+                    continue
             if self.stopping():
                 self._spool(records)
                 break
@@ -220,9 +239,7 @@ class Front:
                 records = records[fit:]
                 continue
             self.refill_from_spool()
-            if not self.spool.events:
-                records = self._put_fitting(records)
-            if len(records):
+            if len(records) and self.spool.events:
                 self.counters["held_events"] = len(records)
                 self._wait_for_space()
         self.counters["held_events"] = 0
