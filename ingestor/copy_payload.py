@@ -13,9 +13,9 @@ Per row we send 9 fields, in :data:`COLUMNS` order:
     created_at   timestamptz  same
     data_1..5    jsonb   version byte 1, then the JSON text {"val":"<text>"}
 
-Every row is laid out at its widest (each text 64 bytes) in a uint8 matrix by
-column slices, then one boolean mask drops the unused text bytes: no
-per-row Python. A text holding a quote, a backslash or a control character
+Every row is laid out at its widest (each text as wide as the batch's
+longest in its column) in a uint8 matrix by column slices, then one boolean
+mask drops the unused text bytes: no per-row Python. A text holding a quote, a backslash or a control character
 needs JSON escaping, which can make it longer; the rare rows holding one are
 encoded one by one with msgspec and appended (row order does not matter to
 COPY).
@@ -52,12 +52,6 @@ _FIXED = np.dtype(
 )
 _JSON_PREFIX = b'\x01{"val":"'
 _JSON_SUFFIX = b'"}'
-_FIELD_WIDTH = 4 + len(_JSON_PREFIX) + MAX_TEXT_BYTES + len(_JSON_SUFFIX)
-_ROW_WIDTH = _FIXED.itemsize + len(DATA_FIELDS) * _FIELD_WIDTH
-
-
-def _field_offset(k: int) -> int:
-    return _FIXED.itemsize + k * _FIELD_WIDTH
 
 
 def build(records: np.ndarray, created_us: int) -> bytes:
@@ -96,22 +90,28 @@ def _build_clean(records: np.ndarray, created_us: int) -> bytes:
     text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
     field_len = np.where(text_len < 0, -1, text_len + len(_JSON_PREFIX) + len(_JSON_SUFFIX))
 
-    rows = np.empty((n, _ROW_WIDTH), np.uint8)
-    keep = np.ones((n, _ROW_WIDTH), bool)
+    # Each text column is as wide as this batch's longest text in it, not 64
+    # bytes: plant texts are short, and every byte of width costs every row.
+    widths = np.maximum(text_len.max(axis=0), 0).tolist()
+    framing = 4 + len(_JSON_PREFIX) + len(_JSON_SUFFIX)
+    row_width = _FIXED.itemsize + sum(widths) + framing * len(DATA_FIELDS)
+    rows = np.empty((n, row_width), np.uint8)
+    keep = np.ones((n, row_width), bool)
     rows[:, : _FIXED.itemsize] = fixed.view(np.uint8).reshape(n, _FIXED.itemsize)
-    positions = np.arange(MAX_TEXT_BYTES)
-    for k in range(len(DATA_FIELDS)):
-        at = _field_offset(k)
+    at = _FIXED.itemsize
+    for k, width in enumerate(widths):
+        present = text_len[:, k, None] >= 0
         rows[:, at : at + 4] = field_len[:, k].astype(">i4").view(np.uint8).reshape(n, 4)
         at += 4
         rows[:, at : at + len(_JSON_PREFIX)] = np.frombuffer(_JSON_PREFIX, np.uint8)
-        keep[:, at : at + len(_JSON_PREFIX)] = text_len[:, k, None] >= 0
+        keep[:, at : at + len(_JSON_PREFIX)] = present
         at += len(_JSON_PREFIX)
-        rows[:, at : at + MAX_TEXT_BYTES] = text[:, k]
-        keep[:, at : at + MAX_TEXT_BYTES] = positions < text_len[:, k, None]
-        at += MAX_TEXT_BYTES
+        rows[:, at : at + width] = text[:, k, :width]
+        keep[:, at : at + width] = np.arange(width) < text_len[:, k, None]
+        at += width
         rows[:, at : at + len(_JSON_SUFFIX)] = np.frombuffer(_JSON_SUFFIX, np.uint8)
-        keep[:, at : at + len(_JSON_SUFFIX)] = text_len[:, k, None] >= 0
+        keep[:, at : at + len(_JSON_SUFFIX)] = present
+        at += len(_JSON_SUFFIX)
     return rows[keep].tobytes()
 
 
