@@ -139,6 +139,11 @@ def service_procs(proc: subprocess.Popen, writers_pids) -> callable:
             return out
         writers = writers_pids()
         for c in children:
+            try:
+                if "resource_tracker" in " ".join(c.cmdline()):
+                    continue  # multiprocessing's helper, not ours
+            except psutil.Error:
+                continue
             out[c.pid] = f"writer-{writers.index(c.pid)}" if c.pid in writers else "front"
         return out
     return find

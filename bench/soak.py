@@ -72,7 +72,8 @@ def main() -> int:
         proc, bind, stats_ep = start_service(dsn, workdir)
         s = stats.query(stats_ep)
         writers = [w["pid"] for w in s["writers"]]
-        front = [c.pid for c in psutil.Process(proc.pid).children() if c.pid not in writers]
+        front = [c.pid for c in psutil.Process(proc.pid).children()
+                 if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline())]
         names = {proc.pid: "supervisor", **{pid: "front" for pid in front},
                  **{pid: f"writer-{i}" for i, pid in enumerate(writers)}}
         pg = postgres_procs(server)
@@ -99,7 +100,10 @@ def main() -> int:
 
     warm = [x for x in samples if x["t"] >= 60] or samples
     last = [x for x in samples if x["t"] >= samples[-1]["t"] - 60]
-    growth = {name: round(last[-1]["rss_mb"][name] - warm[0]["rss_mb"][name], 1) for name in samples[-1]["rss_mb"]}
+    def latest(name: str) -> float:  # a process that already exited (the sender) reads 0 at the end
+        return next((x["rss_mb"][name] for x in reversed(last) if x["rss_mb"][name]), 0.0)
+
+    growth = {name: round(latest(name) - warm[0]["rss_mb"][name], 1) for name in samples[-1]["rss_mb"]}
     ring_last = sum(x["ring_used"] for x in last) / len(last)
     result = {"date": time.strftime("%Y-%m-%d"), "rate": rate, "minutes": a.minutes, "sent": sent["events"],
               "sent_per_s": sent["events_per_s"], "persisted": final["persisted"], "invalid": final["invalid"],

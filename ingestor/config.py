@@ -68,8 +68,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def auto_writers(cpus: int) -> int:
     """Writer count for ``--writers auto``: one per core, at least 2, at most 8.
 
-    Two writers keep PostgreSQL busy while one of them builds its next COPY
-    payload; more than one per core only adds context switches.
+    From the measured curve (README "Benchmarks", bench/compare.py on 2
+    cores with sender and PostgreSQL on the same box): 1 writer 59,833
+    events/s, 2 writers 84,244, 3 86,473, 4 77,654. A second writer lets
+    PostgreSQL commit one batch while the other is being built (+41 %); past
+    one per core the writers only take CPU from PostgreSQL and the front.
+    The cap of 8 bounds connections and the ring's lane count.
     """
     return max(2, min(8, cpus))
 

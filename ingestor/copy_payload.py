@@ -61,8 +61,12 @@ def build(records: np.ndarray, created_us: int) -> bytes:
     ``created_us`` (Unix microseconds) becomes every row's ``created_at``.
     """
     n = len(records)
-    text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS) * MAX_TEXT_BYTES)
-    needs_escape = _NEEDS_ESCAPE[text].any(axis=1)
+    text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
+    widths = np.maximum(records["text_len"].max(axis=0, initial=-1), 0).tolist()
+    needs_escape = np.zeros(n, bool)
+    for k, width in enumerate(widths):  # only up to the column's longest text: the rest is padding
+        if width:
+            needs_escape |= _NEEDS_ESCAPE[text[:, k, :width]].any(axis=1)
     if not needs_escape.any():
         return b"".join((HEADER, _build_clean(records, created_us), TRAILER))
     parts = [HEADER, _build_clean(records[~needs_escape], created_us)]

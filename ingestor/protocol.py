@@ -28,6 +28,7 @@ FUTURE_TOLERANCE_US = 24 * 3600 * 1_000_000  # SPEC §1.1: ts at most 24 h ahead
 DATA_FIELDS = ("data_1", "data_2", "data_3", "data_4", "data_5")
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_SURELY_SHORT = MAX_TEXT_BYTES // 4  # a str this long is at most 64 bytes of UTF-8 (4 bytes a character at most)
 _ONE_US = _dt.timedelta(microseconds=1)
 # PostgreSQL's timestamptz covers 4713 BC .. 294276 AD; Python's datetime covers
 # years 1 .. 9999, so integer ts are held to the same range as string ts.
@@ -147,14 +148,14 @@ class RecordBuilder:
     once per batch, so the per-event Python work is a few list appends.
     """
 
-    __slots__ = ("scale_id", "seq", "measured_us", "texts", "text_len")
+    __slots__ = ("scale_id", "seq", "measured_us", "texts", "nulls")
 
     def __init__(self) -> None:
         self.scale_id: list[int] = []
         self.seq: list[int] = []
         self.measured_us: list[int] = []
-        self.texts: list[bytes] = []
-        self.text_len: list[int] = []
+        self.texts: list[bytes] = []  # 5 per event, b"" for NULL
+        self.nulls: list[int] = []  # per event, bit k set when data_{k+1} is NULL
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -172,23 +173,21 @@ class RecordBuilder:
             us = (ts - _EPOCH) // _ONE_US
             if us > now_us + FUTURE_TOLERANCE_US:
                 raise _Invalid("future_ts", f"ts {ts.isoformat()} is more than 24 h in the future")
-        texts = [
-            _text("data_1", event.data_1),
-            _text("data_2", event.data_2),
-            _text("data_3", event.data_3),
-            _text("data_4", event.data_4),
-            _text("data_5", event.data_5),
-        ]
+        texts = []
+        nulls = 0
+        for k, value in enumerate((event.data_1, event.data_2, event.data_3, event.data_4, event.data_5)):
+            if value is None:
+                nulls |= 1 << k
+                texts.append(b"")
+            elif type(value) is str and len(value) <= _SURELY_SHORT and "\x00" not in value:
+                texts.append(value.encode())  # the common case, without a call
+            else:
+                texts.append(_text(DATA_FIELDS[k], value))
         self.scale_id.append(event.scale_id)
         self.seq.append(event.seq)
         self.measured_us.append(us)
-        for t in texts:
-            if t is None:
-                self.texts.append(b"")
-                self.text_len.append(-1)
-            else:
-                self.texts.append(t)
-                self.text_len.append(len(t))
+        self.texts += texts
+        self.nulls.append(nulls)
 
     def build(self, received_ns: int, tag: int = 0) -> np.ndarray:
         """Return the collected events as a ``RECORD_DTYPE`` array of ``len(self)`` records."""
@@ -200,8 +199,12 @@ class RecordBuilder:
             out["measured_us"] = np.asarray(self.measured_us, np.int64)
             out["received_ns"] = received_ns
             out["tag"] = tag
-            out["text"] = np.asarray(self.texts, "S64").reshape(n, 5)
-            out["text_len"] = np.asarray(self.text_len, np.int8).reshape(n, 5)
+            text = np.asarray(self.texts, "S64").reshape(n, 5)
+            out["text"] = text
+            # Texts never hold NUL (see _text), so S64's NUL padding gives their length.
+            lengths = np.strings.str_len(text).astype(np.int8)
+            null = (np.asarray(self.nulls, np.uint8)[:, None] >> np.arange(5, dtype=np.uint8)) & 1
+            out["text_len"] = np.where(null.astype(bool), np.int8(-1), lengths)
         return out
 
 
