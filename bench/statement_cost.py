@@ -63,7 +63,6 @@ def run(dsn: str, recs, statements: list[str]) -> tuple[float, float]:
                 if "dedup" in statements:
                     cur.execute(DEDUP_SQL, (BinaryArray(batch["scale_id"], INT4_ARRAY_OID),
                                             BinaryArray(batch["seq"], INT8_ARRAY_OID)))
-                    cur.fetchall()
                 if "copy" in statements:
                     with cur.copy(copy_payload.COPY_SQL) as copy:
                         copy.write(copy_payload.build(batch, time.time_ns() // 1000))
@@ -92,7 +91,7 @@ def main() -> int:
     try:
         for name, statements in [
             ("COPY (binary) alone", ["copy"]),
-            ("dedup claim alone (INSERT … ON CONFLICT DO NOTHING RETURNING)", ["dedup"]),
+            ("dedup claim alone (INSERT … ON CONFLICT DO NOTHING)", ["dedup"]),
             ("UPSERT of the latest state per scale alone", ["upsert"]),
             ("all four: dedup + COPY + UPSERT + checkpoint (a writer's transaction)",
              ["dedup", "copy", "upsert", "checkpoint"]),

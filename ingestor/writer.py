@@ -3,9 +3,9 @@
 Each batch is written in one transaction holding four statements:
 
 0. an INSERT … ON CONFLICT DO NOTHING of the batch's (scale_id, seq) keys
-   into ``ingestor_seen``, whose RETURNING names the keys never stored
-   before; the other records are duplicates (SPEC §1.2), counted, not
-   written;
+   into ``ingestor_seen``; when it inserted fewer rows than the batch holds,
+   a SELECT of the rows this transaction inserted names the new keys; the
+   other records are duplicates (SPEC §1.2), counted, not written;
 1. ``COPY weighing_logs (...) FROM STDIN (FORMAT BINARY)`` of every record
    (payload from :mod:`ingestor.copy_payload`);
 2. one UPSERT of ``scale_current_states`` over the batch's latest record per
@@ -80,19 +80,25 @@ ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED
     persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, updated_at = EXCLUDED.updated_at
 """
 
-# Claims the batch's keys; returns those not stored before (SPEC §1.2 dedup).
+# Claims the batch's keys (SPEC §1.2 dedup); its row count says how many were new.
 DEDUP_SQL = """
 INSERT INTO ingestor_seen (scale_id, seq)
 SELECT * FROM unnest(%b::int4[], %b::int8[])
 ON CONFLICT DO NOTHING
-RETURNING scale_id, seq
+"""
+
+# Only when some keys were not new: which of them this transaction claimed
+# (rows it inserted carry its transaction id as xmin; the claim runs in the
+# top-level transaction, never in a savepoint).
+FRESH_SQL = """
+SELECT s.scale_id, s.seq
+FROM ingestor_seen s JOIN unnest(%b::int4[], %b::int8[]) AS k(scale_id, seq) USING (scale_id, seq)
+WHERE s.xmin = pg_current_xact_id()::xid
 """
 
 
 def fresh_mask(records: np.ndarray, fresh: list[tuple[int, int]]) -> np.ndarray:
     """Bool array, one per record: its (scale_id, seq) is in ``fresh`` and this is its first occurrence."""
-    if len(fresh) == len(records):
-        return np.ones(len(records), bool)
     left = set(fresh)
     keep = np.zeros(len(records), bool)
     for i, key in enumerate(zip(records["scale_id"].tolist(), records["seq"].tolist())):
@@ -220,9 +226,13 @@ class Writer:
             try:
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        cur.execute(DEDUP_SQL, (BinaryArray(records["scale_id"], INT4_ARRAY_OID),
-                                                BinaryArray(records["seq"], INT8_ARRAY_OID)))
-                        fresh = fresh_mask(records, cur.fetchall())
+                        keys = (BinaryArray(records["scale_id"], INT4_ARRAY_OID),
+                                BinaryArray(records["seq"], INT8_ARRAY_OID))
+                        cur.execute(DEDUP_SQL, keys)
+                        if cur.rowcount == len(records):  # the usual case: all new, nothing to fetch
+                            fresh = np.ones(len(records), bool)
+                        else:
+                            fresh = fresh_mask(records, cur.execute(FRESH_SQL, keys).fetchall())
                         new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
