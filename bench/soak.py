@@ -9,7 +9,7 @@ drives it from a separate sender process (bench/loadgen.py) at ``--rate``,
 and every ``--every`` seconds records the RSS of every process (supervisor,
 front, each writer, the sender, PostgreSQL's processes summed), ``ring_used``,
 ``spool_bytes``, ``events_per_s`` and p99 latency. Writes
-``bench/results/soak-<date>.json`` and ``.png`` and prints whether RSS and
+``bench/results/soak-<date>-<rate>.json`` and ``.png`` and prints whether RSS and
 ``ring_used`` stayed flat: each process's RSS growth from the second minute
 to the last (the first minute is warm-up: pools, caches, numpy), and the
 ring's mean fill in the last minute.
@@ -111,7 +111,7 @@ def main() -> int:
               "ring_used_mean_last_minute": round(ring_last), "ring_capacity": samples[-1]["ring_capacity"],
               "spool_bytes_max": max(x["spool_bytes"] for x in samples), "samples": samples}
     a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"soak-{result['date']}"
+    path = a.out / f"soak-{result['date']}-{round(rate)}"
     path.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(result, path.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
