@@ -433,6 +433,7 @@ class Supervisor:
             "spool_events": int(f["spool_events"]),
             "spooled_events": int(f["spooled_events"]),
             "replayed_events": int(f["replayed_events"]),
+            "spool_cut_bytes": int(f["spool_cut_bytes"]),
             "refused_frames": int(f["refused_frames"]),
             "acked_messages": int(f["acked_messages"]),
             "ack_replies": int(f["ack_replies"]),
