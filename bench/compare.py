@@ -153,7 +153,7 @@ def start_service(dsn: str, workdir: Path, *extra: str) -> tuple[subprocess.Pope
     bind, stats_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     log = open(workdir / f"service-{time.time_ns()}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--bind", bind, "--ack-bind", "off",
+        [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--bind", bind, "--ack-bind", "off", "--http-bind", "off",
          "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning", *extra],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )

@@ -83,7 +83,8 @@ def start_service(dsn: str, writers: int, workdir: Path) -> tuple[subprocess.Pop
     log = open(workdir / f"service-{writers}.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--writers", str(writers), "--bind", bind,
-         "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning"],
+         "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning",
+         "--ack-bind", "off", "--http-bind", "off"],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
     deadline = time.monotonic() + 60

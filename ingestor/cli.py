@@ -39,6 +39,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--spool-dir", help="on-disk spool for when the ring is full (default: DATA_DIR/spool)")
     o("--spool-max-bytes", type=int, help="disk the spool may take; then the front stops reading (default: 1 GiB)")
     o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
+    o("--http-bind", help="HOST:PORT of /metrics, /health and the seed JSON endpoints, or 'off' "
+                          "(default: 127.0.0.1:9108)")
+    o("--stall-seconds", type=float, help="/health fails when nothing was committed this long while events "
+                                          "are pending (default: 60)")
     o("--log-level", help="debug, info, warning or error (default: info)")
     o("--simulate-scales", type=int, help="also run a simulator of this many scales sending to --bind (default: 0)")
     o("--simulate-rate", type=float, help="simulated events per second, all scales together (default: 300)")

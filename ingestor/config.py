@@ -43,6 +43,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spool_dir: str | None = None
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
     stats_endpoint: str = "tcp://127.0.0.1:5557"
+    http_bind: str = "127.0.0.1:9108"
+    stall_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     simulate_scales: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 0
     simulate_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 300.0
@@ -57,6 +59,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def ack_endpoint(self) -> str | None:
         """``ack_bind``, or None when acked mode is switched off (``off``, ``none`` or empty)."""
         return None if self.ack_bind.strip().lower() in ("", "off", "none") else self.ack_bind
+
+    def http_endpoint(self) -> str | None:
+        """``http_bind``, or None when the HTTP monitoring is switched off (``off``, ``none`` or empty)."""
+        return None if self.http_bind.strip().lower() in ("", "off", "none") else self.http_bind
 
     def resolved_dead_letter_dir(self) -> Path:
         return Path(self.dead_letter_dir or Path(self.data_dir) / "dead-letters")

@@ -47,6 +47,7 @@ from . import child, schema
 from .acks import AckTable
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
+from .monitoring import Monitoring
 from .errors import IngestorError, SpoolError
 from .protocol import RECORD_DTYPE
 from .ring import Ring
@@ -102,6 +103,7 @@ class Supervisor:
         self.ring: Ring | None = None
         self.counters: Counters | None = None
         self.acks: AckTable | None = None
+        self.monitoring: Monitoring | None = None
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = config.dsn
         self.zmq = zmq.Context()
@@ -131,6 +133,8 @@ class Supervisor:
                 if code is not None:
                     return code
                 self.tick()
+                if self.monitoring is not None:
+                    self.monitoring.update(self.snapshot())
         except IngestorError as e:
             log.error("%s", e)
             return 2
@@ -211,6 +215,12 @@ class Supervisor:
             self.stats_sock.bind(cfg.stats_endpoint)
         except zmq.ZMQError as e:
             raise IngestorError(f"cannot bind the stats endpoint {cfg.stats_endpoint}: {e}") from None
+        if cfg.http_endpoint():
+            self.monitoring = Monitoring(cfg.http_endpoint(), cfg.stall_seconds)
+            try:
+                self.monitoring.start()
+            except OSError as e:
+                raise IngestorError(f"cannot bind the HTTP monitoring endpoint {cfg.http_bind}: {e}") from None
         dead_letter_dir = str(cfg.resolved_dead_letter_dir())
         shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name,
                   "dead_letter_dir": dead_letter_dir, "dead_letter_max_bytes": cfg.dead_letter_max_bytes}
@@ -480,6 +490,8 @@ class Supervisor:
             if c.alive():
                 os.kill(c.process.pid, signal.SIGKILL)
                 c.process.join(5)
+        if self.monitoring is not None:
+            self.monitoring.stop()
         if self.stats_sock is not None:
             self.stats_sock.close(linger=0)
         self.zmq.term()

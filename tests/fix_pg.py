@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -45,3 +46,20 @@ def dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(dsn, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def own_pg() -> Iterator[EmbeddedPostgres]:
+    """A migrated PostgreSQL cluster of this test's own, which the test may stop and start."""
+    data_dir = tempfile.mkdtemp(prefix="ingestor-fault-pg-")
+    os.chmod(data_dir, 0o755)  # reachable by the postgres user when the tests run as root
+    # synchronous_commit stays on: an immediate stop is a crash, and a commit
+    # reported before its WAL was written would be lost with it (fsync off is
+    # fine, the operating system keeps the written WAL).
+    settings = {k: v for k, v in TEST_SETTINGS.items() if k != "synchronous_commit"}
+    server = EmbeddedPostgres(data_dir, settings=settings)
+    server.start()
+    schema.migrate(server.dsn)
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)

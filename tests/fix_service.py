@@ -29,10 +29,12 @@ class Service:
         self.bind = f"tcp://127.0.0.1:{free_port()}"
         self.ack_bind = f"tcp://127.0.0.1:{free_port()}"
         self.stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.http = f"127.0.0.1:{free_port()}"
         self.dead_letter_dir = workdir / "dead-letters"
         self.log = workdir / "service.log"
         cmd = [
             sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind, "--ack-bind", self.ack_bind,
+            "--http-bind", self.http,
             "--stats-endpoint", self.stats_endpoint, "--dead-letter-dir", str(self.dead_letter_dir),
             "--spool-dir", str(workdir / "spool"), "--data-dir", str(workdir / "data"), *args,
         ]

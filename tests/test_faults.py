@@ -1,28 +1,22 @@
 """Faults injected into the running service, each ending with exact database contents.
 
-These tests stop and start PostgreSQL, so each gets its own cluster
-(``own_pg``), not the session's shared server.
+The tests that stop and start PostgreSQL get a cluster of their own
+(``own_pg`` of tests/fix_pg.py), not the session's shared server.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
 
-from ingestor import schema
-from ingestor.embedded_pg import EmbeddedPostgres
 from ingestor.simulator import Simulator
 
-from .fix_pg import TEST_SETTINGS
 from .test_service import identity_holds
 
 pytestmark = pytest.mark.slow
@@ -30,23 +24,6 @@ pytestmark = pytest.mark.slow
 # SPEC-size outage by default; INGESTOR_TEST_OUTAGE_S shortens it for a quick local run.
 OUTAGE_S = float(os.environ.get("INGESTOR_TEST_OUTAGE_S", "60"))
 START_MS = 1_700_000_000_000
-
-
-@pytest.fixture
-def own_pg() -> Iterator[EmbeddedPostgres]:
-    """A migrated PostgreSQL cluster of this test's own, which the test may stop and start."""
-    data_dir = tempfile.mkdtemp(prefix="ingestor-fault-pg-")
-    os.chmod(data_dir, 0o755)  # reachable by the postgres user when the tests run as root
-    # synchronous_commit stays on: an immediate stop is a crash, and a commit
-    # reported before its WAL was written would be lost with it (fsync off is
-    # fine, the operating system keeps the written WAL).
-    settings = {k: v for k, v in TEST_SETTINGS.items() if k != "synchronous_commit"}
-    server = EmbeddedPostgres(data_dir, settings=settings)
-    server.start()
-    schema.migrate(server.dsn)
-    yield server
-    server.stop("immediate")
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def stored(dsn: str) -> tuple[int, int, int, int]:

@@ -116,7 +116,7 @@ def test_main_job_runs_on_embedded_postgres_and_stops_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "ingestor.cli", "run", "--data-dir", str(data_dir), "--simulate-scales", "30",
          "--simulate-rate", "300", "--run-seconds", "4", "--bind", f"tcp://127.0.0.1:{free_port()}",
-         "--ack-bind", f"tcp://127.0.0.1:{free_port()}",
+         "--ack-bind", f"tcp://127.0.0.1:{free_port()}", "--http-bind", f"127.0.0.1:{free_port()}",
          "--stats-endpoint", stats_ep],
         capture_output=True, text=True, timeout=120,
     )

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from ingestor.deadletter import DeadLetterWriter, read
-from ingestor.protocol import RECORD_DTYPE, Event, RecordBuilder
-from ingestor.ring import Ring
+from ingestor.protocol import Event, RecordBuilder
 from ingestor.stats import WRITER_DTYPE
 from ingestor.writer import Writer
 

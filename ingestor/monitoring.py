@@ -1,0 +1,223 @@
+"""HTTP monitoring (``--http-bind``): Prometheus ``/metrics``, ``/health``, and the seed system's JSON.
+
+Served by a small WSGI server in one daemon thread of the supervisor. The
+thread never touches the shared counters: the supervisor's loop hands it a
+fresh SPEC §4 snapshot every turn (:meth:`Monitoring.update`, at least once
+a second), and every request is answered from the latest one.
+
+Endpoints:
+
+``/metrics``
+    Prometheus text format through prometheus-client: a counter for every
+    SPEC §4 count, gauges for ring and spool fill and for each writer's
+    liveness, and the receive-to-commit latency histogram.
+``/health``
+    200 ``{"status": "ok"}`` while reading and committing; 503 with
+    ``{"status": "unhealthy", "reason": ...}`` when the database is
+    unreachable, no writer is alive, or nothing has been committed for
+    longer than ``stall_seconds`` while events are pending.
+``/api/v1/monitoring/persistence/metrics`` and ``…/health``
+    The seed system's JSON shapes and field names, so existing dashboards
+    keep working.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from typing import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ingestor"
+# SPEC §4 counts exposed as Prometheus counters: (stats key, help)
+COUNTS = (
+    ("received_frames", "Frames received (ZeroMQ message parts)."),
+    ("received_events", "Events received, valid or not."),
+    ("invalid", "Events rejected as invalid and dead-lettered."),
+    ("duplicates", "Events already stored (same scale_id and seq), not stored again."),
+    ("persisted", "Events committed to weighing_logs."),
+    ("failed", "Events PostgreSQL rejected at write, dead-lettered."),
+    ("refused_frames", "Frames over --max-frame-bytes, refused."),
+    ("spooled_events", "Events appended to the on-disk spool."),
+    ("replayed_events", "Events found in the spool at start."),
+    ("dead_letters_dropped", "Dead letters deleted to keep --dead-letter-max-bytes."),
+    ("dead_letter_errors", "Dead letters that could not be written."),
+    ("acked_messages", "Messages received on the acked-mode ROUTER endpoint."),
+    ("ack_replies", "Acked-mode replies sent."),
+)
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port). Raises ConfigError naming the value."""
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"invalid http_bind {bind!r}: expected HOST:PORT, such as 127.0.0.1:9108")
+    return host.strip("[]"), int(port)
+
+
+class _Collector:
+    def __init__(self, snapshot: Callable[[], dict | None]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator:
+        s = self._snapshot()
+        if s is None:
+            return
+        for key, doc in COUNTS:
+            c = CounterMetricFamily(f"{PREFIX}_{key}", doc)
+            c.add_metric([], s.get(key, 0))
+            yield c
+        gauges = (
+            ("pending_events", "Events accepted and not yet written (ring, spool, in hand).", s["pending"]),
+            ("ring_capacity_slots", "Slots of the shared-memory ring.", s["ring_capacity"]),
+            ("ring_used_slots", "Slots holding events now.", s["ring_used"]),
+            ("spool_bytes", "Disk the on-disk spool takes now.", s["spool_bytes"]),
+            ("spool_events", "Events in the on-disk spool now.", s.get("spool_events", 0)),
+            ("database_connected", "1 while every live writer's last database operation succeeded.",
+             int(s["database_connected"])),
+            ("draining", "1 while the service drains before exiting.", int(s["status"] == "draining")),
+            ("uptime_seconds", "Seconds since the service started.", s["uptime_s"]),
+            ("events_per_second", "Events persisted per second over the last 10 s.", s["events_per_s"]),
+            ("average_batch_size_events", "Events per committed batch, on average.", s["average_batch_size"]),
+            ("average_batch_duration_seconds", "Duration of a committed batch, on average.",
+             s["average_batch_ms"] / 1000),
+        )
+        for name, doc, value in gauges:
+            g = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            g.add_metric([], value)
+            yield g
+        alive = GaugeMetricFamily(f"{PREFIX}_writer_alive", "1 while writer i's process is alive.", labels=["writer"])
+        restarts = CounterMetricFamily(f"{PREFIX}_writer_restarts", "Restarts of writer i.", labels=["writer"])
+        for i, w in enumerate(s["writers"]):
+            alive.add_metric([str(i)], int(w["alive"]))
+            restarts.add_metric([str(i)], w["restarts"])
+        yield alive
+        yield restarts
+        yield _latency(s["latency_histogram"])
+
+
+def _latency(histogram: dict) -> HistogramMetricFamily:
+    buckets, acc = [], 0
+    for upper_ms, count in zip(histogram["upper_ms"], histogram["count"]):
+        acc += count
+        buckets.append((repr(upper_ms / 1000), acc))
+    buckets.append(("+Inf", acc))
+    h = HistogramMetricFamily(f"{PREFIX}_receive_to_commit_seconds",
+                              "Time from a frame's receipt to the commit of its events (bucket bounds: 1 ms up "
+                              "to 1 s, then 100 ms; only non-empty buckets are listed).")
+    # The exact sum is not kept; the bucket bounds give an upper estimate.
+    total = sum(u / 1000 * c for u, c in zip(histogram["upper_ms"], histogram["count"]))
+    h.add_metric([], buckets, sum_value=total)
+    return h
+
+
+def health(s: dict | None, stall_seconds: float, now: float | None = None) -> tuple[bool, str]:
+    """(healthy, reason) by the rules of the module docstring."""
+    if s is None:
+        return False, "starting"
+    if not any(w["alive"] for w in s["writers"]):
+        return False, "no writer is alive"
+    if not s["database_connected"]:
+        return False, "the database is unreachable"
+    if s["pending"] and s["last_persisted_at"]:
+        now = now if now is not None else time.time()
+        idle = now - dt.datetime.fromisoformat(s["last_persisted_at"]).timestamp()
+        if idle > stall_seconds:
+            return False, f"nothing committed for {idle:.0f} s with {s['pending']} events pending"
+    return True, "ok"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no log line each
+        log.debug("http %s", format % args)
+
+
+class Monitoring:
+    """The HTTP endpoints on ``bind`` (``host:port``); :meth:`start` binds and serves from a thread.
+
+    Raises ConfigError (bad ``bind``) or OSError (cannot bind) from :meth:`start`.
+    """
+
+    def __init__(self, bind: str, stall_seconds: float) -> None:
+        self.host, self.port = parse_bind(bind)
+        self.stall_seconds = stall_seconds
+        self._snapshot: dict | None = None
+        self._lock = threading.Lock()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self.snapshot))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, snapshot: dict) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    def snapshot(self) -> dict | None:
+        with self._lock:
+            return self._snapshot
+
+    def start(self) -> None:
+        self._server = make_server(self.host, self.port, self.app, handler_class=_QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+        log.info("Monitoring on http://%s:%d (/metrics, /health)", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # -- the WSGI application ---------------------------------------------------
+
+    def app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        s = self.snapshot()
+        if path == "/metrics":
+            return _respond(start_response, 200, generate_latest(self._registry), "text/plain; version=0.0.4")
+        if path == "/health":
+            ok, reason = health(s, self.stall_seconds)
+            body = {"status": "ok"} if ok else {"status": "unhealthy", "reason": reason}
+            return _json(start_response, 200 if ok else 503, body)
+        if path == "/api/v1/monitoring/persistence/metrics":
+            if s is None:
+                return _json(start_response, 503, {"success": False, "data": None})
+            return _json(start_response, 200, {"success": True, "data": {
+                "batchQueueSize": s["pending"],
+                "totalEventsProcessed": s["persisted"],
+                "totalEventsFailed": s["failed"] + s["invalid"],
+                "averageBatchSize": s["average_batch_size"],
+                "averageProcessingTimeMs": s["average_batch_ms"],
+                "lastProcessedTimestamp": s["last_persisted_at"],
+            }})
+        if path == "/api/v1/monitoring/persistence/health":
+            ok, reason = health(s, self.stall_seconds)
+            running = s is not None and s["status"] == "running" and any(w["alive"] for w in s["writers"])
+            return _json(start_response, 200 if ok else 503, {"success": ok, "data": {
+                "status": "UP" if ok else "DOWN",
+                "batchProcessorRunning": running,
+                "databaseConnected": bool(s and s["database_connected"]),
+                "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+                **({} if ok else {"reason": reason}),
+            }})
+        return _json(start_response, 404, {"error": f"no such endpoint {path!r}; try /metrics or /health"})
+
+
+def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
+    return _respond(start_response, status, json.dumps(body).encode(), "application/json")
+
+
+def _respond(start_response: Callable, status: int, body: bytes, content_type: str) -> list[bytes]:
+    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,98 @@
+"""HTTP monitoring scraped by real HTTP clients: /metrics, /health, the seed system's JSON endpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import msgspec
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingestor.monitoring import health
+
+pytestmark = pytest.mark.slow
+
+
+def get(svc, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://{svc.http}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def send(svc, n: int, start: int = 0) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(svc.bind)
+    events = [{"scale_id": i % 7 + 1, "seq": i, "ts": 1_700_000_000_000 + i, "data_1": i} for i in range(start, start + n)]
+    push.send(msgspec.msgpack.encode(events))
+    push.close(linger=5000)
+    ctx.term()
+
+
+def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory, dsn):
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    send(svc, 50)
+    s = svc.wait_for(lambda s: s["persisted"] == 50)
+    time.sleep(1.2)  # the HTTP snapshot is refreshed by the supervisor's loop, at least once a second
+    status, body = get(svc, "/metrics")
+    assert status == 200
+    metrics = {m.name: m for m in text_string_to_metric_families(body.decode())}
+    value = lambda name: metrics[name].samples[0].value  # noqa: E731
+    assert value("ingestor_persisted") == 50 and value("ingestor_received_events") == 50
+    assert value("ingestor_ring_capacity_slots") == s["ring_capacity"]
+    assert value("ingestor_database_connected") == 1
+    assert sorted(x.labels["writer"] for x in metrics["ingestor_writer_alive"].samples) == ["0", "1"]
+    latency = metrics["ingestor_receive_to_commit_seconds"].samples
+    assert [x.value for x in latency if x.name.endswith("_count")] == [50]
+
+    status, body = get(svc, "/health")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    status, body = get(svc, "/api/v1/monitoring/persistence/metrics")
+    data = json.loads(body)
+    assert status == 200 and data["success"] is True
+    assert set(data["data"]) == {"batchQueueSize", "totalEventsProcessed", "totalEventsFailed", "averageBatchSize",
+                                 "averageProcessingTimeMs", "lastProcessedTimestamp"}
+    assert data["data"]["totalEventsProcessed"] == 50 and data["data"]["batchQueueSize"] == 0
+    status, body = get(svc, "/api/v1/monitoring/persistence/health")
+    data = json.loads(body)
+    assert status == 200 and data["success"] is True
+    assert {k: data["data"][k] for k in ("status", "batchProcessorRunning", "databaseConnected")} == \
+        {"status": "UP", "batchProcessorRunning": True, "databaseConnected": True}
+    assert get(svc, "/nope")[0] == 404
+    assert svc.terminate() == 0
+
+
+def test_health_is_503_with_a_reason_while_the_database_is_unreachable(service_factory, own_pg):
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "1", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    own_pg.stop("immediate")
+    send(svc, 10)
+    svc.wait_for(lambda s: not s["database_connected"], timeout_s=30)
+    time.sleep(1.2)
+    status, body = get(svc, "/health")
+    assert status == 503 and json.loads(body) == {"status": "unhealthy", "reason": "the database is unreachable"}
+    status, body = get(svc, "/api/v1/monitoring/persistence/health")
+    assert status == 503 and json.loads(body)["data"]["databaseConnected"] is False
+    own_pg.start()
+    svc.wait_for(lambda s: s["persisted"] == 10 and s["database_connected"], timeout_s=60)
+    time.sleep(1.2)
+    assert get(svc, "/health")[0] == 200
+    assert svc.terminate() == 0
+
+
+def test_health_rules_name_the_failing_condition():
+    base = {"writers": [{"alive": True}], "database_connected": True, "pending": 0,
+            "last_persisted_at": "2026-01-01T00:00:00+00:00"}
+    assert health(base, 60) == (True, "ok")
+    assert health({**base, "writers": [{"alive": False}]}, 60) == (False, "no writer is alive")
+    stalled = {**base, "pending": 5}
+    ok, reason = health(stalled, 60, now=1767225600 + 61)
+    assert not ok and reason == "nothing committed for 61 s with 5 events pending"
+    assert health(stalled, 60, now=1767225600 + 30) == (True, "ok")
