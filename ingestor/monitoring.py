@@ -104,6 +104,13 @@ class _Collector:
         yield alive
         yield restarts
         yield _latency(s["latency_histogram"])
+        size = HistogramMetricFamily(f"{PREFIX}_batch_size_events", "Events per committed batch.")
+        size.add_metric([], s["batch_size_histogram"], sum_value=s["persisted"] + s["duplicates"] + s["failed"])
+        yield size
+        seconds = HistogramMetricFamily(f"{PREFIX}_batch_duration_seconds", "Wall time of a committed batch.")
+        seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in s["batch_ms_histogram"]],
+                           sum_value=s["batch_us_total"] / 1e6)
+        yield seconds
 
 
 def _latency(histogram: dict) -> HistogramMetricFamily:

@@ -44,6 +44,10 @@ FRONT_DTYPE = np.dtype(
     ]
 )
 
+# Upper bounds of the batch histograms (Prometheus "le" buckets; one more for +Inf).
+BATCH_SIZE_BOUNDS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+BATCH_MS_BOUNDS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
 WRITER_DTYPE = np.dtype(
     [
         ("pid", "<i8"),
@@ -58,6 +62,8 @@ WRITER_DTYPE = np.dtype(
         ("connected", "<i8"),
         ("dead_letters_dropped", "<i8"),
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
+        ("batch_size_hist", "<i8", (len(BATCH_SIZE_BOUNDS) + 1,)),  # events per committed batch
+        ("batch_ms_hist", "<i8", (len(BATCH_MS_BOUNDS) + 1,)),  # ms per committed batch
     ]
 )
 
@@ -95,6 +101,17 @@ class Counters:
 
 def _writers_offset() -> int:
     return (FRONT_DTYPE.itemsize + 63) // 64 * 64
+
+
+def bucket_of(value: float, bounds: tuple) -> int:
+    """Index of the first bound >= ``value`` (len(bounds) for +Inf)."""
+    return int(np.searchsorted(bounds, value, side="left"))
+
+
+def cumulative_buckets(counts: np.ndarray, bounds: tuple) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets ("le", cumulative count) from per-bucket ``counts``."""
+    acc = np.cumsum(counts).tolist()
+    return [(repr(float(b)), acc[i]) for i, b in enumerate(bounds)] + [("+Inf", acc[-1])]
 
 
 def latency_buckets(latency_ns: np.ndarray) -> np.ndarray:
@@ -154,7 +171,7 @@ def format_text(stats: dict) -> str:
     """The figures as aligned ``name: value`` lines for people."""
     lines = []
     for key, value in stats.items():
-        if key in ("writers", "latency_histogram"):
+        if key in ("writers", "latency_histogram", "batch_size_histogram", "batch_ms_histogram"):
             continue
         lines.append(f"{key:>20}: {value}")
     for i, w in enumerate(stats.get("writers", [])):

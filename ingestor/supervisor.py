@@ -52,7 +52,8 @@ from .errors import IngestorError, SpoolError
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, histogram_ms, percentile_ms
+from .stats import (BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, STATS_REQUEST, Counters, cumulative_buckets, histogram_ms,
+                    percentile_ms)
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +458,9 @@ class Supervisor:
             "database_connected": self.database_connected(),
             "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
             "latency_histogram": histogram_ms(hist),
+            "batch_size_histogram": cumulative_buckets(w["batch_size_hist"].sum(axis=0), BATCH_SIZE_BOUNDS),
+            "batch_ms_histogram": cumulative_buckets(w["batch_ms_hist"].sum(axis=0), BATCH_MS_BOUNDS),
+            "batch_us_total": int(w["batch_us_total"].sum()),
             "dead_letter_errors": int(f["dead_letter_errors"]),
             "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
             "writers": [

@@ -48,7 +48,7 @@ from .deadletter import DeadLetterWriter
 from .protocol import DATA_FIELDS, Rejected
 from .ring import Lane
 from .schema import set_search_path
-from .stats import latency_buckets
+from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, bucket_of, latency_buckets
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,8 @@ class Writer:
         c["batches"] += 1
         c["batch_us_total"] += elapsed_us
         c["last_batch_us"] = elapsed_us
+        c["batch_size_hist"][bucket_of(len(records), BATCH_SIZE_BOUNDS)] += 1
+        c["batch_ms_hist"][bucket_of(elapsed_us / 1000, BATCH_MS_BOUNDS)] += 1
         log.info("[BATCH] Persisted %d events in %d ms", len(records), round(elapsed_us / 1000))
 
     def _write_range(self, records: np.ndarray, offset: int) -> None:

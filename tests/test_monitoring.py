@@ -51,6 +51,9 @@ def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory,
     assert sorted(x.labels["writer"] for x in metrics["ingestor_writer_alive"].samples) == ["0", "1"]
     latency = metrics["ingestor_receive_to_commit_seconds"].samples
     assert [x.value for x in latency if x.name.endswith("_count")] == [50]
+    for name in ("ingestor_batch_size_events", "ingestor_batch_duration_seconds"):
+        counts = [x.value for x in metrics[name].samples if x.name.endswith("_count")]
+        assert counts and counts[0] >= 1, name
 
     status, body = get(svc, "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
