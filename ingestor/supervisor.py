@@ -48,6 +48,7 @@ from .acks import AckTable
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
+from .sdnotify import Notifier
 from .errors import IngestorError, SpoolError
 from .protocol import RECORD_DTYPE
 from .ring import Ring
@@ -115,6 +116,8 @@ class Supervisor:
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
         self._halt_reason: str | None = None
+        self.notifier = Notifier()
+        self._last_watchdog = 0.0
 
     # -- the loop -------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Supervisor:
             self.status = "running"
             log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
                      len(self.writers), self.ring.capacity, self.config.stats_endpoint)
+            self.notifier.notify("READY=1", f"STATUS=running: {len(self.writers)} writer(s), 0 events/s")
             while True:
                 self.sleep()
                 code = self.handle_signals()
@@ -134,6 +138,7 @@ class Supervisor:
                 if code is not None:
                     return code
                 self.tick()
+                self.watchdog()
                 if self.monitoring is not None:
                     self.monitoring.update(self.snapshot())
         except IngestorError as e:
@@ -359,6 +364,7 @@ class Supervisor:
 
     def begin_drain(self) -> None:
         self.status = "draining"
+        self.notifier.notify("STOPPING=1", "STATUS=draining: writing everything accepted")
         now = time.monotonic()
         self._stop_deadline = now + GRACEFUL_TIMEOUT_S
         self._front_deadline = now + FRONT_STOP_TIMEOUT_S
@@ -398,12 +404,22 @@ class Supervisor:
             s = self.snapshot()
             log.info("[RATE] %.1f events/s; %d persisted, %d pending, %d invalid, ring %d/%d",
                      s["events_per_s"], s["persisted"], s["pending"], s["invalid"], s["ring_used"], s["ring_capacity"])
+            self.notifier.notify(f"STATUS={self.status}: {s['events_per_s']:.0f} events/s, {s['persisted']} persisted, "
+                                 f"{s['pending']} pending, database {'up' if s['database_connected'] else 'DOWN'}")
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
             self.maintain_partitions()
         if self.config.run_seconds and self.status == "running" and time.time() - self.started >= self.config.run_seconds:
             log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
             self.begin_drain()
+
+    def watchdog(self) -> None:
+        """Ping systemd's watchdog (WatchdogSec=) from the loop: a hung loop stops the pings."""
+        interval = self.notifier.watchdog_interval_s
+        now = time.monotonic()
+        if interval and now - self._last_watchdog >= interval:
+            self._last_watchdog = now
+            self.notifier.notify("WATCHDOG=1")
 
     def maintain_partitions(self) -> None:
         try:
@@ -510,6 +526,7 @@ class Supervisor:
             self.ring.close()
         if self.embedded is not None:
             self.embedded.stop()
+        self.notifier.close()
         signal.set_wakeup_fd(-1)
         for fd in (self._wakeup_r, self._wakeup_w):
             if fd >= 0:

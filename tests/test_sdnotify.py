@@ -1,0 +1,61 @@
+"""systemd's notify protocol, seen on a real datagram socket the test owns as NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from ingestor.sdnotify import Notifier
+
+
+def receive(sock: socket.socket, until, timeout_s: float) -> list[str]:
+    """Messages received until ``until(messages)`` holds (or the timeout)."""
+    messages: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not until(messages):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    return messages
+
+
+@pytest.mark.slow
+def test_service_reports_ready_status_watchdog_and_stopping(service_factory, dsn, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    svc = service_factory("--dsn", dsn, "--writers", "1",
+                          env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    got = receive(sock, lambda m: sum(x == "WATCHDOG=1" for x in m) >= 3, 60)
+    ready = [m for m in got if m.startswith("READY=1")]
+    assert ready and "STATUS=running: 1 writer(s)" in ready[0]
+    assert got.index(ready[0]) < got.index("WATCHDOG=1")
+    assert sum(m == "WATCHDOG=1" for m in got) >= 3  # the loop pings every half WATCHDOG_USEC
+    rate = receive(sock, lambda m: any("events/s" in x and "persisted" in x for x in m), 15)
+    assert any(x.startswith("STATUS=running: ") and "database up" in x for x in rate)
+    svc.proc.send_signal(signal.SIGTERM)
+    stopping = receive(sock, lambda m: any(x.startswith("STOPPING=1") for x in m), 30)
+    assert any(x.startswith("STOPPING=1\nSTATUS=draining") for x in stopping)
+    assert svc.proc.wait(60) == 0
+    sock.close()
+
+
+def test_notifier_speaks_to_abstract_sockets_and_is_silent_without_systemd():
+    name = f"ingestor-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "8000000", "WATCHDOG_PID": str(os.getpid())})
+    notifier.notify("READY=1", "STATUS=ok")
+    assert sock.recv(100) == b"READY=1\nSTATUS=ok"
+    assert notifier.watchdog_interval_s == 4.0
+    assert Notifier({"WATCHDOG_USEC": "8000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None  # not ours
+    Notifier({}).notify("READY=1")  # no NOTIFY_SOCKET: nothing happens, nothing raised
+    notifier.close()
+    sock.close()
