@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default: 2)")
 
+    tp = sub.add_parser("top", help="live view of the running service (q or Ctrl-C quits)")
+    tp.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT))
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)")
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
+
     mg = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     mg.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
     mg.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
@@ -110,6 +115,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(figures, indent=2) if args.json else stats.format_text(figures))
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from . import top
+
+    return top.run(args.stats_endpoint, args.interval, args.once)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -211,6 +222,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "stats": cmd_stats,
+    "top": cmd_top,
     "migrate": cmd_migrate,
     "dead-letters": cmd_dead_letters,
     "config": cmd_config,

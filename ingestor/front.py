@@ -169,12 +169,16 @@ class Front:
                 tag = self.replies.add(identity, token, len(builder) - start, len(rejected) - invalid_before)
                 tagged.append((tag, start, len(builder)))
         c = self.counters
+        # Held and invalid are counted before received: a stats reader may see an
+        # event counted twice for a moment, never missing, so once `received_events`
+        # shows a batch, the other side of SPEC §4's identity already does too.
+        c["held_events"] = len(builder)
+        c["invalid"] += len(rejected)
         c["received_frames"] += frames
         c["received_events"] += events
         if acked:
             c["acked_messages"] += len(messages)
         if rejected:
-            c["invalid"] += len(rejected)
             try:
                 self.dead_letters.write(rejected)
             except OSError as e:
@@ -313,6 +317,7 @@ class Front:
         c = self.counters
         if self.spool.cut_bytes:
             c["spool_cut_bytes"] += self.spool.cut_bytes
+        self._publish_spool()  # pending shows them before received does (see accept)
         if self.spool.events and not c["spool_opened"]:
             # Events of an earlier run: received again, by this run (keeps SPEC §4's identity).
             c["received_events"] += self.spool.events

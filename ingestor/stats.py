@@ -171,7 +171,7 @@ def format_text(stats: dict) -> str:
     """The figures as aligned ``name: value`` lines for people."""
     lines = []
     for key, value in stats.items():
-        if key in ("writers", "latency_histogram", "batch_size_histogram", "batch_ms_histogram"):
+        if key in ("writers", "latency_histogram", "batch_size_histogram", "batch_ms_histogram", "recent_events"):
             continue
         lines.append(f"{key:>20}: {value}")
     for i, w in enumerate(stats.get("writers", [])):

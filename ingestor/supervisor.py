@@ -62,6 +62,7 @@ LOOP_WAKE_S = 1.0  # the loop runs at least this often
 RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
 PARTITION_CHECK_EVERY_S = 3600.0
+RECENT_EVENTS = 20  # notable events kept for `ingestor top`
 GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
@@ -112,6 +113,10 @@ class Supervisor:
         self.stats_sock: zmq.Socket | None = None
         self._wakeup_r = self._wakeup_w = -1
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
+        # What an operator should see in `ingestor top`: child deaths, database up/down, spooling.
+        self.recent: collections.deque[tuple[str, str]] = collections.deque(maxlen=RECENT_EVENTS)
+        self._was_connected: bool | None = None
+        self._was_spooling = False
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
@@ -289,8 +294,10 @@ class Supervisor:
                 sig = signal.Signals(-code).name
                 hint = " Perhaps out of memory?" if -code == signal.SIGKILL else ""
                 log.error("%s (pid %d) was killed by %s.%s", c.name, pid, sig, hint)
+                self.remember(f"{c.name} (pid {pid}) was killed by {sig}; restarting")
             elif code != 0:
                 log.error("%s (pid %d) exited with code %d", c.name, pid, code)
+                self.remember(f"{c.name} (pid {pid}) exited with code {code}; restarting")
             c.quick_failures = c.quick_failures + 1 if lived < STABLE_AFTER_S else 0
             delay = 0.0 if not c.quick_failures else min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (c.quick_failures - 1))
             c.spawn_after = time.monotonic() + delay
@@ -393,8 +400,23 @@ class Supervisor:
 
     # -- periodic work ------------------------------------------------------------
 
+    def remember(self, what: str) -> None:
+        self.recent.append((dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), what))
+
+    def notice_changes(self) -> None:
+        """Remember database up/down and spool on/off transitions (for `ingestor top`)."""
+        connected = self.database_connected()
+        if self._was_connected is not None and connected != self._was_connected:
+            self.remember("database reachable again" if connected else "database unreachable")
+        self._was_connected = connected
+        spooling = int(self.counters.front["spool_events"]) > 0
+        if spooling != self._was_spooling:
+            self.remember("ring full: spooling to disk" if spooling else "spool drained")
+        self._was_spooling = spooling
+
     def tick(self) -> None:
         now = time.monotonic()
+        self.notice_changes()
         persisted = int(self.counters.writers["persisted"].sum())
         self._rate_samples.append((now, persisted))
         while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
@@ -477,6 +499,7 @@ class Supervisor:
             "batch_size_histogram": cumulative_buckets(w["batch_size_hist"].sum(axis=0), BATCH_SIZE_BOUNDS),
             "batch_ms_histogram": cumulative_buckets(w["batch_ms_hist"].sum(axis=0), BATCH_MS_BOUNDS),
             "batch_us_total": int(w["batch_us_total"].sum()),
+            "recent_events": [{"time": t, "event": e} for t, e in self.recent],
             "dead_letter_errors": int(f["dead_letter_errors"]),
             "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
             "writers": [

@@ -53,7 +53,7 @@ class Service:
                 raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 s = self.stats(0.5)
-                if s["status"] == "running" and all(w["alive"] for w in s["writers"]):
+                if s["status"] == "running" and all(w["alive"] for w in s["writers"]) and s["database_connected"]:
                     return s
             except stats.StatsUnavailable:
                 pass

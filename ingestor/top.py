@@ -1,0 +1,121 @@
+"""``ingestor top``: a live terminal view of the running service (rich), read from the stats socket.
+
+Every ``interval`` seconds it asks the stats endpoint (SPEC §4) and redraws:
+the event rates and counts, ring and spool fill, each writer's state, the
+database state and the supervisor's recent events. ``q`` or Ctrl-C ends it
+with exit code 0; while no service answers it says so on screen and keeps
+asking. ``--once`` prints one frame and exits (for scripts, and for
+terminals that are not interactive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from typing import Iterator
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from . import stats
+from .errors import StatsUnavailable
+
+
+def render(s: dict | None, endpoint: str, error: str | None = None) -> Panel:
+    """One frame for the stats ``s`` (None: nobody answered, ``error`` says why)."""
+    if s is None:
+        return Panel(Text(f"No ingestor answers on {endpoint}: {error}\nStill asking; q quits.", style="bold red"),
+                     title="ingestor top")
+    head = Table.grid(padding=(0, 3))
+    for _ in range(4):
+        head.add_column()
+    db = Text("connected", style="green") if s["database_connected"] else Text("UNREACHABLE", style="bold red")
+    lat = s["latency_ms"]
+    head.add_row("status", Text(s["status"], style="bold"), "uptime", f"{s['uptime_s']:.0f} s")
+    head.add_row("events/s", f"{s['events_per_s']:,.1f}", "database", db)
+    head.add_row("received", f"{s['received_events']:,}", "persisted", f"{s['persisted']:,}")
+    head.add_row("pending", f"{s['pending']:,}", "invalid", f"{s['invalid']:,}")
+    head.add_row("duplicates", f"{s['duplicates']:,}", "failed", f"{s['failed']:,}")
+    head.add_row("batch", f"{s['average_batch_size']:,.0f} events / {s['average_batch_ms']:.0f} ms",
+                 "latency p50 / p99", f"{lat['p50']} / {lat['p99']} ms")
+
+    fill = Table.grid(padding=(0, 2))
+    fill.add_column(width=6)
+    fill.add_column(width=40)
+    fill.add_column()
+    fill.add_row("ring", ProgressBar(total=s["ring_capacity"], completed=s["ring_used"], width=40),
+                 f"{s['ring_used']:,} / {s['ring_capacity']:,} slots")
+    fill.add_row("spool", "", f"{s['spool_bytes'] / 2**20:,.1f} MiB, {s.get('spool_events', 0):,} events")
+
+    writers = Table("writer", "pid", "state", "restarts", "persisted", "batches", "last batch", box=None)
+    for i, w in enumerate(s["writers"]):
+        state = Text("alive", style="green") if w["alive"] else Text("dead", style="bold red")
+        writers.add_row(str(i), str(w["pid"]), state, str(w["restarts"]), f"{w['persisted']:,}",
+                        f"{w['batches']:,}", f"{w['last_batch_ms']} ms")
+
+    recent = Table("time (UTC)", "recent events", box=None)
+    for e in s.get("recent_events", [])[-8:]:
+        recent.add_row(e["time"], e["event"])
+    if not s.get("recent_events"):
+        recent.add_row("", Text("none", style="dim"))
+    return Panel(Group(head, Text(""), fill, Text(""), writers, Text(""), recent),
+                 title=f"ingestor top — {endpoint}", subtitle="q quits")
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[callable]:
+    """Yield ``pressed(timeout_s) -> str | None`` reading single keys from the terminal (cbreak mode)."""
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setcbreak(fd, termios.TCSANOW)  # TCSANOW: a key typed already is kept, not flushed
+    try:
+        def pressed(timeout_s: float) -> str | None:
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+            return os.read(fd, 1).decode(errors="replace") if ready else None
+
+        yield pressed
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def _ask(endpoint: str, timeout_s: float) -> tuple[dict | None, str | None]:
+    try:
+        return stats.query(endpoint, timeout_s), None
+    except StatsUnavailable as e:
+        return None, str(e)
+
+
+def run(endpoint: str, interval_s: float = 1.0, once: bool = False) -> int:
+    """Show the view until q or Ctrl-C (exit 0); with ``once``, print one frame (exit 1 when nobody answers)."""
+    console = Console()
+    if once or not sys.stdin.isatty():
+        s, error = _ask(endpoint, 2.0)
+        if s is None:
+            print(f"ingestor top: {error}", file=sys.stderr)
+            return 1
+        console.print(render(s, endpoint))
+        return 0
+    s, error = _ask(endpoint, 2.0)
+    if s is None:
+        print(f"ingestor top: {error}", file=sys.stderr)
+        return 1
+    try:
+        with _keys() as pressed, Live(render(s, endpoint), console=console, screen=True, auto_refresh=False) as live:
+            while True:
+                deadline = time.monotonic() + interval_s
+                while (left := deadline - time.monotonic()) > 0:
+                    if pressed(left) in ("q", "Q"):
+                        return 0
+                s, error = _ask(endpoint, min(2.0, interval_s * 2))
+                live.update(render(s, endpoint, error), refresh=True)
+    except KeyboardInterrupt:
+        return 0
