@@ -54,14 +54,21 @@ def migrate(dsn: str, schema: str = "public") -> list[Migration]:
     """
     applied = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        # Look before creating: PostgreSQL checks the CREATE privilege even for
+        # IF NOT EXISTS, and a least-privilege role (sql/roles.sql) has none.
+        if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         set_search_path(conn, schema)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS ingestor_schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        if conn.execute("SELECT to_regclass('ingestor_schema_migrations')").fetchone()[0] is None:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS ingestor_schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        done_versions = {v for (v,) in conn.execute("SELECT version FROM ingestor_schema_migrations")}
         for migration in migrations():
+            if migration.version in done_versions:
+                continue  # without taking the lock: nothing to do, and no privilege needed
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 done = conn.execute(

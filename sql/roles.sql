@@ -1,0 +1,29 @@
+-- A least-privilege role for `ingestor run` (README "Security").
+--
+-- Run once per database, after `ingestor migrate`, as the owner of the
+-- ingestor's tables, with search_path set to the ingestor's schema:
+--
+--   PGOPTIONS='-c search_path=public' psql "$OWNER_DSN" -f sql/roles.sql
+--   psql "$OWNER_DSN" -c "CREATE ROLE ingestor LOGIN PASSWORD '...' IN ROLE ingestor_writer"
+--
+-- ingestor_writer may write measurements and the ingestor's own state, read
+-- them back, and create the day partitions through the migrated SECURITY
+-- DEFINER function; nothing else (no DELETE, TRUNCATE, DDL or other tables).
+-- `ingestor run` connected as such a role finds every migration applied and
+-- changes no schema.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ingestor_writer') THEN
+        CREATE ROLE ingestor_writer NOLOGIN;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO ingestor_writer', current_schema());
+END
+$$;
+
+GRANT SELECT, INSERT ON weighing_logs TO ingestor_writer;                 -- COPY of the history
+GRANT SELECT, INSERT, UPDATE ON scale_current_states TO ingestor_writer;  -- UPSERT of the latest state
+GRANT SELECT, INSERT ON ingestor_seen TO ingestor_writer;                 -- dedup claims
+GRANT SELECT, INSERT, UPDATE ON ingestor_checkpoints TO ingestor_writer;  -- lane checkpoints
+GRANT SELECT ON ingestor_schema_migrations TO ingestor_writer;            -- "is the schema up to date?"
+GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;

@@ -1,0 +1,45 @@
+"""sql/roles.sql: the service runs as a least-privilege role, which can write measurements and nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+import zmq
+from psycopg import errors
+
+ROLES_SQL = (Path(__file__).resolve().parent.parent / "sql" / "roles.sql").read_text()
+
+pytestmark = pytest.mark.slow
+
+
+def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(service_factory, dsn, conn, pg_server):
+    conn.execute("SET search_path TO public")
+    conn.execute(ROLES_SQL)
+    login = f"ingestor_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'secret-{login}' IN ROLE ingestor_writer")
+    dbname = conn.info.dbname
+    role_dsn = f"host=127.0.0.1 port={pg_server.port} dbname={dbname} user={login} password=secret-{login}"
+    try:
+        svc = service_factory("--dsn", role_dsn, "--writers", "2")
+        svc.wait_ready()
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(svc.bind)
+        push.send(msgspec.msgpack.encode([{"scale_id": s, "seq": 1, "ts": 1_700_000_000_000} for s in range(1, 21)]))
+        push.close(linger=5000)
+        ctx.term()
+        svc.wait_for(lambda s: s["persisted"] == 20)
+        assert svc.terminate() == 0
+        assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 20
+        with psycopg.connect(role_dsn, autocommit=True) as as_role:
+            assert as_role.execute("SELECT ingestor_ensure_partitions(10)").fetchone()[0] >= 1  # as the owner
+            for statement in ("DELETE FROM weighing_logs", "TRUNCATE scale_current_states", "DROP TABLE ingestor_seen",
+                              "CREATE TABLE intruder (x int)", "UPDATE weighing_logs SET seq = 0"):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    as_role.execute(statement)
+    finally:
+        conn.execute(f"DROP ROLE IF EXISTS {login}")
