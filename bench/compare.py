@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ingestor import stats  # noqa: E402
 from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
-from throughput import START_MS, SCALES, copy_baseline, fresh_db, free_port, sender  # noqa: E402
+from throughput import START_MS, SCALES, copy_baseline, fresh_db, sender, start_service  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -147,26 +147,6 @@ def service_procs(proc: subprocess.Popen, writers_pids) -> callable:
             out[c.pid] = f"writer-{writers.index(c.pid)}" if c.pid in writers else "front"
         return out
     return find
-
-
-def start_service(dsn: str, workdir: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
-    bind, stats_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    log = open(workdir / f"service-{time.time_ns()}.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--bind", bind, "--ack-bind", "off", "--http-bind", "off",
-         "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            s = stats.query(stats_ep, 0.5)
-            if s["status"] == "running" and all(w["alive"] for w in s["writers"]):
-                return proc, bind, stats_ep
-        except stats.StatsUnavailable:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"service did not start; see {workdir}")
 
 
 def seed_way(dsn: str, n: int) -> float:

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import RESULTS, postgres_procs, start_service  # noqa: E402
+from compare import RESULTS, postgres_procs  # noqa: E402
 from ingestor import stats  # noqa: E402
 from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
-from throughput import fresh_db, sender  # noqa: E402
+from throughput import fresh_db, sender, start_service  # noqa: E402
 
 
 def measured_max() -> int:

@@ -78,13 +78,17 @@ def copy_baseline(server: EmbeddedPostgres, dsn: str, n: int) -> float:
     return seconds
 
 
-def start_service(dsn: str, writers: int, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+def start_service(dsn: str, workdir: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """Start ``ingestor run`` on free local ports with ``extra`` options; wait until it runs.
+
+    Returns (process, PULL endpoint, stats endpoint). Acked mode and HTTP are off.
+    """
     bind, stats_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    log = open(workdir / f"service-{writers}.log", "wb")
+    log = open(workdir / f"service-{time.time_ns()}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--writers", str(writers), "--bind", bind,
-         "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning",
-         "--ack-bind", "off", "--http-bind", "off"],
+        [sys.executable, "-m", "ingestor.cli", "run", "--dsn", dsn, "--bind", bind, "--ack-bind", "off",
+         "--http-bind", "off", "--stats-endpoint", stats_ep, "--data-dir", str(workdir), "--log-level", "warning",
+         *extra],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
     deadline = time.monotonic() + 60
@@ -137,7 +141,7 @@ def main() -> int:
         rows = [("(a) COPY from file", results["copy_events_per_s"], 1.0, "", "")]
         for w in a.writers:
             dsn = fresh_db(server, f"bench_w{w}")
-            proc, bind, stats_ep = start_service(dsn, w, workdir)
+            proc, bind, stats_ep = start_service(dsn, workdir, "--writers", str(w))
             t0 = time.perf_counter()
             send = sender(bind, a.events, 0, 0)
             s = wait_persisted(stats_ep, a.events)
@@ -152,7 +156,7 @@ def main() -> int:
             proc.wait(120)
         # (c) paced latency on a fresh service, default settings
         dsn = fresh_db(server, "bench_paced")
-        proc, bind, stats_ep = start_service(dsn, a.writers[-1], workdir)
+        proc, bind, stats_ep = start_service(dsn, workdir, "--writers", str(a.writers[-1]))
         send = sender(bind, 0, 300, 0, a.paced_seconds)
         send.wait(a.paced_seconds + 60)
         time.sleep(1)
