@@ -39,6 +39,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--spool-dir", help="on-disk spool for when the ring is full (default: DATA_DIR/spool)")
     o("--spool-max-bytes", type=int, help="disk the spool may take; then the front stops reading (default: 1 GiB)")
     o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
+    o("--partitions-ahead", type=int, help="days of weighing_logs partitions created ahead (default: 7)")
+    o("--retention-days", type=int, help="drop day partitions older than this many days, hourly "
+                                         "(default: 0 = keep everything)")
     o("--http-bind", help="HOST:PORT of /metrics, /health and the seed JSON endpoints, or 'off' "
                           "(default: 127.0.0.1:9108)")
     o("--stall-seconds", type=float, help="/health fails when nothing was committed this long while events "
@@ -70,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     mg.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
     mg.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+
+    rb = sub.add_parser("rebuild-state", help="recompute scale_current_states from weighing_logs")
+    rb.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
+    rb.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
 
     dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
     dl_sub = dl.add_subparsers(dest="action", required=True)
@@ -129,6 +136,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     setup_logging("info")
     applied = schema.migrate(args.dsn, args.schema)
     print(f"schema {args.schema!r} is up to date ({len(applied)} migration(s) applied now)")
+    return 0
+
+
+def cmd_rebuild_state(args: argparse.Namespace) -> int:
+    from . import schema
+
+    setup_logging("info")
+    rows = schema.rebuild_state(args.dsn, args.schema)
+    print(f"scale_current_states rebuilt from weighing_logs: {rows} scales")
     return 0
 
 
@@ -224,6 +240,7 @@ COMMANDS = {
     "stats": cmd_stats,
     "top": cmd_top,
     "migrate": cmd_migrate,
+    "rebuild-state": cmd_rebuild_state,
     "dead-letters": cmd_dead_letters,
     "config": cmd_config,
 }

@@ -43,6 +43,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spool_dir: str | None = None
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
     stats_endpoint: str = "tcp://127.0.0.1:5557"
+    partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=366)] = 7
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
     http_bind: str = "127.0.0.1:9108"
     stall_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

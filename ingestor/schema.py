@@ -9,6 +9,7 @@ a recorded version is skipped.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.resources
 import logging
 import re
@@ -46,7 +47,7 @@ def set_search_path(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
 
-def migrate(dsn: str, schema: str = "public") -> list[Migration]:
+def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS_AHEAD) -> list[Migration]:
     """Bring the schema ``schema`` of database ``dsn`` up to date; return what was applied.
 
     Raises MigrationError (naming the migration) when one fails; its
@@ -88,7 +89,7 @@ def migrate(dsn: str, schema: str = "public") -> list[Migration]:
                 )
                 log.info("Applied migration %03d_%s", migration.version, migration.name)
                 applied.append(migration)
-        ensure_partitions(conn, PARTITIONS_AHEAD)
+        ensure_partitions(conn, partitions_ahead)
     return applied
 
 
@@ -99,3 +100,36 @@ def ensure_partitions(conn: psycopg.Connection, days_ahead: int = PARTITIONS_AHE
     if created:
         log.info("Created %d daily partition(s) of weighing_logs", created)
     return created
+
+
+def drop_partitions_before(conn: psycopg.Connection, cutoff: dt.date) -> int:
+    """Detach and drop the day partitions wholly before ``cutoff`` (retention); return how many."""
+    dropped = int(conn.execute("SELECT ingestor_drop_partitions_before(%s)", (cutoff,)).fetchone()[0])
+    if dropped:
+        log.info("Retention: dropped %d daily partition(s) of weighing_logs before %s", dropped, cutoff)
+    return dropped
+
+
+REBUILD_STATE_SQL = """
+INSERT INTO scale_current_states (scale_id, seq, measured_at, data_1, data_2, data_3, data_4, data_5, updated_at)
+SELECT DISTINCT ON (scale_id) scale_id, seq, measured_at, data_1, data_2, data_3, data_4, data_5, now()
+FROM weighing_logs
+ORDER BY scale_id, measured_at DESC, seq DESC
+"""
+
+
+def rebuild_state(dsn: str, schema: str = "public") -> int:
+    """Recompute ``scale_current_states`` from ``weighing_logs`` (the seed system's reindex); return its rows.
+
+    One transaction: the table is emptied and refilled with each scale's
+    greatest (measured_at, seq) row still in the history. Writers running
+    meanwhile wait on the rows and then apply their own (ts, seq) guard.
+    """
+    with psycopg.connect(dsn) as conn:
+        set_search_path(conn, schema)
+        with conn.transaction():
+            conn.execute("LOCK TABLE scale_current_states IN SHARE ROW EXCLUSIVE MODE")
+            conn.execute("DELETE FROM scale_current_states")
+            rows = conn.execute(REBUILD_STATE_SQL).rowcount
+    log.info("Rebuilt scale_current_states: %d scales", rows)
+    return rows

@@ -212,7 +212,7 @@ class Supervisor:
             self.dsn = self.embedded.start()
             print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
         try:
-            schema.migrate(self.dsn, cfg.schema)
+            schema.migrate(self.dsn, cfg.schema, cfg.partitions_ahead)
         except psycopg.OperationalError as e:
             raise IngestorError(f"cannot connect to PostgreSQL to migrate: {e}") from None
         writers = cfg.writer_count()
@@ -252,6 +252,8 @@ class Supervisor:
             }))
         for c in self.children:
             self.spawn(c)
+        if cfg.retention_days:
+            self.maintain_partitions()  # expired partitions go at start too, not an hour later
 
     @property
     def writers(self) -> list[Child]:
@@ -444,10 +446,14 @@ class Supervisor:
             self.notifier.notify("WATCHDOG=1")
 
     def maintain_partitions(self) -> None:
+        """Create the coming day partitions; with --retention-days, drop the expired ones."""
         try:
             with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
                 schema.set_search_path(conn, self.config.schema)
-                schema.ensure_partitions(conn)
+                schema.ensure_partitions(conn, self.config.partitions_ahead)
+                if self.config.retention_days:
+                    today = dt.datetime.now(dt.timezone.utc).date()
+                    schema.drop_partitions_before(conn, today - dt.timedelta(days=self.config.retention_days))
         except psycopg.Error as e:
             log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
 

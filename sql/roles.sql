@@ -27,3 +27,4 @@ GRANT SELECT, INSERT ON ingestor_seen TO ingestor_writer;                 -- ded
 GRANT SELECT, INSERT, UPDATE ON ingestor_checkpoints TO ingestor_writer;  -- lane checkpoints
 GRANT SELECT ON ingestor_schema_migrations TO ingestor_writer;            -- "is the schema up to date?"
 GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;
+GRANT EXECUTE ON FUNCTION ingestor_drop_partitions_before(date) TO ingestor_writer;

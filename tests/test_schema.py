@@ -1,0 +1,73 @@
+"""Schema upkeep against a real PostgreSQL: partitions ahead, retention, rebuild of the latest states."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import msgspec
+import pytest
+import zmq
+
+from ingestor import schema
+
+
+def partitions(conn) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'weighing_logs'::regclass AND c.relname <> 'weighing_logs_default' ORDER BY 1")]
+
+
+def test_partitions_are_created_the_given_days_ahead(conn):
+    schema.ensure_partitions(conn, 20)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    names = partitions(conn)
+    assert f"weighing_logs_p{today + dt.timedelta(days=20):%Y%m%d}" in names
+    assert f"weighing_logs_p{today + dt.timedelta(days=21):%Y%m%d}" not in names
+
+
+def test_retention_drops_whole_old_days_with_their_rows_and_keeps_the_rest(conn):
+    conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
+                 "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
+    conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at) VALUES "
+                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (1, 2, now(), now())")
+    before = partitions(conn)
+    assert schema.drop_partitions_before(conn, dt.date(2020, 1, 1)) == 0  # the cutoff day itself is kept
+    assert schema.drop_partitions_before(conn, dt.datetime.now(dt.timezone.utc).date()) == 1
+    assert partitions(conn) == [p for p in before if p != "weighing_logs_p20200101"]
+    assert conn.execute("SELECT array_agg(seq) FROM weighing_logs").fetchone()[0] == [2]
+
+
+@pytest.mark.slow
+def test_service_with_retention_days_drops_expired_partitions_at_start(service_factory, dsn, conn):
+    conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
+                 "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
+    svc = service_factory("--dsn", dsn, "--writers", "1", "--retention-days", "30", "--partitions-ahead", "3")
+    svc.wait_ready()
+    assert "weighing_logs_p20200101" not in partitions(conn)
+    assert "Retention: dropped 1 daily partition(s)" in svc.output()
+    assert svc.terminate() == 0
+
+
+@pytest.mark.slow
+def test_rebuild_state_recomputes_latest_states_from_the_history(service_factory, dsn, conn):
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(svc.bind)
+    events = [{"scale_id": s, "seq": n, "ts": 1_700_000_000_000 + n, "data_1": f"{s}-{n}"} for s in (1, 2, 3) for n in range(5)]
+    push.send(msgspec.msgpack.encode(events))
+    push.close(linger=5000)
+    ctx.term()
+    svc.wait_for(lambda s: s["persisted"] == 15)
+    assert svc.terminate() == 0
+    expected = conn.execute("SELECT scale_id, seq, data_1 FROM scale_current_states ORDER BY 1").fetchall()
+    conn.execute("UPDATE scale_current_states SET seq = 999, data_1 = NULL WHERE scale_id = 2")  # damage
+    conn.execute("DELETE FROM scale_current_states WHERE scale_id = 3")
+    r = subprocess.run([sys.executable, "-m", "ingestor.cli", "rebuild-state", "--dsn", dsn],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "rebuilt from weighing_logs: 3 scales" in r.stdout
+    assert conn.execute("SELECT scale_id, seq, data_1 FROM scale_current_states ORDER BY 1").fetchall() == expected
