@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
     rb.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
 
+    pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
+    pt_sub = pt.add_subparsers(dest="action", required=True)
+    ar = pt_sub.add_parser("archive", help="export day partitions before DATE as gzip'd CSV (drops nothing)")
+    ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
+    ar.add_argument("--to", required=True, metavar="DIR", help="directory for <partition>.csv.gz files")
+    ar.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
+    ar.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+
     dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     ls = dl_sub.add_parser("list", help="counts by kind, with time range and an example reason")
@@ -136,6 +144,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     setup_logging("info")
     applied = schema.migrate(args.dsn, args.schema)
     print(f"schema {args.schema!r} is up to date ({len(applied)} migration(s) applied now)")
+    return 0
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: expected YYYY-MM-DD") from None
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from . import schema
+
+    setup_logging("info")
+    done = schema.archive_partitions(args.dsn, args.before, args.to, args.schema)
+    for path, rows in done:
+        print(f"{path}: {rows} rows")
+    print(f"archived {len(done)} partition(s) before {args.before}")
     return 0
 
 
@@ -241,6 +269,7 @@ COMMANDS = {
     "top": cmd_top,
     "migrate": cmd_migrate,
     "rebuild-state": cmd_rebuild_state,
+    "partitions": cmd_partitions,
     "dead-letters": cmd_dead_letters,
     "config": cmd_config,
 }
