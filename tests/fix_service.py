@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import zmq
 
 from ingestor import stats
 
@@ -74,6 +75,16 @@ class Service:
     def terminate(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout_s)
+
+    def send(self, *frames: bytes) -> None:
+        """Send each frame as one message to the PULL endpoint, and wait until they are out."""
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(self.bind)
+        for frame in frames:
+            push.send(frame)
+        push.close(linger=5000)
+        ctx.term()
 
     def kill_tree(self) -> None:
         """SIGKILL the supervisor and every child at once; nothing gets to clean up."""

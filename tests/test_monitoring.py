@@ -9,7 +9,6 @@ import urllib.request
 
 import msgspec
 import pytest
-import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingestor.monitoring import health
@@ -26,13 +25,8 @@ def get(svc, path: str) -> tuple[int, bytes]:
 
 
 def send(svc, n: int, start: int = 0) -> None:
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(svc.bind)
     events = [{"scale_id": i % 7 + 1, "seq": i, "ts": 1_700_000_000_000 + i, "data_1": i} for i in range(start, start + n)]
-    push.send(msgspec.msgpack.encode(events))
-    push.close(linger=5000)
-    ctx.term()
+    svc.send(msgspec.msgpack.encode(events))
 
 
 def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory, dsn):

@@ -8,7 +8,6 @@ from pathlib import Path
 import msgspec
 import psycopg
 import pytest
-import zmq
 from psycopg import errors
 
 ROLES_SQL = (Path(__file__).resolve().parent.parent / "sql" / "roles.sql").read_text()
@@ -26,12 +25,7 @@ def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(s
     try:
         svc = service_factory("--dsn", role_dsn, "--writers", "2")
         svc.wait_ready()
-        ctx = zmq.Context()
-        push = ctx.socket(zmq.PUSH)
-        push.connect(svc.bind)
-        push.send(msgspec.msgpack.encode([{"scale_id": s, "seq": 1, "ts": 1_700_000_000_000} for s in range(1, 21)]))
-        push.close(linger=5000)
-        ctx.term()
+        svc.send(msgspec.msgpack.encode([{"scale_id": s, "seq": 1, "ts": 1_700_000_000_000} for s in range(1, 21)]))
         svc.wait_for(lambda s: s["persisted"] == 20)
         assert svc.terminate() == 0
         assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 20

@@ -8,7 +8,6 @@ import sys
 
 import msgspec
 import pytest
-import zmq
 
 from ingestor import schema
 
@@ -54,13 +53,8 @@ def test_service_with_retention_days_drops_expired_partitions_at_start(service_f
 def test_rebuild_state_recomputes_latest_states_from_the_history(service_factory, dsn, conn):
     svc = service_factory("--dsn", dsn, "--writers", "2")
     svc.wait_ready()
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(svc.bind)
     events = [{"scale_id": s, "seq": n, "ts": 1_700_000_000_000 + n, "data_1": f"{s}-{n}"} for s in (1, 2, 3) for n in range(5)]
-    push.send(msgspec.msgpack.encode(events))
-    push.close(linger=5000)
-    ctx.term()
+    svc.send(msgspec.msgpack.encode(events))
     svc.wait_for(lambda s: s["persisted"] == 15)
     assert svc.terminate() == 0
     expected = conn.execute("SELECT scale_id, seq, data_1 FROM scale_current_states ORDER BY 1").fetchall()
