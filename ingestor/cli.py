@@ -49,6 +49,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--log-level", help="debug, info, warning or error (default: info)")
     o("--simulate-scales", type=int, help="also run a simulator of this many scales sending to --bind (default: 0)")
     o("--simulate-rate", type=float, help="simulated events per second, all scales together (default: 300)")
+    o("--curve-secret-key", metavar="FILE", help="the service's CURVE key pair (a .key_secret file from "
+                                                 "'ingestor keys generate'); with --curve-clients-dir: CURVE on both input endpoints")
+    o("--curve-clients-dir", metavar="DIR", help="directory of the allowed senders' public .key files; "
+                                                 "other keys are refused and counted (refused_clients)")
     o("--run-seconds", type=float, help="drain and exit after this many seconds (default: 0 = run until stopped)")
 
 

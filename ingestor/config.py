@@ -14,10 +14,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
+import msgspec.inspect
 
 from .errors import ConfigError
 
 ENV_PREFIX = "INGESTOR_"
+
+# Value rules, written out in full in error messages (see _rule).
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_ENDPOINT = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+)$"
+_ENDPOINT_OR_OFF = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+|off|none|)$"
+_HOST_PORT_OR_OFF = r"^(.+:\d{1,5}|off|none|)$"
+_PATTERN_RULES = {
+    _IDENTIFIER: "a PostgreSQL identifier (letters, digits, _; up to 63 characters)",
+    _ENDPOINT: "a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME",
+    _ENDPOINT_OR_OFF: "a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH) or off",
+    _HOST_PORT_OR_OFF: "HOST:PORT or off",
+}
 
 
 def default_data_dir() -> str:
@@ -29,9 +42,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every option of ``ingestor run`` (README "Options" lists them with their meaning)."""
 
     dsn: str | None = None
-    schema: str = "public"
-    bind: str = "tcp://0.0.0.0:5555"
-    ack_bind: str = "tcp://0.0.0.0:5556"
+    schema: Annotated[str, msgspec.Meta(pattern=_IDENTIFIER)] = "public"
+    bind: Annotated[str, msgspec.Meta(pattern=_ENDPOINT)] = "tcp://0.0.0.0:5555"
+    ack_bind: Annotated[str, msgspec.Meta(pattern=_ENDPOINT_OR_OFF)] = "tcp://0.0.0.0:5556"
     writers: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
     batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 200
@@ -42,15 +55,17 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dead_letter_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 16)] = 256 << 20
     spool_dir: str | None = None
     spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1 << 30
-    stats_endpoint: str = "tcp://127.0.0.1:5557"
+    stats_endpoint: Annotated[str, msgspec.Meta(pattern=_ENDPOINT)] = "tcp://127.0.0.1:5557"
     partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=366)] = 7
     retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
-    http_bind: str = "127.0.0.1:9108"
+    http_bind: Annotated[str, msgspec.Meta(pattern=_HOST_PORT_OR_OFF)] = "127.0.0.1:9108"
     stall_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     simulate_scales: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 0
     simulate_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 300.0
     run_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    curve_secret_key: str | None = None
+    curve_clients_dir: str | None = None
 
     def writer_count(self) -> int:
         """``writers``, with ``auto`` resolved for this machine (README "Writers")."""
@@ -124,26 +139,59 @@ def load(
     """Merge the layers into a checked Config; return it with the source of every key.
 
     ``flags`` holds only the options given on the command line. Raises
-    ConfigError naming the key, the bad value and the rule it breaks.
+    ConfigError with one message naming the key, the bad value, where it came
+    from and the allowed values (for instance ``batch_size = 0 (from
+    environment INGESTOR_BATCH_SIZE): must be an integer from 1 to 1000000``).
     """
+    env = _env_layer(environ)
     layers = [("file " + config_file if config_file else "file", _file_layer(config_file)),
-              ("environment", _env_layer(environ)),
+              ("environment", env),
               ("command line", {k: v for k, v in flags.items() if v is not None})]
     merged: dict[str, Any] = {}
     sources = {name: "default" for name in FIELDS}
     for source, values in layers:
         for key, value in values.items():
             merged[key] = value
-            sources[key] = source
+            sources[key] = f"environment {ENV_PREFIX}{key.upper()}" if source == "environment" else source
     if isinstance(merged.get("writers"), str) and merged["writers"].isdigit():
         merged["writers"] = int(merged["writers"])
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as e:
-        key = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else "?"
-        value = merged.get(key, "<missing>")
-        raise ConfigError(f"invalid value {value!r} for {key} (from {sources.get(key, '?')}): {e}") from None
+        key = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else None
+        if key not in _TYPES:
+            raise ConfigError(f"invalid configuration: {e}") from None
+        raise ConfigError(f"{key} = {merged.get(key)!r} (from {sources[key]}): must be {_rule(_TYPES[key])}") from None
+    if (config.curve_secret_key is None) != (config.curve_clients_dir is None):
+        given, missing = (("curve_secret_key", "curve_clients_dir") if config.curve_clients_dir is None
+                          else ("curve_clients_dir", "curve_secret_key"))
+        raise ConfigError(f"{given} is set (from {sources[given]}) but {missing} is not: "
+                          "CURVE needs the service's secret key and the directory of allowed client keys")
     return config, sources
+
+
+_TYPES = {f.name: f.type for f in msgspec.inspect.type_info(Config).fields}
+
+
+def _rule(t: msgspec.inspect.Type) -> str:
+    """The allowed values of a field type, in words (from its msgspec constraints)."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_rule(u) for u in t.types if not isinstance(u, mi.NoneType))
+    if isinstance(t, mi.LiteralType):
+        return ", ".join(map(str, t.values[:-1])) + " or " + str(t.values[-1]) if len(t.values) > 1 else str(t.values[0])
+    if isinstance(t, (mi.IntType, mi.FloatType)):
+        kind = "an integer" if isinstance(t, mi.IntType) else "a number"
+        low = f"{t.ge}" if t.ge is not None else f"{t.gt} (exclusive)" if t.gt is not None else None
+        high = f"{t.le}" if t.le is not None else f"{t.lt} (exclusive)" if t.lt is not None else None
+        if low and high:
+            return f"{kind} from {low} to {high}"
+        if low:
+            return f"{kind} of at least {low}" if t.ge is not None else f"{kind} greater than {t.gt}"
+        return f"{kind} of at most {high}" if high else kind
+    if isinstance(t, mi.StrType):
+        return _PATTERN_RULES.get(t.pattern, "text") if t.pattern else "text"
+    return type(t).__name__
 
 
 def to_toml(config: Config, sources: Mapping[str, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,19 +37,49 @@ def test_config_layers_file_then_environment_then_flags(tmp_path):
     f.write_text('batch_size = 100\nbatch-timeout-ms = 50\nwriters = 3\n')
     cfg, sources = config.load({"writers": "4"}, config_file=str(f), environ={"INGESTOR_BATCH_TIMEOUT_MS": "75"})
     assert (cfg.batch_size, cfg.batch_timeout_ms, cfg.writers) == (100, 75, 4)
-    assert sources["batch_size"].startswith("file") and sources["batch_timeout_ms"] == "environment"
+    assert sources["batch_size"].startswith("file") and sources["batch_timeout_ms"] == "environment INGESTOR_BATCH_TIMEOUT_MS"
     assert sources["writers"] == "command line" and sources["ring_capacity"] == "default"
 
 
 @pytest.mark.parametrize("flags,words", [
-    ({"batch_size": 0}, ["batch_size", ">= 1"]),
-    ({"writers": "many"}, ["writers", "'many'"]),
-    ({"batch_timeout_ms": "soon"}, ["batch_timeout_ms", "'soon'"]),
+    ({"batch_size": 0}, ["batch_size = 0", "an integer from 1 to 1000000"]),
+    ({"writers": "many"}, ["writers = 'many'", "an integer from 1 to 64 or auto"]),
+    ({"batch_timeout_ms": "soon"}, ["batch_timeout_ms = 'soon'", "from 1 to 600000"]),
+    ({"log_level": "loud"}, ["log_level = 'loud'", "debug, error, info or warning"]),
+    ({"stall_seconds": -1}, ["stall_seconds = -1", "a number greater than 0"]),
+    ({"bind": "localhost:5555"}, ["bind = 'localhost:5555'", "tcp://HOST:PORT"]),
+    ({"http_bind": "9108"}, ["http_bind = '9108'", "HOST:PORT or off"]),
+    ({"schema": "x; drop"}, ["schema = 'x; drop'", "PostgreSQL identifier"]),
+    ({"curve_clients_dir": "/etc/ingestor/clients"}, ["curve_clients_dir is set", "curve_secret_key is not"]),
 ])
 def test_invalid_option_names_the_key_and_the_rule(flags, words):
     with pytest.raises(ConfigError) as e:
         config.load(flags, environ={})
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_invalid_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match=r"retention_days = '-3' \(from environment INGESTOR_RETENTION_DAYS\): "
+                                          r"must be an integer of at least 0"):
+        config.load({}, environ={"INGESTOR_RETENTION_DAYS": "-3"})
+
+
+def test_config_show_prints_every_option_with_its_source(tmp_path):
+    f = tmp_path / "ingestor.toml"
+    f.write_text('batch_size = 100\n')
+    r = ingestor("config", "show", "--config", str(f), "--writers", "3", env={**os.environ, "INGESTOR_SPOOL_MAX_BYTES": "2097152"})
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[1 if line.startswith("#") else 0]: line for line in r.stdout.splitlines()}
+    assert set(lines) == set(config.FIELDS)
+    assert lines["batch_size"] == f"batch_size = 100  # file {f}"
+    assert lines["writers"] == "writers = 3  # command line"
+    assert lines["spool_max_bytes"] == "spool_max_bytes = 2097152  # environment INGESTOR_SPOOL_MAX_BYTES"
+    assert lines["ring_capacity"] == "ring_capacity = 65536  # default"
+    # what config show prints is itself a valid config file giving the same values
+    f2 = tmp_path / "shown.toml"
+    f2.write_text(r.stdout)
+    again, _ = config.load({}, config_file=str(f2), environ={})
+    assert (again.batch_size, again.writers, again.spool_max_bytes) == (100, 3, 2097152)
 
 
 def test_run_with_a_bad_value_fails_at_start_naming_it():
