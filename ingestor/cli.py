@@ -1,4 +1,4 @@
-"""The ``ingestor`` command (SPEC §3): run, stats, migrate, dead-letters, config."""
+"""The ``ingestor`` command (SPEC §3): run, stats, top, migrate, rebuild-state, partitions, dead-letters, keys, config."""
 
 from __future__ import annotations
 
@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the service's acked-mode ROUTER endpoint (default: tcp://127.0.0.1:5556)")
     rp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answers (default: 30)")
 
+    rp.add_argument("--curve-server-key", metavar="FILE", help="the service's public .key file, when CURVE is on")
+    rp.add_argument("--curve-client-key", metavar="FILE", help="this client's .key_secret file, "
+                                                                "its public half in the service's --curve-clients-dir")
+
+    ks = sub.add_parser("keys", help="CURVE key pairs for the service and its senders")
+    ks_sub = ks.add_subparsers(dest="action", required=True)
+    gen = ks_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 0600) into DIR")
+    gen.add_argument("--dir", default="/etc/ingestor/curve" if os.geteuid() == 0 else "curve",
+                     help="where to write (default: /etc/ingestor/curve as root, ./curve otherwise)")
+    gen.add_argument("--name", default="server", help="file name without suffix (default: server)")
+
     cf = sub.add_parser("config", help="the effective configuration")
     cf_sub = cf.add_subparsers(dest="action", required=True)
     show = cf_sub.add_parser("show", help="print every option with where its value came from")
@@ -199,13 +210,21 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             for kind, s in summary.items():
                 print(f"{s['count']:>9}  {kind:<22} {s['first']} .. {s['last']}  e.g. {s['example']}")
         return 0
-    answered, invalid, unanswered = replay(directory, args.ack_endpoint, args.timeout)
+    curve = None
+    if args.curve_server_key or args.curve_client_key:
+        if not (args.curve_server_key and args.curve_client_key):
+            raise ConfigError("--curve-server-key and --curve-client-key go together")
+        from . import security
+        curve = (security.load_public_key(args.curve_server_key), *security.load_secret_key(args.curve_client_key))
+    answered, invalid, unanswered = replay(directory, args.ack_endpoint, args.timeout, curve)
     print(f"re-submitted {answered} dead letter(s) to {args.ack_endpoint}, each answered; "
           f"kept {invalid} still invalid" + (f" and {unanswered} unanswered (is the service running?)" if unanswered else ""))
     return 1 if unanswered else 0
 
 
-def replay(directory: Path, endpoint: str, timeout_s: float = 30.0) -> tuple[int, int, int]:
+def replay(
+    directory: Path, endpoint: str, timeout_s: float = 30.0, curve: tuple[bytes, bytes, bytes] | None = None,
+) -> tuple[int, int, int]:
     """Re-submit the dead letters under ``directory`` that are valid now, in acked mode (SPEC §1.3).
 
     A letter leaves the store only once the service has answered for it (its
@@ -214,7 +233,8 @@ def replay(directory: Path, endpoint: str, timeout_s: float = 30.0) -> tuple[int
     within ``timeout_s`` (re-sent every few seconds meanwhile), are kept.
     The files are first renamed out of the service's way, so its processes
     start new ones instead of appending to files being rewritten. Returns
-    ``(answered, still_invalid, unanswered)``.
+    ``(answered, still_invalid, unanswered)``. ``curve``: (service public
+    key, own public key, own secret key) when the service has CURVE on.
     """
     import msgspec
     import zmq
@@ -234,6 +254,9 @@ def replay(directory: Path, endpoint: str, timeout_s: float = 30.0) -> tuple[int
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        from .security import apply_client
+        apply_client(dealer, *curve)
     dealer.connect(endpoint)
     waiting = set(valid)
     deadline = time.monotonic() + timeout_s
@@ -261,6 +284,19 @@ def replay(directory: Path, endpoint: str, timeout_s: float = 30.0) -> tuple[int
     return len(valid) - len(unanswered), len(letters) - len(valid), len(unanswered)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .security import generate_keys
+
+    try:
+        public, secret = generate_keys(args.dir, args.name)
+    except FileExistsError as e:
+        print(f"ingestor: {e}", file=sys.stderr)
+        return 1
+    print(f"public key (give to the other side): {public}\n"
+          f"secret key (keep here, mode 0600):   {secret}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config, sources = _load_config(args)
     print(config_mod.to_toml(config, sources))
@@ -275,6 +311,7 @@ COMMANDS = {
     "rebuild-state": cmd_rebuild_state,
     "partitions": cmd_partitions,
     "dead-letters": cmd_dead_letters,
+    "keys": cmd_keys,
     "config": cmd_config,
 }
 

@@ -38,8 +38,9 @@ import zmq
 from .acks import MAX_AWAITING, AckTable, Replies
 from .deadletter import DeadLetterWriter
 from .protocol import RecordBuilder, Rejected, decode_frame
-from .errors import SpoolError
+from .errors import ConfigError, SpoolError
 from .ring import Ring
+from .security import CurveServer
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ class Front:
         stopping: Callable[[], bool],
         ack_bind: str | None = None,
         acks: AckTable | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         self.ring = ring
+        self.curve = curve
         self.ack_bind = ack_bind
         self.replies = Replies(acks) if acks is not None else None
         self.spool = spool
@@ -95,6 +98,8 @@ class Front:
     def run(self) -> None:
         self._open_spool()
         ctx = zmq.Context()
+        if self.curve is not None:
+            self.curve.start(ctx)  # the ZAP handler must be there before a socket binds
         pull = ctx.socket(zmq.PULL)
         router = ctx.socket(zmq.ROUTER) if self.ack_bind else None
         try:
@@ -106,9 +111,12 @@ class Front:
                 if sock is not None:
                     sock.setsockopt(zmq.RCVHWM, RCVHWM)
                     sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
+                    if self.curve is not None:
+                        self.curve.apply(sock)
                     sock.bind(endpoint)
-            log.info("Front listening on %s (PULL)%s", self.bind,
-                     f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "")
+            log.info("Front listening on %s (PULL)%s%s", self.bind,
+                     f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "",
+                     ", CURVE" if self.curve is not None else "")
             poller = zmq.Poller()
             poller.register(pull, zmq.POLLIN)
             while not self.stopping():
@@ -130,6 +138,8 @@ class Front:
             pull.close(linger=0)
             if router is not None:
                 router.close(linger=0)
+            if self.curve is not None:
+                self.curve.stop()
             ctx.term()
             self.spool.close()
 
@@ -375,11 +385,14 @@ def run_front(
     spool_max_bytes: int,
     ack_bind: str | None,
     acks_name: str,
+    curve_secret_key: str | None = None,
+    curve_clients_dir: str | None = None,
+    curve_extra_clients: tuple[bytes, ...] = (),
 ) -> int:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and run the front.
 
-    Returns child.EXIT_BOOT_ERROR when the endpoint cannot be bound or the
-    spool cannot be opened.
+    Returns child.EXIT_BOOT_ERROR when the endpoint cannot be bound, the
+    spool cannot be opened or the CURVE keys cannot be read.
     """
     from .child import EXIT_BOOT_ERROR
     from .protocol import RECORD_DTYPE
@@ -390,9 +403,14 @@ def run_front(
     counters = Counters.attach(counters_name, writers)
     counters.front["pid"] = os.getpid()
     acks = AckTable.attach(acks_name, spec.lanes)
+    def refused() -> None:
+        counters.front["refused_clients"] += 1  # only the ZAP thread writes this count
+
     try:
+        curve = (CurveServer(curve_secret_key, curve_clients_dir, refused, curve_extra_clients)
+                 if curve_secret_key else None)
         spool = Spool(spool_dir, RECORD_DTYPE, spool_max_bytes)
-    except SpoolError as e:
+    except (SpoolError, ConfigError) as e:
         log.error("%s", e)
         acks.close()
         counters.close()
@@ -401,6 +419,7 @@ def run_front(
     front = Front(
         ring=ring, spool=spool, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
         dead_letters=DeadLetterWriter(dead_letter_dir, "front", dead_letter_max_bytes), stopping=stop, ack_bind=ack_bind, acks=acks,
+        curve=curve,
     )
     try:
         front.run()

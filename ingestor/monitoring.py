@@ -54,6 +54,7 @@ COUNTS = (
     ("dead_letter_errors", "Dead letters that could not be written."),
     ("acked_messages", "Messages received on the acked-mode ROUTER endpoint."),
     ("ack_replies", "Acked-mode replies sent."),
+    ("refused_clients", "CURVE handshakes refused: the sender's key is not allowed."),
 )
 
 

@@ -76,6 +76,14 @@ def load_secret_key(path: str | os.PathLike) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def load_public_key(path: str | os.PathLike) -> bytes:
+    """The z85 public key of a ``.key`` (or ``.key_secret``) file. Raises ConfigError naming the file."""
+    try:
+        return zmq.auth.load_certificate(path)[0]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"CURVE key file {str(path)!r}: {e}") from None
+
+
 def load_client_keys(directory: str | os.PathLike) -> set[bytes]:
     """The z85 public keys of every ``*.key`` file in ``directory``.
 
@@ -85,6 +93,13 @@ def load_client_keys(directory: str | os.PathLike) -> set[bytes]:
         return set(zmq.auth.load_certificates(directory))
     except (OSError, ValueError) as e:
         raise ConfigError(f"curve_clients_dir {str(directory)!r}: {e}") from None
+
+
+def apply_client(sock: zmq.Socket, server_public: bytes, public: bytes, secret: bytes) -> None:
+    """Make ``sock`` a CURVE client of the service whose public key is ``server_public`` (before it connects)."""
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
 
 
 class CurveServer:
@@ -117,7 +132,7 @@ class CurveServer:
         """Start the ZAP handler of ``ctx`` (before any socket is bound)."""
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("ingestor.zap"))
         self._auth.start()
-        self._auth.configure_curve_callback("*", credentials_provider=self)
+        self._auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
 
     def stop(self) -> None:
         if self._auth is not None:

@@ -17,6 +17,8 @@ from typing import Callable
 import msgspec
 import zmq
 
+from .security import apply_client
+
 log = logging.getLogger(__name__)
 
 TICK_S = 0.01  # pacing granularity
@@ -67,6 +69,7 @@ class Simulator:
         seq_start: int = 0,
         start_ms: int | None = None,
         fmt: str = "msgpack",
+        curve: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         if scales < 1:
             raise ValueError(f"scales must be >= 1, got {scales!r}")
@@ -85,6 +88,7 @@ class Simulator:
         # each scale measures rate/scales times a second
         self.period_ms = 1000.0 * scales / rate if rate > 0 else 1.0
         self.encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
+        self.curve = curve  # (service public key, own public key, own secret key), z85
 
     def _frame(self, first: int, count: int) -> bytes:
         return self.encode([
@@ -96,6 +100,8 @@ class Simulator:
         ctx = zmq.Context()
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, 1000)
+        if self.curve is not None:
+            apply_client(push, *self.curve)
         push.connect(self.endpoint)
         sent = frames = 0
         started = time.perf_counter()
@@ -127,10 +133,13 @@ class Simulator:
         )
 
 
-def run_simulator(*, stop: Callable[[], bool], endpoint: str, scales: int, rate: float) -> int:
+def run_simulator(
+    *, stop: Callable[[], bool], endpoint: str, scales: int, rate: float,
+    curve: tuple[bytes, bytes, bytes] | None = None,
+) -> int:
     """Child entry (see :mod:`ingestor.child`) for ``ingestor run --simulate-scales``."""
     # seq counts on from the wall clock, so a restarted simulator never repeats one
-    sim = Simulator(endpoint, scales=scales, rate=rate, seq_start=int(time.time() * 1000))
+    sim = Simulator(endpoint, scales=scales, rate=rate, seq_start=int(time.time() * 1000), curve=curve)
     log.info("Simulating %d scales at %g events/s into %s", scales, rate, endpoint)
     summary = sim.run(stop)
     log.info("Simulator sent %d events in %d frames", summary.events, summary.frames)

@@ -41,6 +41,7 @@ FRONT_DTYPE = np.dtype(
         ("acked_messages", "<i8"),  # received on the ROUTER endpoint
         ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
         ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
+        ("refused_clients", "<i8"),  # CURVE handshakes refused: key not among the allowed
     ]
 )
 

@@ -43,7 +43,7 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import child, schema
+from . import child, schema, security
 from .acks import AckTable
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
@@ -207,6 +207,9 @@ class Supervisor:
 
     def boot(self) -> None:
         cfg = self.config
+        if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
+            security.load_secret_key(cfg.curve_secret_key)
+            security.load_client_keys(cfg.curve_clients_dir)
         if not self.dsn:
             self.embedded = EmbeddedPostgres(cfg.data_dir)
             self.dsn = self.embedded.start()
@@ -240,15 +243,23 @@ class Supervisor:
                 **shared, "index": i, "dsn": self.dsn, "schema": cfg.schema, "batch_size": cfg.batch_size,
                 "batch_timeout_ms": cfg.batch_timeout_ms,
             }))
-        self.children.append(Child("front", 0, {
-            **shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
-            "spool_dir": str(cfg.resolved_spool_dir()),
-            "spool_max_bytes": cfg.spool_max_bytes, "ack_bind": cfg.ack_endpoint(),
-        }))
+        front = {**shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
+                 "spool_dir": str(cfg.resolved_spool_dir()),
+                 "spool_max_bytes": cfg.spool_max_bytes, "ack_bind": cfg.ack_endpoint()}
+        simulator_curve = None
+        if cfg.curve_secret_key:
+            front.update(curve_secret_key=cfg.curve_secret_key, curve_clients_dir=cfg.curve_clients_dir)
+            if cfg.simulate_scales:
+                # the bundled simulator gets a key pair of its own for this run, allowed by the front
+                sim_public, sim_secret = zmq.curve_keypair()
+                front["curve_extra_clients"] = (sim_public,)
+                simulator_curve = (security.load_secret_key(cfg.curve_secret_key)[0], sim_public, sim_secret)
+        self.children.append(Child("front", 0, front))
         if cfg.simulate_scales:
             endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
             self.children.append(Child("simulator", 0, {
                 "endpoint": endpoint, "scales": cfg.simulate_scales, "rate": cfg.simulate_rate,
+                "curve": simulator_curve,
             }))
         for c in self.children:
             self.spawn(c)
@@ -493,6 +504,7 @@ class Supervisor:
             "acked_messages": int(f["acked_messages"]),
             "ack_replies": int(f["ack_replies"]),
             "ack_expired": int(f["ack_expired"]),
+            "refused_clients": int(f["refused_clients"]),
             "events_per_s": self.events_per_s(),
             "average_batch_size": round(persisted / batches, 1) if batches else 0.0,
             "average_batch_ms": round(int(w["batch_us_total"].sum()) / batches / 1000, 1) if batches else 0.0,

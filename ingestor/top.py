@@ -45,6 +45,7 @@ def render(s: dict | None, endpoint: str, error: str | None = None) -> Panel:
     head.add_row("received", f"{s['received_events']:,}", "persisted", f"{s['persisted']:,}")
     head.add_row("pending", f"{s['pending']:,}", "invalid", f"{s['invalid']:,}")
     head.add_row("duplicates", f"{s['duplicates']:,}", "failed", f"{s['failed']:,}")
+    head.add_row("refused frames", f"{s.get('refused_frames', 0):,}", "refused senders", f"{s.get('refused_clients', 0):,}")
     head.add_row("batch", f"{s['average_batch_size']:,.0f} events / {s['average_batch_ms']:.0f} ms",
                  "latency p50 / p99", f"{lat['p50']} / {lat['p99']} ms")
 

@@ -11,6 +11,8 @@ import msgspec
 import pytest
 import zmq
 
+from ingestor import security
+
 from .test_service import identity_holds
 
 pytestmark = pytest.mark.slow
@@ -26,10 +28,12 @@ def frame(scale_id: int, seqs: range) -> bytes:
 class AckedSender:
     """A DEALER sender: sends ``[token, frame...]`` and reads ``[token, reply]``."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            security.apply_client(self.sock, *curve)
         self.sock.connect(endpoint)
 
     def send(self, token: bytes, *frames: bytes) -> None:
