@@ -247,10 +247,7 @@ def main() -> int:
     server = EmbeddedPostgres(workdir / "pgdata")
     server.start()
     date = time.strftime("%Y-%m-%d")
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                                f"{round(psutil.virtual_memory().total / 2**30)} GiB, {platform.python_implementation()} "
-                                f"{platform.python_version()}, PostgreSQL {server_version(server)}",
-                     "date": date, "events": a.events, "ingestor": {}}
+    results: dict = {"machine": machine(server), "date": date, "events": a.events, "ingestor": {}}
     try:
         dsn = fresh_db(server, "cmp_copy")
         sampler = Sampler()
@@ -304,6 +301,12 @@ def main() -> int:
     plot(results, a.out / f"compare-{date}.png")
     print(f"wrote {a.out}/compare-{date}.json, .md and .png")
     return 0
+
+
+def machine(server: EmbeddedPostgres) -> str:
+    """This machine in one line: architecture, cores, memory, Python, PostgreSQL."""
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
+            f"{platform.python_implementation()} {platform.python_version()}, PostgreSQL {server_version(server)}")
 
 
 def server_version(server: EmbeddedPostgres) -> str:

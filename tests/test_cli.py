@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +32,7 @@ def test_migrate_is_idempotent(dsn, conn):
     second = ingestor("migrate", "--dsn", dsn)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert "0 migration(s) applied now" in second.stdout
-    assert conn.execute("SELECT array_agg(version) FROM ingestor_schema_migrations").fetchone()[0] == [1, 2, 3]
+    assert conn.execute("SELECT array_agg(version) FROM ingestor_schema_migrations").fetchone()[0] == [1, 2, 3, 4]
 
 
 def test_config_layers_file_then_environment_then_flags(tmp_path):
@@ -148,3 +151,23 @@ def test_dead_letter_files_rotate_and_the_oldest_go_first_counted(tmp_path):
     assert writer.dropped > 0 and kept + writer.dropped == 500
     numbers = sorted(int(p.stem.rsplit("-", 1)[1]) for p in files)
     assert numbers == list(range(numbers[0], numbers[-1] + 1)) and numbers[0] > 1  # the oldest went first
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.toml")), ids=lambda p: p.name)
+def test_shipped_example_configs_load(path):
+    cfg, sources = config.load({}, config_file=str(path), environ={})
+    assert cfg.writer_count() >= 1
+
+
+def test_the_full_example_config_names_every_option_with_its_default():
+    text = (EXAMPLES / "ingestor.toml").read_text()
+    commented = dict(re.findall(r"^# (\w+) = (\S+)", text, flags=re.M))
+    assert set(commented) == set(config.FIELDS)
+    defaults = config.Config(data_dir="/var/lib/ingestor")
+    for name, shown in commented.items():
+        if name in ("dsn", "curve_secret_key", "curve_clients_dir", "spool_dir", "dead_letter_dir"):
+            continue  # examples of values, not defaults (these default to unset)
+        assert tomllib.loads(f"v = {shown}")["v"] == getattr(defaults, name), name

@@ -26,16 +26,21 @@ def test_partitions_are_created_the_given_days_ahead(conn):
     assert f"weighing_logs_p{today + dt.timedelta(days=21):%Y%m%d}" not in names
 
 
-def test_retention_drops_whole_old_days_with_their_rows_and_keeps_the_rest(conn):
+def test_retention_drops_whole_old_days_with_their_rows_and_dedup_keys_and_keeps_the_rest(conn):
     conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
                  "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
     conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at) VALUES "
-                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (1, 2, now(), now())")
+                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (2, 1, '2020-01-01 11:00+00', now()), "
+                 "(1, 2, now(), now()), (3, 1, '1999-01-01 00:00+00', now())")  # the last one: default partition
+    conn.execute("INSERT INTO ingestor_seen VALUES (1, 1), (2, 1), (1, 2), (3, 1)")
     before = partitions(conn)
     assert schema.drop_partitions_before(conn, dt.date(2020, 1, 1)) == 0  # the cutoff day itself is kept
     assert schema.drop_partitions_before(conn, dt.datetime.now(dt.timezone.utc).date()) == 1
     assert partitions(conn) == [p for p in before if p != "weighing_logs_p20200101"]
-    assert conn.execute("SELECT array_agg(seq) FROM weighing_logs").fetchone()[0] == [2]
+    assert conn.execute("SELECT array_agg((scale_id, seq) ORDER BY scale_id, seq)::text FROM weighing_logs").fetchone()[0] == \
+        '{"(1,2)","(3,1)"}'
+    assert conn.execute("SELECT array_agg((scale_id, seq) ORDER BY scale_id, seq)::text FROM ingestor_seen").fetchone()[0] == \
+        '{"(1,2)","(3,1)"}'
 
 
 @pytest.mark.slow

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The tuning profiles of examples/profiles/, measured side by side with the defaults.
+
+    python bench/profiles.py --events 200000 --paced-seconds 30
+
+For the defaults and each ``examples/profiles/*.toml`` (given to ``ingestor
+run --config``), on one throwaway PostgreSQL with default durability:
+
+- full speed: ``--events`` events from a separate sender (bench/loadgen.py)
+  as fast as the service takes them; events/s = events / (first send .. last
+  commit), and its ratio to a ``COPY`` of the same rows measured in this run;
+- paced: 300 events/s (the plant's rate) for ``--paced-seconds``;
+  receive-to-commit latency p50/p99 from the service's histogram.
+
+Each run samples the ingestor's processes (supervisor, front, writers) with
+psutil: CPU seconds and the sum of their peak RSS. Prints a Markdown table
+and writes ``bench/results/profiles-<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from compare import RESULTS, machine, run_ingestor  # noqa: E402
+from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
+from throughput import copy_baseline, fresh_db  # noqa: E402
+
+PROFILES = ROOT / "examples" / "profiles"
+INGESTOR_PROCS = ("supervisor", "front")
+
+
+def ingestor_figures(r: dict) -> tuple[float, float]:
+    """(CPU seconds, summed peak RSS in MiB) of the ingestor's own processes in run ``r``."""
+    own = {n: v for n, v in r["processes"].items() if n in INGESTOR_PROCS or n.startswith("writer")}
+    return round(sum(v["cpu_s"] for v in own.values()), 2), round(sum(v["peak_rss_mb"] for v in own.values()), 1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--paced-seconds", type=float, default=30.0)
+    p.add_argument("--profiles", nargs="*", type=Path, default=sorted(PROFILES.glob("*.toml")))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="ingestor-profiles-"))
+    workdir.chmod(0o755)  # the server may run as the postgres user
+    server = EmbeddedPostgres(workdir / "pgdata")
+    server.start()
+    date = time.strftime("%Y-%m-%d")
+    results: dict = {"machine": machine(server), "date": date, "events": a.events, "profiles": {}}
+    try:
+        seconds = copy_baseline(server, fresh_db(server, "prof_copy"), a.events)
+        results["copy_events_per_s"] = copy_rate = round(a.events / seconds)
+        print(f"COPY: {copy_rate:,} events/s", flush=True)
+        for path in [None, *a.profiles]:
+            name = "defaults" if path is None else path.stem
+            extra = [] if path is None else ["--config", str(path)]
+            key = name.replace("-", "_")
+            full = run_ingestor(server, workdir, f"prof_{key}_full", a.events, 0, 0, extra)
+            paced = run_ingestor(server, workdir, f"prof_{key}_paced", 0, 300, a.paced_seconds, extra)
+            results["profiles"][name] = {"file": None if path is None else str(path.relative_to(ROOT)),
+                                         "full": full, "paced": paced}
+            print(f"{name}: {full['events_per_s']:,} events/s; at 300 events/s p50 {paced['p50_ms']} ms, "
+                  f"p99 {paced['p99_ms']} ms", flush=True)
+    finally:
+        server.stop()
+
+    lines = [f"{results['machine']}; {a.events:,} events at full speed, 300 events/s for {a.paced_seconds:g} s; {date}; "
+             f"COPY {copy_rate:,} events/s", "",
+             "| profile | full speed events/s | × COPY | full speed p99 ms | 300 ev/s p50 ms | 300 ev/s p99 ms "
+             "| ingestor CPU s, full speed | ingestor peak RSS MiB (full / paced) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["profiles"].items():
+        full, paced = r["full"], r["paced"]
+        cpu, rss = ingestor_figures(full)
+        _, paced_rss = ingestor_figures(paced)
+        lines.append(f"| {name} | {full['events_per_s']:,} | {full['events_per_s'] / copy_rate:.2f} | {full['p99_ms']} "
+                     f"| {paced['p50_ms']} | {paced['p99_ms']} | {cpu} | {rss} / {paced_rss} |")
+    table = "\n".join(lines)
+    print("\n" + table + "\n")
+    a.out.mkdir(parents=True, exist_ok=True)
+    for r in results["profiles"].values():  # the CDF data is in compare's files; keep these small
+        for run in (r["full"], r["paced"]):
+            run.pop("latency_histogram", None)
+    (a.out / f"profiles-{date}.json").write_text(json.dumps(results, indent=1))
+    (a.out / f"profiles-{date}.md").write_text(table + "\n")
+    print(f"wrote {a.out}/profiles-{date}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
