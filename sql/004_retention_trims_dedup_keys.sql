@@ -1,7 +1,7 @@
 -- Retention takes the dedup keys of the rows it drops along with them, so
 -- ingestor_seen (~85 bytes per event) stays as bounded as weighing_logs.
 -- Dedup then reaches back as far as the history does: an event re-sent after
--- its day was dropped is stored again (in the default partition), as the
+-- its day was dropped is stored again (under its new created_at), as the
 -- history no longer holds it. Rows in weighing_logs_default keep their keys.
 CREATE OR REPLACE FUNCTION ingestor_drop_partitions_before(cutoff date) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$

@@ -30,8 +30,8 @@ def test_retention_drops_whole_old_days_with_their_rows_and_dedup_keys_and_keeps
     conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
                  "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
     conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at) VALUES "
-                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (2, 1, '2020-01-01 11:00+00', now()), "
-                 "(1, 2, now(), now()), (3, 1, '1999-01-01 00:00+00', now())")  # the last one: default partition
+                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (2, 1, '2020-01-01 11:00+00', '2020-01-01 11:00+00'), "
+                 "(1, 2, now(), now()), (3, 1, '1999-01-01 00:00+00', '1999-01-01 00:00+00')")  # the last one: default partition
     conn.execute("INSERT INTO ingestor_seen VALUES (1, 1), (2, 1), (1, 2), (3, 1)")
     before = partitions(conn)
     assert schema.drop_partitions_before(conn, dt.date(2020, 1, 1)) == 0  # the cutoff day itself is kept

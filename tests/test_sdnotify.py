@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,13 +66,13 @@ def test_notifier_speaks_to_abstract_sockets_and_is_silent_without_systemd():
     sock.close()
 
 
-UNIT = os.path.join(os.path.dirname(__file__), "..", "systemd", "ingestor.service")
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "ingestor.service"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_the_unit_file_passes_systemd_analyze_verify_and_is_hardened(tmp_path):
     # ExecStart must name an existing program for verify: point it at this environment's ingestor
-    text = open(UNIT).read().replace("/opt/scale-ingestor/.venv/bin/ingestor",
+    text = UNIT.read_text().replace("/opt/scale-ingestor/.venv/bin/ingestor",
                                      shutil.which("ingestor") or os.path.join(os.path.dirname(sys.executable), "ingestor"))
     unit = tmp_path / "ingestor.service"
     unit.write_text(text)
