@@ -128,6 +128,8 @@ def _load_config(args: argparse.Namespace) -> tuple[config_mod.Config, dict[str,
 def cmd_run(args: argparse.Namespace) -> int:
     config, _ = _load_config(args)
     setup_logging(config.log_level)
+    for name in config_mod.unknown_environment():
+        logging.getLogger("ingestor").warning("Ignoring %s: no such option (options: ingestor config show)", name)
     try:
         import uvloop  # noqa: F401  (asyncio users in this process get uvloop)
     except ImportError:
@@ -300,6 +302,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     config, sources = _load_config(args)
     print(config_mod.to_toml(config, sources))
+    for name in config_mod.unknown_environment():
+        print(f"# ignored: {name} names no option", file=sys.stderr)
     return 0
 
 

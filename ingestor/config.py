@@ -9,6 +9,7 @@ value once, raising ConfigError with the key and the allowed range.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -113,6 +114,16 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+# INGESTOR_* variables that are not options but are read elsewhere (and so are no typo).
+NOT_OPTIONS = frozenset({"INGESTOR_FAILPOINTS"})
+
+
+def unknown_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``INGESTOR_*`` variables that name no option: most likely typos, which would otherwise go unnoticed."""
+    known = {ENV_PREFIX + name.upper() for name in FIELDS} | NOT_OPTIONS
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known and not k.startswith("INGESTOR_TEST_"))
+
+
 def _file_layer(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
@@ -195,15 +206,29 @@ def _rule(t: msgspec.inspect.Type) -> str:
 
 
 def to_toml(config: Config, sources: Mapping[str, str]) -> str:
-    """The effective configuration as TOML, each line commented with its source."""
+    """The effective configuration as TOML, each line commented with its source.
+
+    A password in ``dsn`` is shown as ``****`` (the output gets pasted into tickets).
+    """
     lines = []
     for name in FIELDS:
         value = getattr(config, name)
         if value is None:
             lines.append(f"# {name} = (unset)  # {sources[name]}")
             continue
+        if name == "dsn":
+            value = mask_password(value)
         lines.append(f"{name} = {_toml_value(value)}  # {sources[name]}")
     return "\n".join(lines)
+
+
+_PASSWORD_KV = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+_PASSWORD_URI = re.compile(r"^(postgres(?:ql)?://[^:/@]*:)([^@]*)(@)", re.I)
+
+
+def mask_password(dsn: str) -> str:
+    """``dsn`` with the password of a key=value string or a URI replaced by ``****``."""
+    return _PASSWORD_URI.sub(r"\1****\3", _PASSWORD_KV.sub(r"\1****", dsn))
 
 
 def _toml_value(value: Any) -> str:

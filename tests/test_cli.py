@@ -171,3 +171,12 @@ def test_the_full_example_config_names_every_option_with_its_default():
         if name in ("dsn", "curve_secret_key", "curve_clients_dir", "spool_dir", "dead_letter_dir"):
             continue  # examples of values, not defaults (these default to unset)
         assert tomllib.loads(f"v = {shown}")["v"] == getattr(defaults, name), name
+
+
+def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variables():
+    r = ingestor("config", "show", "--dsn", "host=db user=ingestor password=s3cret dbname=scales",
+                 env={**os.environ, "INGESTOR_BACH_SIZE": "100"})
+    assert r.returncode == 0, r.stderr
+    assert 'dsn = "host=db user=ingestor password=**** dbname=scales"  # command line' in r.stdout
+    assert "s3cret" not in r.stdout
+    assert "ignored: INGESTOR_BACH_SIZE names no option" in r.stderr
