@@ -1,17 +1,26 @@
-"""CURVE on the input endpoints: allowed keys are stored, unknown keys are refused and counted."""
+"""Security: CURVE on the input endpoints (allowed keys stored, unknown keys refused and counted),
+and the database reached with sslmode=verify-full."""
 
 from __future__ import annotations
 
+import shutil
 import stat
+import subprocess
+import tempfile
 import time
+from pathlib import Path
+from typing import Iterator
 
 import msgspec
+import psycopg
 import pytest
 import zmq
 
-from ingestor import security
+from ingestor import schema, security
+from ingestor.embedded_pg import EmbeddedPostgres
 from ingestor.errors import ConfigError
 
+from .fix_pg import TEST_SETTINGS
 from .test_acked import AckedSender
 from .test_cli import ingestor
 
@@ -124,3 +133,71 @@ def test_bundled_simulator_gets_its_own_key_when_curve_is_on(service_factory, ds
     svc.wait_ready()
     s = svc.wait_for(lambda s: s["persisted"] >= 100)
     assert s["refused_clients"] == 0
+
+
+# -- the database connection: sslmode=verify-full as the README shows it ----------------
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for DNS name ``localhost`` it signed: (ca.crt, server.crt, server.key)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=ingestor test CA")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")
+    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
+
+
+@pytest.fixture
+def tls_pg(tmp_path) -> Iterator[tuple[EmbeddedPostgres, Path]]:
+    """A migrated PostgreSQL of its own with ssl=on and a certificate for ``localhost``; yields (server, ca.crt)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    data_dir = Path(tempfile.mkdtemp(prefix="ingestor-tls-pg-"))
+    data_dir.chmod(0o755)
+    certs = data_dir / "certs"
+    certs.mkdir()
+    ca, cert, key = make_certificates(certs)
+    key.chmod(0o600)
+    server = EmbeddedPostgres(data_dir, settings={**TEST_SETTINGS, "ssl": "on", "ssl_cert_file": f"'{cert}'",
+                                                  "ssl_key_file": f"'{key}'"})
+    server._chown(certs)
+    for path in (cert, key):  # PostgreSQL refuses a key it does not own (or root's at 0640)
+        server._chown(path)
+    server.start()
+    schema.migrate(server.dsn)
+    yield server, ca
+    server.stop("immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def verify_full(server: EmbeddedPostgres, ca: Path, host: str) -> str:
+    return f"host={host} port={server.port} dbname=postgres user=postgres passfile={server.passfile} " \
+           f"sslmode=verify-full sslrootcert={ca}"
+
+
+def test_sslmode_verify_full_connects_to_the_certified_name_and_refuses_another(tls_pg):
+    server, ca = tls_pg
+    with psycopg.connect(verify_full(server, ca, "localhost")) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        psycopg.connect(verify_full(server, ca, "127.0.0.1"))
+
+
+@pytest.mark.slow
+def test_service_writes_over_a_verify_full_connection(tls_pg, service_factory):
+    server, ca = tls_pg
+    dsn = verify_full(server, ca, "localhost")
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    svc.send(frame(21, range(500)))
+    svc.wait_for(lambda s: s["persisted"] == 500)
+    with psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM weighing_logs WHERE scale_id = 21").fetchone()[0] == 500
+        # every connection of the service's writers is encrypted
+        assert conn.execute("SELECT bool_and(s.ssl), count(*) > 0 FROM pg_stat_ssl s "
+                            "JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend' "
+                            "AND a.pid <> pg_backend_pid()").fetchone() == (True, True)
