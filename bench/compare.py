@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ingestor import stats  # noqa: E402
 from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
-from throughput import START_MS, SCALES, copy_baseline, fresh_db, sender, start_service  # noqa: E402
+from throughput import START_MS, SCALES, copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -242,10 +241,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-compare-"))
-    workdir.chmod(0o755)  # the server may run as the postgres user
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("compare")
     date = time.strftime("%Y-%m-%d")
     results: dict = {"machine": machine(server), "date": date, "events": a.events, "ingestor": {}}
     try:

@@ -19,7 +19,6 @@ import argparse
 import collections
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS  # noqa: E402
 from ingestor import stats  # noqa: E402
-from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
-from throughput import fresh_db, sender, start_service  # noqa: E402
+from throughput import fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 
 def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen:
@@ -66,10 +64,7 @@ def main() -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-profile-"))
-    workdir.chmod(0o755)
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("profile")
     a.out.mkdir(parents=True, exist_ok=True)
     try:
         dsn = fresh_db(server, "profile")

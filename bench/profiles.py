@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, machine, run_ingestor  # noqa: E402
-from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
-from throughput import copy_baseline, fresh_db  # noqa: E402
+from throughput import copy_baseline, fresh_db, throwaway_server  # noqa: E402
 
 PROFILES = ROOT / "examples" / "profiles"
 INGESTOR_PROCS = ("supervisor", "front")
@@ -52,10 +50,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-profiles-"))
-    workdir.chmod(0o755)  # the server may run as the postgres user
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("profiles")
     date = time.strftime("%Y-%m-%d")
     results: dict = {"machine": machine(server), "date": date, "events": a.events, "profiles": {}}
     try:

@@ -21,7 +21,6 @@ import argparse
 import glob
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, postgres_procs  # noqa: E402
 from ingestor import stats  # noqa: E402
-from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
-from throughput import fresh_db, sender, start_service  # noqa: E402
+from throughput import fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 
 def measured_max() -> int:
@@ -62,10 +60,7 @@ def main() -> int:
     rate = a.rate or round(0.8 * measured_max())
     seconds = a.minutes * 60
 
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-soak-"))
-    workdir.chmod(0o755)
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("soak")
     samples = []
     try:
         dsn = fresh_db(server, "soak")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +30,10 @@ import msgspec  # noqa: E402
 
 from ingestor import copy_payload  # noqa: E402
 from ingestor.copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray  # noqa: E402
-from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
 from ingestor.protocol import RecordBuilder, decode_frame  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
 from ingestor.writer import CHECKPOINT_SQL, DEDUP_SQL, UPSERT_SQL, upsert_params  # noqa: E402
-from throughput import SCALES, fresh_db  # noqa: E402
+from throughput import SCALES, fresh_db, throwaway_server  # noqa: E402
 
 BATCH = 5000
 
@@ -80,10 +78,7 @@ def main() -> int:
     p.add_argument("--events", type=int, default=200_000)
     a = p.parse_args()
     recs = records(a.events)
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-stmt-"))
-    workdir.chmod(0o755)
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("stmt")
     scale = 200_000 / a.events
     print(f"{a.events:,} events in batches of {BATCH:,}; seconds per 200,000 events\n")
     print("| statements per batch | wall s | PostgreSQL backend CPU s |")

@@ -41,6 +41,15 @@ SCALES = 300
 START_MS = 1_700_000_000_000
 
 
+def throwaway_server(name: str) -> tuple[Path, EmbeddedPostgres]:
+    """A started PostgreSQL (default durability) in a new temporary directory ``ingestor-NAME-*``: (directory, server)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"ingestor-{name}-"))
+    workdir.chmod(0o755)  # the server may run as the postgres user
+    server = EmbeddedPostgres(workdir / "pgdata")
+    server.start()
+    return workdir, server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,10 +137,7 @@ def main() -> int:
     p.add_argument("--paced-seconds", type=float, default=20.0)
     a = p.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="ingestor-bench-"))
-    workdir.chmod(0o755)  # the server may run as the postgres user
-    server = EmbeddedPostgres(workdir / "pgdata")
-    server.start()
+    workdir, server = throwaway_server("bench")
     results: dict = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", "events": a.events,
                      "date": time.strftime("%Y-%m-%d")}
     try:
