@@ -32,7 +32,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--ring-capacity", type=int, help="slots in the shared-memory ring, all lanes together (default: 65536)")
     o("--max-frame-bytes", type=int, help="larger ZeroMQ frames are refused (default: 1048576)")
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
-                         "(default: /var/lib/ingestor as root, ./ingestor-data otherwise)")
+                         "(default: $STATE_DIRECTORY under systemd, else /var/lib/ingestor as root, ./ingestor-data)")
     o("--dead-letter-dir", help="JSON Lines files of invalid events (default: DATA_DIR/dead-letters)")
     o("--dead-letter-max-bytes", type=int, help="the dead-letter files' total size; the oldest go first "
                                                  "(default: 256 MiB)")

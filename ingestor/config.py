@@ -35,7 +35,11 @@ _PATTERN_RULES = {
 
 
 def default_data_dir() -> str:
-    """``/var/lib/ingestor`` for root (a system service), ``./ingestor-data`` otherwise."""
+    """systemd's ``$STATE_DIRECTORY`` (``StateDirectory=ingestor`` in the unit: ``/var/lib/ingestor``) when set,
+    else ``/var/lib/ingestor`` for root, else ``./ingestor-data``."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return state
     return "/var/lib/ingestor" if os.geteuid() == 0 else "ingestor-data"
 
 

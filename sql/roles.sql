@@ -1,10 +1,12 @@
 -- A least-privilege role for `ingestor run` (README "Security").
 --
--- Run once per database, after `ingestor migrate`, as the owner of the
--- ingestor's tables, with search_path set to the ingestor's schema:
+-- Run once per database, after `ingestor migrate`, as a superuser (or as
+-- the owner of the ingestor's tables when it also has CREATEROLE: creating
+-- roles needs that, granting on the tables needs ownership), with
+-- search_path set to the ingestor's schema:
 --
---   PGOPTIONS='-c search_path=public' psql "$OWNER_DSN" -f sql/roles.sql
---   psql "$OWNER_DSN" -c "CREATE ROLE ingestor LOGIN PASSWORD '...' IN ROLE ingestor_writer"
+--   PGOPTIONS='-c search_path=public' psql "$ADMIN_DSN" -v ON_ERROR_STOP=1 -f sql/roles.sql
+--   psql "$ADMIN_DSN" -c "CREATE ROLE ingestor LOGIN PASSWORD '...' IN ROLE ingestor_writer"
 --
 -- ingestor_writer may write measurements and the ingestor's own state, read
 -- them back, and create the day partitions through the migrated SECURITY
