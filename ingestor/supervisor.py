@@ -63,6 +63,7 @@ RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
 PARTITION_CHECK_EVERY_S = 3600.0
 RECENT_EVENTS = 20  # notable events kept for `ingestor top`
+REFUSED_NOTE_EVERY_S = 60.0  # a refused sender reconnects over and over: one recent event a minute at most
 GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
@@ -117,6 +118,7 @@ class Supervisor:
         self.recent: collections.deque[tuple[str, str]] = collections.deque(maxlen=RECENT_EVENTS)
         self._was_connected: bool | None = None
         self._was_spooling = False
+        self._refused_noted = (0, -REFUSED_NOTE_EVERY_S)  # (refused_clients, monotonic time) when last remembered
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
@@ -417,7 +419,7 @@ class Supervisor:
         self.recent.append((dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), what))
 
     def notice_changes(self) -> None:
-        """Remember database up/down and spool on/off transitions (for `ingestor top`)."""
+        """Remember database up/down and spool on/off transitions, and refused senders (for `ingestor top`)."""
         connected = self.database_connected()
         if self._was_connected is not None and connected != self._was_connected:
             self.remember("database reachable again" if connected else "database unreachable")
@@ -426,6 +428,10 @@ class Supervisor:
         if spooling != self._was_spooling:
             self.remember("ring full: spooling to disk" if spooling else "spool drained")
         self._was_spooling = spooling
+        refused, (noted, at) = int(self.counters.front["refused_clients"]), self._refused_noted
+        if refused > noted and time.monotonic() - at >= REFUSED_NOTE_EVERY_S:
+            self.remember(f"{refused - noted} CURVE handshake(s) refused: unknown sender key (see the log)")
+            self._refused_noted = (refused, time.monotonic())
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -101,6 +101,7 @@ def test_known_curve_key_is_stored_and_unknown_key_is_refused_and_counted(servic
     assert conn.execute("SELECT scale_id, count(*) FROM weighing_logs GROUP BY 1 ORDER BY 1").fetchall() == \
         [(1, 100), (2, 50)]
     assert "unknown CURVE key" in svc.output() and keys["unknown"][1].decode() in svc.output()
+    assert any("CURVE handshake(s) refused" in e["event"] for e in s["recent_events"])  # shown by ingestor top
 
     # acked mode is behind CURVE too: the known key gets its reply
     sender = AckedSender(svc.ack_bind, curve=keys["known"])
