@@ -16,6 +16,7 @@ import re
 from typing import NamedTuple
 
 import psycopg
+import psycopg.conninfo
 from psycopg import sql
 
 from .errors import MigrationError
@@ -23,6 +24,7 @@ from .errors import MigrationError
 log = logging.getLogger(__name__)
 
 PARTITIONS_AHEAD = 7  # days of weighing_logs partitions kept ready ahead of today
+CONNECT_TIMEOUT_S = 10  # seconds per connection attempt of migrate()
 _LOCK_KEY = 0x5CA1E  # advisory lock held while migrating
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -52,9 +54,13 @@ def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS
 
     Raises MigrationError (naming the migration) when one fails; its
     transaction is rolled back and later migrations are not tried.
+    psycopg.OperationalError when the server cannot be reached (within
+    CONNECT_TIMEOUT_S unless ``dsn`` sets its own ``connect_timeout``).
     """
     applied = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # a host that does not answer would otherwise hold the start for the kernel's TCP timeout (minutes)
+    timeout = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn) else {"connect_timeout": CONNECT_TIMEOUT_S}
+    with psycopg.connect(dsn, autocommit=True, **timeout) as conn:
         # Look before creating: PostgreSQL checks the CREATE privilege even for
         # IF NOT EXISTS, and a least-privilege role (sql/roles.sql) has none.
         if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None:

@@ -63,6 +63,7 @@ RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
 PARTITION_CHECK_EVERY_S = 3600.0
 RECENT_EVENTS = 20  # notable events kept for `ingestor top`
+DB_WAIT_FIRST_S, DB_WAIT_MAX_S = 1.0, 30.0  # backoff while PostgreSQL cannot be reached at start
 REFUSED_NOTE_EVERY_S = 60.0  # a refused sender reconnects over and over: one recent event a minute at most
 GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
@@ -131,7 +132,8 @@ class Supervisor:
     def run(self) -> int:
         self.install_signals()
         try:
-            self.boot()
+            if not self.boot():
+                return 0
             self.status = "running"
             log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
                      len(self.writers), self.ring.capacity, self.config.stats_endpoint)
@@ -207,24 +209,16 @@ class Supervisor:
 
     # -- boot -----------------------------------------------------------------
 
-    def boot(self) -> None:
+    def boot(self) -> bool:
+        """Bind stats and HTTP, reach and migrate the database, create the shared blocks, start the children.
+
+        Returns False when a stop signal arrived while the database was awaited.
+        """
         cfg = self.config
         if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
             security.load_secret_key(cfg.curve_secret_key)
             security.load_client_keys(cfg.curve_clients_dir)
-        if not self.dsn:
-            self.embedded = EmbeddedPostgres(cfg.data_dir)
-            self.dsn = self.embedded.start()
-            print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
-        try:
-            schema.migrate(self.dsn, cfg.schema, cfg.partitions_ahead)
-        except psycopg.OperationalError as e:
-            raise IngestorError(f"cannot connect to PostgreSQL to migrate: {e}") from None
-        writers = cfg.writer_count()
-        lane_capacity = max(1, cfg.ring_capacity // writers)
-        self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
-        self.counters = Counters.create(writers)
-        self.acks = AckTable.create(writers)
+        # stats and HTTP first: while the database is awaited, `ingestor stats` says "starting"
         self.stats_sock = self.zmq.socket(zmq.REP)
         self.stats_sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -237,6 +231,17 @@ class Supervisor:
                 self.monitoring.start()
             except OSError as e:
                 raise IngestorError(f"cannot bind the HTTP monitoring endpoint {cfg.http_bind}: {e}") from None
+        if not self.dsn:
+            self.embedded = EmbeddedPostgres(cfg.data_dir)
+            self.dsn = self.embedded.start()
+            print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
+        if not self.wait_for_database():
+            return False
+        writers = cfg.writer_count()
+        lane_capacity = max(1, cfg.ring_capacity // writers)
+        self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
+        self.counters = Counters.create(writers)
+        self.acks = AckTable.create(writers)
         dead_letter_dir = str(cfg.resolved_dead_letter_dir())
         shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name,
                   "dead_letter_dir": dead_letter_dir, "dead_letter_max_bytes": cfg.dead_letter_max_bytes}
@@ -267,6 +272,52 @@ class Supervisor:
             self.spawn(c)
         if cfg.retention_days:
             self.maintain_partitions()  # expired partitions go at start too, not an hour later
+        return True
+
+    def wait_for_database(self) -> bool:
+        """Migrate, retrying while PostgreSQL cannot be reached yet; False when a stop signal came first.
+
+        After a power cut the database (often on another box) may come back
+        after the ingestor: connection refused, timeouts, unresolvable host
+        names and "the database system is starting up" are waited out, with
+        a backoff from 1 s to 30 s, stats answering "starting" meanwhile and
+        systemd's start timeout extended. A server that answers with a refusal
+        (bad password, unknown database or role, pg_hba) or a certificate
+        that does not verify is a configuration error: IngestorError at once.
+        """
+        cfg = self.config
+        delay = DB_WAIT_FIRST_S
+        while True:
+            try:
+                schema.migrate(self.dsn, cfg.schema, cfg.partitions_ahead)
+                return True
+            except psycopg.OperationalError as e:
+                if not connection_error_is_transient(e):
+                    raise IngestorError(f"cannot connect to PostgreSQL to migrate: {e}") from None
+                reason = " ".join(str(e).split())
+            log.warning("Waiting for PostgreSQL (%s); next try in %.0f s", reason, delay)
+            if delay == DB_WAIT_FIRST_S:
+                self.remember(f"waiting for PostgreSQL: {reason[:120]}")
+            self.notifier.notify(f"STATUS=starting: waiting for PostgreSQL ({reason[:200]})",
+                                 f"EXTEND_TIMEOUT_USEC={int((delay + schema.CONNECT_TIMEOUT_S + 30) * 1e6)}")
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                self.sleep()
+                if self.stop_requested_while_starting():
+                    return False
+            delay = min(DB_WAIT_MAX_S, delay * 2)
+
+    def stop_requested_while_starting(self) -> bool:
+        """Take queued signals before the children exist: any stop signal ends the start (nothing accepted yet)."""
+        stop = False
+        while True:
+            try:
+                sig = self.signals.get_nowait()
+            except queue.Empty:
+                return stop
+            if sig != signal.SIGHUP:
+                log.info("%s while starting: exiting (nothing was accepted yet)", signal.Signals(sig).name)
+                stop = True
 
     @property
     def writers(self) -> list[Child]:
@@ -484,6 +535,8 @@ class Supervisor:
 
     def snapshot(self) -> dict:
         """The figures of SPEC §4 (and a few more), read from the shared counters."""
+        if self.counters is None:
+            return self.starting_snapshot()
         f, w = self.counters.front, self.counters.writers
         persisted = int(w["persisted"].sum())
         batches = int(w["batches"].sum())
@@ -539,6 +592,18 @@ class Supervisor:
             ],
         }
 
+    def starting_snapshot(self) -> dict:
+        """SPEC §4's figures before the shared blocks exist (the database is awaited): nothing counted yet."""
+        counts = dict.fromkeys(("received_frames", "received_events", "invalid", "duplicates", "persisted", "failed",
+                                "pending", "ring_used", "spool_bytes", "batch_us_total"), 0)
+        return {
+            "status": self.status, "uptime_s": round(time.time() - self.started, 1), **counts,
+            "ring_capacity": self.config.ring_capacity, "events_per_s": 0.0, "average_batch_size": 0.0,
+            "average_batch_ms": 0.0, "last_persisted_at": None, "database_connected": False,
+            "latency_ms": {"p50": None, "p99": None}, "recent_events": [{"time": t, "event": e} for t, e in self.recent],
+            "writers": [],
+        }
+
     def serve_stats(self) -> None:
         try:
             request = self.stats_sock.recv(zmq.NOBLOCK)
@@ -578,6 +643,33 @@ class Supervisor:
         for fd in (self._wakeup_r, self._wakeup_w):
             if fd >= 0:
                 os.close(fd)
+
+
+# FATAL messages of a server that is there but cannot take connections yet.
+_TRANSIENT_FATAL = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+)
+
+
+def connection_error_is_transient(e: psycopg.OperationalError) -> bool:
+    """True when a failed connection may succeed later without anyone changing the configuration.
+
+    libpq gives no SQLSTATE for failed connections (``e.sqlstate`` is None),
+    so the message decides: no server answer (refused, timeout, DNS) or a
+    FATAL from a server not ready yet is transient; any other FATAL (a
+    refusal: password, role, database, pg_hba) and certificate or SSL
+    failures are not.
+    """
+    text = str(e)
+    if any(m in text for m in _TRANSIENT_FATAL):
+        return True
+    return not any(m in text for m in ("FATAL", "certificate", "SSL"))
 
 
 @contextmanager

@@ -10,8 +10,11 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -152,3 +155,38 @@ def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(serv
     assert identity_holds(s) and s["duplicates"] == 0
     assert stored(dsn) == (events, events, 100, 100)
     assert svc.terminate() == 0
+
+
+def test_service_started_before_postgresql_answers_starting_then_stores_once_it_is_up(service_factory, own_pg):
+    own_pg.stop("fast")
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "2")
+    s = svc.wait_for(lambda s: "waiting for PostgreSQL" in str(s["recent_events"]), timeout_s=30)
+    assert s["status"] == "starting" and s["database_connected"] is False and s["writers"] == []
+    health = urllib.request.Request(f"http://{svc.http}/health")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(health, timeout=5)
+    e.value.close()
+    assert e.value.code == 503
+    time.sleep(3)  # a few retries
+    assert svc.proc.poll() is None and svc.output().count("Waiting for PostgreSQL") >= 2
+    own_pg.start()
+    svc.wait_ready(timeout_s=60)  # next try within the 1..30 s backoff
+    svc.send(msgspec.msgpack.encode([{"scale_id": 5, "seq": n, "ts": START_MS + n} for n in range(300)]))
+    svc.wait_for(lambda s: s["persisted"] == 300)
+    assert stored(own_pg.dsn) == (300, 300, 1, 1)
+    assert svc.terminate() == 0
+
+
+def test_service_given_a_wrong_password_fails_at_once_naming_the_reason(service_factory, pg_server):
+    dsn = f"host=127.0.0.1 port={pg_server.port} user=postgres password=wrong dbname=postgres"
+    svc = service_factory("--dsn", dsn, "--writers", "1")
+    assert svc.proc.wait(30) == 2
+    assert "password authentication failed" in svc.output() and "Waiting for PostgreSQL" not in svc.output()
+
+
+def test_sigterm_while_waiting_for_postgresql_exits_0(service_factory, own_pg):
+    own_pg.stop("fast")
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "1")
+    svc.wait_for(lambda s: s["status"] == "starting", timeout_s=30)
+    assert svc.terminate(timeout_s=15) == 0
+    assert "SIGTERM while starting: exiting" in svc.output()
