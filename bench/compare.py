@@ -60,12 +60,20 @@ ON CONFLICT (scale_id) DO UPDATE SET seq = EXCLUDED.seq, measured_at = EXCLUDED.
 
 
 class Sampler:
-    """Samples CPU seconds and peak RSS of named processes every 0.2 s, in a thread."""
+    """Samples CPU seconds and peak RSS of named processes every 0.2 s, in a thread.
 
-    def __init__(self) -> None:
+    With ``pss=True`` also each process's peak PSS (proportional set size:
+    shared pages such as the ring and the libraries divided among the
+    processes mapping them, so the sum over processes is their real memory),
+    read every 1 s since it walks /proc/PID/smaps.
+    """
+
+    def __init__(self, pss: bool = False) -> None:
         self.procs: dict[int, tuple[str, psutil.Process]] = {}
         self.cpu: dict[str, float] = {}
         self.rss: dict[str, int] = {}
+        self.pss: dict[str, int] | None = {} if pss else None
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._finders: list = []
@@ -98,11 +106,15 @@ class Sampler:
                     except psutil.Error:
                         continue
         totals: dict[str, float] = {}
+        self._samples += 1
+        read_pss = self.pss is not None and self._samples % 5 == 1
         for pid, (name, p) in list(self.procs.items()):
             try:
                 with p.oneshot():
                     t = p.cpu_times()
                     rss = p.memory_info().rss
+                    if read_pss:
+                        self.pss[name] = max(self.pss.get(name, 0), p.memory_full_info().pss)
             except psutil.Error:
                 continue  # gone: its last sample stands
             self._last = getattr(self, "_last", {})
@@ -114,8 +126,11 @@ class Sampler:
 
     def figures(self) -> dict[str, dict]:
         base = getattr(self, "_base", {})
-        return {name: {"cpu_s": round(self.cpu[name] - base.get(name, 0.0), 2), "peak_rss_mb": round(self.rss[name] / 2**20, 1)}
-                for name in sorted(self.cpu)}
+        out = {name: {"cpu_s": round(self.cpu[name] - base.get(name, 0.0), 2), "peak_rss_mb": round(self.rss[name] / 2**20, 1)}
+               for name in sorted(self.cpu)}
+        for name, pss in (self.pss or {}).items():
+            out[name]["peak_pss_mb"] = round(pss / 2**20, 1)
+        return out
 
 
 def postgres_procs(server: EmbeddedPostgres):
@@ -164,11 +179,11 @@ def seed_way(dsn: str, n: int) -> float:
 
 
 def run_ingestor(server: EmbeddedPostgres, workdir: Path, name: str, events: int, rate: float, duration: float,
-                 extra: list[str]) -> dict:
+                 extra: list[str], pss: bool = False) -> dict:
     dsn = fresh_db(server, name)
     proc, bind, stats_ep = start_service(dsn, workdir, *extra)
     writer_pids = [w["pid"] for w in stats.query(stats_ep)["writers"]]
-    sampler = Sampler()
+    sampler = Sampler(pss=pss)
     sampler.watch(postgres_procs(server))
     sampler.watch(service_procs(proc, lambda: writer_pids))
     with sampler:

@@ -13,7 +13,8 @@ run --config``), on one throwaway PostgreSQL with default durability:
   receive-to-commit latency p50/p99 from the service's histogram.
 
 Each run samples the ingestor's processes (supervisor, front, writers) with
-psutil: CPU seconds and the sum of their peak RSS. Prints a Markdown table
+psutil: CPU seconds and the sum of their peak PSS (shared pages divided
+among the processes sharing them: the memory the ingestor really takes). Prints a Markdown table
 and writes ``bench/results/profiles-<date>.json`` and ``.md``.
 """
 
@@ -37,9 +38,9 @@ INGESTOR_PROCS = ("supervisor", "front")
 
 
 def ingestor_figures(r: dict) -> tuple[float, float]:
-    """(CPU seconds, summed peak RSS in MiB) of the ingestor's own processes in run ``r``."""
+    """(CPU seconds, summed peak PSS in MiB) of the ingestor's own processes in run ``r``."""
     own = {n: v for n, v in r["processes"].items() if n in INGESTOR_PROCS or n.startswith("writer")}
-    return round(sum(v["cpu_s"] for v in own.values()), 2), round(sum(v["peak_rss_mb"] for v in own.values()), 1)
+    return round(sum(v["cpu_s"] for v in own.values()), 2), round(sum(v["peak_pss_mb"] for v in own.values()), 1)
 
 
 def main() -> int:
@@ -61,8 +62,8 @@ def main() -> int:
             name = "defaults" if path is None else path.stem
             extra = [] if path is None else ["--config", str(path)]
             key = name.replace("-", "_")
-            full = run_ingestor(server, workdir, f"prof_{key}_full", a.events, 0, 0, extra)
-            paced = run_ingestor(server, workdir, f"prof_{key}_paced", 0, 300, a.paced_seconds, extra)
+            full = run_ingestor(server, workdir, f"prof_{key}_full", a.events, 0, 0, extra, pss=True)
+            paced = run_ingestor(server, workdir, f"prof_{key}_paced", 0, 300, a.paced_seconds, extra, pss=True)
             results["profiles"][name] = {"file": None if path is None else str(path.relative_to(ROOT)),
                                          "full": full, "paced": paced}
             print(f"{name}: {full['events_per_s']:,} events/s; at 300 events/s p50 {paced['p50_ms']} ms, "
@@ -73,7 +74,7 @@ def main() -> int:
     lines = [f"{results['machine']}; {a.events:,} events at full speed, 300 events/s for {a.paced_seconds:g} s; {date}; "
              f"COPY {copy_rate:,} events/s", "",
              "| profile | full speed events/s | × COPY | full speed p99 ms | 300 ev/s p50 ms | 300 ev/s p99 ms "
-             "| ingestor CPU s, full speed | ingestor peak RSS MiB (full / paced) |",
+             "| ingestor CPU s, full speed | ingestor memory MiB, PSS (full / paced) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["profiles"].items():
         full, paced = r["full"], r["paced"]
