@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,17 +51,29 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def postgres_activity(conn: psycopg.Connection) -> dict:
+    """What PostgreSQL does besides our writes: checkpoints so far, WAL written, autovacuum workers now."""
+    checkpoints, wal = conn.execute(
+        "SELECT checkpoints_timed + checkpoints_req, pg_current_wal_lsn() - '0/0' FROM pg_stat_bgwriter").fetchone()
+    vacuums = [q for (q,) in conn.execute(
+        "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query <> ''")]
+    return {"checkpoints": checkpoints, "wal_mb": round(float(wal) / 2**20), "autovacuum": vacuums}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=0.0, help="events/s (default: 80 %% of the newest compare maximum)")
     p.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    p.add_argument("--pg", action="append", default=[], metavar="NAME=VALUE",
+                   help="a PostgreSQL setting for the throwaway server, such as max_wal_size=8GB (repeatable)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
+    settings = dict(kv.split("=", 1) for kv in a.pg)
     rate = a.rate or round(0.8 * measured_max())
     seconds = a.minutes * 60
 
-    workdir, server = throwaway_server("soak")
+    workdir, server = throwaway_server("soak", settings)
     samples = []
     try:
         dsn = fresh_db(server, "soak")
@@ -72,6 +85,7 @@ def main() -> int:
         names = {proc.pid: "supervisor", **{pid: "front" for pid in front},
                  **{pid: f"writer-{i}" for i, pid in enumerate(writers)}}
         pg = postgres_procs(server)
+        watch = psycopg.connect(dsn, autocommit=True)
         send = sender(bind, 0, rate, 0, seconds)
         names[send.pid] = "sender"
         t0 = time.monotonic()
@@ -84,10 +98,16 @@ def main() -> int:
                       "events_per_s": s["events_per_s"], "p99_ms": s["latency_ms"]["p99"],
                       "rss_mb": {name: round(rss_mb(pid), 1) for pid, name in names.items()}}
             sample["rss_mb"]["postgres (all)"] = round(sum(rss_mb(pid) for pid in pg()), 1)
+            sample["postgres"] = postgres_activity(watch)
             samples.append(sample)
             print(json.dumps({k: v for k, v in sample.items() if k != "rss_mb"}), flush=True)
+        watch.close()
         sent = json.loads(send.stdout.read())
         final = stats.query(stats_ep)
+        deadline = time.monotonic() + 120
+        while final["pending"] and time.monotonic() < deadline:  # the ring's tail is still being written
+            time.sleep(0.5)
+            final = stats.query(stats_ep)
         proc.terminate()
         proc.wait(300)
     finally:
@@ -100,13 +120,21 @@ def main() -> int:
 
     growth = {name: round(latest(name) - warm[0]["rss_mb"][name], 1) for name in samples[-1]["rss_mb"]}
     ring_last = sum(x["ring_used"] for x in last) / len(last)
-    result = {"date": time.strftime("%Y-%m-%d"), "rate": rate, "minutes": a.minutes, "sent": sent["events"],
+    result = {"date": time.strftime("%Y-%m-%d"), "rate": rate, "minutes": a.minutes, "postgres_settings": settings,
+              "sent": sent["events"],
               "sent_per_s": sent["events_per_s"], "persisted": final["persisted"], "invalid": final["invalid"],
               "p99_ms_overall": final["latency_ms"]["p99"], "rss_growth_mb_after_first_minute": growth,
               "ring_used_mean_last_minute": round(ring_last), "ring_capacity": samples[-1]["ring_capacity"],
-              "spool_bytes_max": max(x["spool_bytes"] for x in samples), "samples": samples}
+              "spool_bytes_max": max(x["spool_bytes"] for x in samples),
+              # stalls: runs of samples in which the front spilled to the spool (writers freed nothing for 0.5 s)
+              "spool_episodes": sum(1 for prev, x in zip([{"spool_bytes": 0}] + samples, samples)
+                                    if x["spool_bytes"] and not prev["spool_bytes"]),
+              "checkpoints": samples[-1]["postgres"]["checkpoints"],
+              "wal_bytes_per_event": round(samples[-1]["postgres"]["wal_mb"] * 2**20 / max(1, final["persisted"])),
+              "samples": samples}
     a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"soak-{result['date']}-{round(rate)}"
+    suffix = "".join(f"-{k}-{v}" for k, v in settings.items())
+    path = a.out / f"soak-{result['date']}-{round(rate)}{suffix}"
     path.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(result, path.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))

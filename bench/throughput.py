@@ -41,11 +41,12 @@ SCALES = 300
 START_MS = 1_700_000_000_000
 
 
-def throwaway_server(name: str) -> tuple[Path, EmbeddedPostgres]:
-    """A started PostgreSQL (default durability) in a new temporary directory ``ingestor-NAME-*``: (directory, server)."""
+def throwaway_server(name: str, settings: dict[str, str] | None = None) -> tuple[Path, EmbeddedPostgres]:
+    """A started PostgreSQL (default durability, plus ``settings``) in a new temporary directory
+    ``ingestor-NAME-*``: (directory, server)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ingestor-{name}-"))
     workdir.chmod(0o755)  # the server may run as the postgres user
-    server = EmbeddedPostgres(workdir / "pgdata")
+    server = EmbeddedPostgres(workdir / "pgdata", settings=settings)
     server.start()
     return workdir, server
 
