@@ -112,7 +112,7 @@ class Front:
                     sock.setsockopt(zmq.RCVHWM, RCVHWM)
                     sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
                     if self.curve is not None:
-                        self.curve.apply(sock)
+                        self.curve.apply(sock, endpoint)
                     sock.bind(endpoint)
             log.info("Front listening on %s (PULL)%s%s", self.bind,
                      f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "",

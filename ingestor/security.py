@@ -7,7 +7,8 @@ front makes its PULL and ROUTER sockets CURVE servers (RFC 26/CurveZMQ):
 traffic is encrypted, and each handshake is checked by pyzmq's ZAP
 authenticator (RFC 27) against the allowed keys. An unknown key is refused
 before any frame of it is read, counted (``refused_clients``) and logged once
-per key. Key files added to or removed from the directory take effect on the
+per key; a sender without CURVE fails the handshake, and is counted and
+logged (once a minute) too. Key files added to or removed from the directory take effect on the
 next handshake, without a restart.
 
 Files are in the format of pyzmq's :mod:`zmq.auth.certs` (the czmq
@@ -20,18 +21,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = b"ingestor"
+WATCH_POLL_MS = 200  # how often a handshake watcher looks at its stop flag
+PLAIN_LOG_EVERY_S = 60.0  # a sender without CURVE reconnects over and over: one log line a minute
 
 
 def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -105,8 +110,8 @@ def apply_client(sock: zmq.Socket, server_public: bytes, public: bytes, secret: 
 class CurveServer:
     """Makes sockets CURVE servers and decides, per handshake, who may connect.
 
-    ``on_refused`` is called (from the authenticator's thread) once per
-    refused handshake. ``extra_clients`` are z85 public keys allowed besides
+    ``on_refused`` is called once per refused handshake, from the
+    authenticator's or a watcher's thread, never two at once. ``extra_clients`` are z85 public keys allowed besides
     the directory's (the bundled simulator's key made for this run).
     """
 
@@ -125,26 +130,71 @@ class CurveServer:
         self._stamp = self._dir_stamp()
         self._refused_logged: set[bytes] = set()
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the ZAP thread and the monitor threads all count refusals
         self._auth: ThreadAuthenticator | None = None
+        self._ctx: zmq.Context | None = None
+        self._stopping = threading.Event()
+        self._watchers: list[threading.Thread] = []
+        self._plain_logged_at = -PLAIN_LOG_EVERY_S
         log.info("CURVE on: %d allowed client key(s) in %s", len(self._allowed), self.clients_dir)
 
     def start(self, ctx: zmq.Context) -> None:
         """Start the ZAP handler of ``ctx`` (before any socket is bound)."""
+        self._ctx = ctx
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("ingestor.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
 
     def stop(self) -> None:
+        """Stop the ZAP handler and the handshake watchers (before the context is terminated)."""
+        self._stopping.set()
+        for t in self._watchers:
+            t.join()
+        self._watchers.clear()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
 
-    def apply(self, sock: zmq.Socket) -> None:
-        """Make ``sock`` a CURVE server (before it binds)."""
+    def apply(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Make ``sock`` a CURVE server (before it binds to ``endpoint``).
+
+        A sender without CURVE fails in the ZMTP greeting (mechanism
+        mismatch) before ZAP is asked; a socket monitor watched by a thread of
+        its own counts those as refused too (logged at most once a minute).
+        """
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
         sock.zap_domain = ZAP_DOMAIN
+        monitor = f"inproc://ingestor-curve-monitor-{len(self._watchers)}"
+        sock.monitor(monitor, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        watcher = threading.Thread(target=self._watch, args=(monitor, endpoint), name=f"curve-monitor-{endpoint}",
+                                   daemon=True)
+        watcher.start()
+        self._watchers.append(watcher)
+
+    def _watch(self, monitor: str, endpoint: str) -> None:
+        events = self._ctx.socket(zmq.PAIR)
+        events.connect(monitor)
+        try:
+            while not self._stopping.is_set():
+                if not events.poll(WATCH_POLL_MS):
+                    continue
+                event = recv_monitor_message(events)
+                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                    continue
+                self._count_refused()
+                now = time.monotonic()
+                if now - self._plain_logged_at >= PLAIN_LOG_EVERY_S:
+                    self._plain_logged_at = now
+                    log.warning("Refused a sender on %s: handshake failed (%s); senders need CURVE and the "
+                                "service's public key", endpoint, getattr(event["value"], "name", event["value"]))
+        finally:
+            events.close(linger=0)
+
+    def _count_refused(self) -> None:
+        with self._count_lock:
+            self.on_refused()
 
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq's credentials-provider hook: True when ``key`` (z85) may connect."""
@@ -155,7 +205,7 @@ class CurveServer:
             first = key not in self._refused_logged
             if first and len(self._refused_logged) < 10_000:
                 self._refused_logged.add(key)
-        self.on_refused()
+        self._count_refused()
         if first:
             log.warning("Refused a sender with unknown CURVE key %s (not in %s)", key.decode(), self.clients_dir)
         return False
