@@ -18,9 +18,11 @@ Prints a Markdown table and one JSON line with every figure.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,9 +45,11 @@ START_MS = 1_700_000_000_000
 
 def throwaway_server(name: str, settings: dict[str, str] | None = None) -> tuple[Path, EmbeddedPostgres]:
     """A started PostgreSQL (default durability, plus ``settings``) in a new temporary directory
-    ``ingestor-NAME-*``: (directory, server)."""
+    ``ingestor-NAME-*``: (directory, server). The directory is deleted at exit unless $BENCH_KEEP is set."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ingestor-{name}-"))
     workdir.chmod(0o755)  # the server may run as the postgres user
+    if not os.environ.get("BENCH_KEEP"):  # a soak leaves 10-20 GB of PostgreSQL files behind
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     server = EmbeddedPostgres(workdir / "pgdata", settings=settings)
     server.start()
     return workdir, server
