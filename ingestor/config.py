@@ -158,9 +158,8 @@ def load(
     from and the allowed values (for instance ``batch_size = 0 (from
     environment INGESTOR_BATCH_SIZE): must be an integer from 1 to 1000000``).
     """
-    env = _env_layer(environ)
     layers = [("file " + config_file if config_file else "file", _file_layer(config_file)),
-              ("environment", env),
+              ("environment", _env_layer(environ)),
               ("command line", {k: v for k, v in flags.items() if v is not None})]
     merged: dict[str, Any] = {}
     sources = {name: "default" for name in FIELDS}

@@ -129,8 +129,7 @@ class CurveServer:
         self._allowed = load_client_keys(self.clients_dir)
         self._stamp = self._dir_stamp()
         self._refused_logged: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._count_lock = threading.Lock()  # the ZAP thread and the monitor threads all count refusals
+        self._lock = threading.Lock()  # the ZAP thread and the watcher threads share the key set and the count
         self._auth: ThreadAuthenticator | None = None
         self._ctx: zmq.Context | None = None
         self._stopping = threading.Event()
@@ -193,7 +192,7 @@ class CurveServer:
             events.close(linger=0)
 
     def _count_refused(self) -> None:
-        with self._count_lock:
+        with self._lock:
             self.on_refused()
 
     def callback(self, domain: str, key: bytes) -> bool:

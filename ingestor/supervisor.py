@@ -215,8 +215,9 @@ class Supervisor:
         Returns False when a stop signal arrived while the database was awaited.
         """
         cfg = self.config
+        server_public = None
         if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
-            security.load_secret_key(cfg.curve_secret_key)
+            server_public, _ = security.load_secret_key(cfg.curve_secret_key)
             security.load_client_keys(cfg.curve_clients_dir)
         # stats and HTTP first: while the database is awaited, `ingestor stats` says "starting"
         self.stats_sock = self.zmq.socket(zmq.REP)
@@ -260,7 +261,7 @@ class Supervisor:
                 # the bundled simulator gets a key pair of its own for this run, allowed by the front
                 sim_public, sim_secret = zmq.curve_keypair()
                 front["curve_extra_clients"] = (sim_public,)
-                simulator_curve = (security.load_secret_key(cfg.curve_secret_key)[0], sim_public, sim_secret)
+                simulator_curve = (server_public, sim_public, sim_secret)
         self.children.append(Child("front", 0, front))
         if cfg.simulate_scales:
             endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
@@ -481,7 +482,7 @@ class Supervisor:
         self._was_spooling = spooling
         refused, (noted, at) = int(self.counters.front["refused_clients"]), self._refused_noted
         if refused > noted and time.monotonic() - at >= REFUSED_NOTE_EVERY_S:
-            self.remember(f"{refused - noted} CURVE handshake(s) refused: unknown sender key (see the log)")
+            self.remember(f"{refused - noted} CURVE handshake(s) refused: unknown key or no CURVE (see the log)")
             self._refused_noted = (refused, time.monotonic())
 
     def tick(self) -> None:
