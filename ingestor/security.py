@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = b"ingestor"
 WATCH_POLL_MS = 200  # how often a handshake watcher looks at its stop flag
+# A sender without CURVE fails in the greeting: the service sees the mechanism
+# mismatch itself (PROTOCOL), or, when the sender noticed first and hung up,
+# only the handshake's end (NO_DETAIL). ZAP refusals are counted by the callback.
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 PLAIN_LOG_EVERY_S = 60.0  # a sender without CURVE reconnects over and over: one log line a minute
 
 
@@ -159,14 +163,15 @@ class CurveServer:
 
         A sender without CURVE fails in the ZMTP greeting (mechanism
         mismatch) before ZAP is asked; a socket monitor watched by a thread of
-        its own counts those as refused too (logged at most once a minute).
+        its own counts failed handshakes as refused too (logged at most once
+        a minute).
         """
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
         sock.zap_domain = ZAP_DOMAIN
         monitor = f"inproc://ingestor-curve-monitor-{len(self._watchers)}"
-        sock.monitor(monitor, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        sock.monitor(monitor, HANDSHAKE_FAILED)
         watcher = threading.Thread(target=self._watch, args=(monitor, endpoint), name=f"curve-monitor-{endpoint}",
                                    daemon=True)
         watcher.start()
@@ -180,14 +185,13 @@ class CurveServer:
                 if not events.poll(WATCH_POLL_MS):
                     continue
                 event = recv_monitor_message(events)
-                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                    continue
                 self._count_refused()
                 now = time.monotonic()
                 if now - self._plain_logged_at >= PLAIN_LOG_EVERY_S:
                     self._plain_logged_at = now
-                    log.warning("Refused a sender on %s: handshake failed (%s); senders need CURVE and the "
-                                "service's public key", endpoint, getattr(event["value"], "name", event["value"]))
+                    log.warning("Refused a sender on %s: handshake failed (%s, %s); senders need CURVE and the "
+                                "service's public key", endpoint, getattr(event["event"], "name", event["event"]),
+                                getattr(event["value"], "name", event["value"]))
         finally:
             events.close(linger=0)
 

@@ -102,7 +102,7 @@ def test_known_curve_key_is_stored_and_unknown_key_is_refused_and_counted(servic
     assert conn.execute("SELECT scale_id, count(*) FROM weighing_logs GROUP BY 1 ORDER BY 1").fetchall() == \
         [(1, 100), (2, 50)]
     assert "unknown CURVE key" in svc.output() and keys["unknown"][1].decode() in svc.output()
-    assert f"Refused a sender on {svc.bind}: handshake failed (PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)" in svc.output()
+    assert f"Refused a sender on {svc.bind}: handshake failed (HANDSHAKE_FAILED_" in svc.output()
     assert any("CURVE handshake(s) refused" in e["event"] for e in s["recent_events"])  # shown by ingestor top
 
     # acked mode is behind CURVE too: the known key gets its reply
