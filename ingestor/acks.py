@@ -109,6 +109,7 @@ class _Awaiting(NamedTuple):
     accepted: int  # valid events, placed with the message's tag
     invalid: int  # rejected by the decoder
     since: float  # time.monotonic() when received
+    error: str | None  # SPEC §1.3 v1.1: "bad_token" or "no_frames" when the message broke 1.3 itself
 
 
 _REPLY = msgspec.msgpack.Encoder()
@@ -129,11 +130,14 @@ class Replies:
     def full(self) -> bool:
         return len(self._awaiting) >= MAX_AWAITING
 
-    def add(self, identity: bytes, token: bytes, accepted: int, invalid: int) -> int:
-        """Await the commit of a message's ``accepted`` events; return the tag to stamp on their records."""
+    def add(self, identity: bytes, token: bytes, accepted: int, invalid: int, error: str | None = None) -> int:
+        """Await the commit of a message's ``accepted`` events; return the tag to stamp on their records.
+
+        ``error`` (``"bad_token"``, ``"no_frames"``) goes into the reply map as ``"error"``.
+        """
         tag = self._next_tag
         self._next_tag += 1
-        self._awaiting[tag] = _Awaiting(identity, token, accepted, invalid, time.monotonic())
+        self._awaiting[tag] = _Awaiting(identity, token, accepted, invalid, time.monotonic(), error)
         if accepted:
             self.table.open(tag)
         return tag
@@ -156,6 +160,8 @@ class Replies:
                 del self._awaiting[tag]
                 reply = {"accepted": m.accepted - duplicates - failed, "duplicates": duplicates,
                          "invalid": m.invalid + failed}
+                if m.error:
+                    reply["error"] = m.error
                 yield [m.identity, m.token, _REPLY.encode(reply)]
             elif now - m.since > EXPIRE_S:
                 # Counts lost with a writer killed between its commit and its count: the

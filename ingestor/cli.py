@@ -9,12 +9,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from . import __version__, config as config_mod, deadletter, stats
 from .child import setup_logging
-from .errors import ConfigError, IngestorError, StatsUnavailable
+from .errors import ConfigError, DatabaseError, IngestorError, StatsUnavailable
 
 DEFAULT_STATS_ENDPOINT = config_mod.Config().stats_endpoint
+T = TypeVar("T")
 REPLAY_RESEND_S = 5.0  # dead-letters replay re-sends what has no answer this often
 
 
@@ -159,9 +161,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from . import schema
 
     setup_logging("info")
-    applied = schema.migrate(args.dsn, args.schema)
+    applied = _database(lambda: schema.migrate(args.dsn, args.schema))
     print(f"schema {args.schema!r} is up to date ({len(applied)} migration(s) applied now)")
     return 0
+
+
+def _database(call: Callable[[], T]) -> T:
+    """Run a one-shot database command; a PostgreSQL error becomes one line and exit 2 (see main)."""
+    import psycopg
+
+    try:
+        return call()
+    except psycopg.Error as e:
+        raise DatabaseError(f"PostgreSQL: {' '.join(str(e).split())}") from None
 
 
 def _date(text: str):
@@ -177,7 +189,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     from . import schema
 
     setup_logging("info")
-    done = schema.archive_partitions(args.dsn, args.before, args.to, args.schema)
+    done = _database(lambda: schema.archive_partitions(args.dsn, args.before, args.to, args.schema))
     for path, rows in done:
         print(f"{path}: {rows} rows")
     print(f"archived {len(done)} partition(s) before {args.before}")
@@ -188,7 +200,7 @@ def cmd_rebuild_state(args: argparse.Namespace) -> int:
     from . import schema
 
     setup_logging("info")
-    rows = schema.rebuild_state(args.dsn, args.schema)
+    rows = _database(lambda: schema.rebuild_state(args.dsn, args.schema))
     print(f"scale_current_states rebuilt from weighing_logs: {rows} scales")
     return 0
 

@@ -119,7 +119,7 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 # INGESTOR_* variables that are not options but are read elsewhere (and so are no typo).
-NOT_OPTIONS = frozenset({"INGESTOR_FAILPOINTS"})
+NOT_OPTIONS = frozenset({"INGESTOR_FAILPOINTS", "INGESTOR_FAILPOINTS_STATE"})
 
 
 def unknown_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -181,7 +181,20 @@ def load(
                           else ("curve_clients_dir", "curve_secret_key"))
         raise ConfigError(f"{given} is set (from {sources[given]}) but {missing} is not: "
                           "CURVE needs the service's secret key and the directory of allowed client keys")
+    if config.dsn:
+        check_dsn(config.dsn, sources["dsn"])
     return config, sources
+
+
+def check_dsn(dsn: str, source: str) -> None:
+    """ConfigError when ``dsn`` is not a libpq connection string or URI (libpq's own parser decides)."""
+    import psycopg.conninfo
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"dsn = {mask_password(dsn)!r} (from {source}): not a libpq connection string or URI "
+                          f"({' '.join(str(e).split())})") from None
 
 
 _TYPES = {f.name: f.type for f in msgspec.inspect.type_info(Config).fields}

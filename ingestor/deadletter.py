@@ -19,6 +19,13 @@ most ``max_bytes`` (``--dead-letter-max-bytes``). Their lines are counted in
 :attr:`DeadLetterWriter.dropped` and logged; the directory's total can
 exceed the bound by at most the open files (one per process, each under
 ``file_bytes``).
+
+A dead letter that cannot be written (a full or failing disk: ENOSPC, EIO)
+is never dropped silently, and never stops the process: the whole line is
+logged at ERROR instead (the journal keeps it) and counted in
+:attr:`DeadLetterWriter.errors` (stats ``dead_letter_errors``). The front
+and the writers share this one policy; the event itself was refused either
+way (counted ``invalid`` or ``failed``), so nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Iterable, Iterator
 
 import msgspec
 
+from .failpoints import failpoint
 from .protocol import Rejected
 
 log = logging.getLogger(__name__)
@@ -86,10 +94,14 @@ class DeadLetterWriter:
         self.max_bytes = max_bytes
         self.file_bytes = file_bytes or max(MIN_FILE_BYTES, max_bytes // 16)
         self.dropped = 0  # dead letters deleted to keep the bound
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.errors = 0  # dead letters that could not be written (logged instead)
         self._path: Path | None = None
         self._size = 0
-        self._enforce_bound(0)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._enforce_bound(0)
+        except OSError as e:  # the first write tries again, and logs what it cannot keep
+            log.error("Dead-letter directory %s is not usable: %s", self.directory, e)
 
     def path_for(self, when: dt.datetime, incoming: int) -> Path:
         """The file the next ``incoming`` bytes go to (a new one past ``file_bytes``)."""
@@ -130,9 +142,10 @@ class DeadLetterWriter:
                         self.max_bytes, path.name, lines)
 
     def write(self, rejected: Iterable[Rejected], sqlstate: str | None = None) -> int:
-        """Append one line per rejected event; return how many lines were written.
+        """Append one line per rejected event; return how many lines were written to the store.
 
-        Raises OSError when the directory cannot be written (the caller counts it).
+        Never raises: lines the disk refuses are logged at ERROR, whole, and
+        counted in :attr:`errors` (see the module docstring).
         """
         now = dt.datetime.now(dt.timezone.utc)
         stamp = now.isoformat()
@@ -147,10 +160,32 @@ class DeadLetterWriter:
         if not lines:
             return 0
         data = b"\n".join(lines) + b"\n"
-        with open(self.path_for(now, len(data)), "ab") as f:
-            f.write(data)
-        self._size += len(data)
+        try:
+            self._append(now, data)
+        except OSError as e:
+            self.errors += len(lines)
+            log.error("Could not write %d dead letter(s) to %s (%s); they follow here instead:\n%s",
+                      len(lines), self.directory, e, data.decode(errors="replace").rstrip("\n"))
+            return 0
         return len(lines)
+
+    def _append(self, now: dt.datetime, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path_for(now, len(data))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                failpoint("deadletter.write")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                os.ftruncate(fd, start)  # no torn line left for the next write to follow
+                raise
+        finally:
+            os.close(fd)
+        self._size += len(data)
 
 
 def read(directory: str | os.PathLike[str]) -> Iterator[tuple[Path, DeadLetter]]:

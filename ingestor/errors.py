@@ -17,6 +17,10 @@ class EmbeddedPostgresError(IngestorError):
     """The embedded PostgreSQL server could not be found, initialised or started."""
 
 
+class DatabaseError(IngestorError):
+    """The database cannot be reached with this configuration, or is not one the ingestor can store into."""
+
+
 class MigrationError(IngestorError):
     """A schema migration failed; nothing of that migration was applied."""
 

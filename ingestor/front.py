@@ -37,8 +37,9 @@ import zmq
 
 from .acks import MAX_AWAITING, AckTable, Replies
 from .deadletter import DeadLetterWriter
-from .protocol import RecordBuilder, Rejected, decode_frame
+from .protocol import RecordBuilder, Rejected, decode_frame, split_events
 from .errors import ConfigError, SpoolError
+from .failpoints import failpoint
 from .ring import Ring
 from .security import CurveServer
 from .spool import Spool
@@ -54,6 +55,7 @@ SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
 SPILL_AFTER_S = 0.5  # a full ring whose writers free nothing for this long spills to the spool
+SPOOL_RETRY_S = 1.0  # after a failed spool write, how long before the disk is tried again
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
 MAX_TOKEN_BYTES = 64  # SPEC §1.3
 # Frames over --max-frame-bytes are refused here, counted and dead-lettered.
@@ -94,6 +96,8 @@ class Front:
         self.stopping = stopping
         self._carry: list[np.ndarray] | None = None  # the oldest spool block, split by lane, as yet unplaced
         self._replay_left = 0
+        self._spool_failing = False  # the last append failed (logged once until one succeeds)
+        self._spool_retry_at = 0.0  # monotonic time before which the spool is not tried again
 
     def run(self) -> None:
         self._open_spool()
@@ -130,9 +134,13 @@ class Front:
                 ready = dict(poller.poll(timeout))
                 gather = SPOOL_GATHER_S if spooling else 0.0
                 if pull in ready:
-                    self.accept(_receive(pull, gather))
+                    messages = _receive(pull, gather)
+                    failpoint("front.after_receive")
+                    self.accept(messages)
                 if router is not None and router in ready:
-                    self.accept(_receive(router, gather), acked=True)
+                    messages = _receive(router, gather)
+                    failpoint("front.after_receive")
+                    self.accept(messages, acked=True)
             self._requeue_carry()
         finally:
             pull.close(linger=0)
@@ -160,11 +168,18 @@ class Front:
             if acked:
                 start, invalid_before = len(builder), len(rejected)
                 identity, token, message = message[0], message[1] if len(message) > 1 else b"", message[2:]
-                if len(token) > MAX_TOKEN_BYTES:
-                    rejected += [_bad_token(token, frame) for frame in message]
+                error = None
+                if len(token) > MAX_TOKEN_BYTES:  # SPEC §1.3 v1.1: each event dead-lettered, counted invalid
+                    error = "bad_token"
+                    for frame in message:
+                        raws = split_events(frame)
+                        rejected += [_bad_token(token, raw, None if raw is frame else index)
+                                     for index, raw in enumerate(raws)]
+                        events += len(raws)
                     frames += len(message)
-                    events += len(message)
                     message = []
+                elif not message:
+                    error = "no_frames"
             for frame in message:
                 frames += 1
                 if len(frame) > self.max_frame_bytes:
@@ -176,7 +191,7 @@ class Front:
                 if bad:
                     rejected += bad
             if acked:
-                tag = self.replies.add(identity, token, len(builder) - start, len(rejected) - invalid_before)
+                tag = self.replies.add(identity, token, len(builder) - start, len(rejected) - invalid_before, error)
                 tagged.append((tag, start, len(builder)))
         c = self.counters
         # Held and invalid are counted before received: a stats reader may see an
@@ -189,11 +204,8 @@ class Front:
         if acked:
             c["acked_messages"] += len(messages)
         if rejected:
-            try:
-                self.dead_letters.write(rejected)
-            except OSError as e:
-                c["dead_letter_errors"] += len(rejected)
-                log.error("Could not write %d dead letters to %s: %s", len(rejected), self.dead_letters.directory, e)
+            self.dead_letters.write(rejected)
+            c["dead_letter_errors"] = self.dead_letters.errors
             c["dead_letters_dropped"] = self.dead_letters.dropped
         if len(builder):
             records = builder.build(received_ns)
@@ -217,19 +229,21 @@ class Front:
     # -- ring first, then spool -------------------------------------------------
 
     def place(self, records: np.ndarray) -> None:
-        """Put accepted ``records`` into the ring, or behind the spool's content; never drop them.
+        """Put accepted ``records`` into the ring, or behind the spool's content; never drop them silently.
 
         While the spool holds anything, new records go behind it (a scale's
         events stay in order). A full ring whose writers still free slots is
         waited for; one that frees nothing for SPILL_AFTER_S spills to the
-        spool. When neither has room, this waits for the writers: the front
-        stops reading (SPEC §1.2).
-        Once stopping, the spool takes the records beyond its bound rather
-        than lose them.
+        spool. When neither has room, or the spool's disk fails (retried every
+        SPOOL_RETRY_S), this waits for the writers: the front stops reading
+        (SPEC §1.2). Every wait ends on a stop request: the records in hand
+        then go to the spool beyond its bound, else to the ring as far as it
+        has room, and the rest are counted ``lost`` and logged with their
+        number (:meth:`_give_up`).
         """
-        self.counters["held_events"] = len(records)
         stalled_at = time.monotonic()
         while len(records):
+            self.counters["held_events"] = len(records)
             if not self.spool.events:
                 before = len(records)
                 records = self._put_fitting(records)
@@ -241,22 +255,30 @@ class Front:
                 if now - stalled_at < SPILL_AFTER_S and not self.stopping():
                     # The writers are moving, only slower than the senders: that is
                     # back-pressure, not an outage, and the disk would only add work.
-                    self.counters["held_events"] = len(records)
                     self._wait_for_space()
                     continue
             if self.stopping():
-                self._spool(records)
+                if not self._spool(records):
+                    self._give_up(self._put_fitting(records))
                 break
             fit = self.spool.room_for()
-            if fit:
-                self._spool(records[:fit])
+            if fit and time.monotonic() >= self._spool_retry_at and self._spool(records[:fit]):
                 records = records[fit:]
                 continue
             self.refill_from_spool()
-            if len(records) and self.spool.events:
-                self.counters["held_events"] = len(records)
-                self._wait_for_space()
+            self._wait_for_space()
         self.counters["held_events"] = 0
+        failpoint("front.after_place")
+
+    def _give_up(self, records: np.ndarray) -> None:
+        """Count and log accepted records that can be kept nowhere (stopping, ring full, spool failing).
+
+        Their acked messages are never answered (their tags are never counted).
+        """
+        if len(records):
+            self.counters["lost"] += len(records)
+            log.error("LOST %d accepted events: stopping with the ring full and the spool not writable "
+                      "(they are counted in stats 'lost'; acked senders get no reply and re-send)", len(records))
 
     def _put_fitting(self, records: np.ndarray) -> np.ndarray:
         """Put what fits now into each lane; return the rest (each lane's order kept)."""
@@ -274,28 +296,43 @@ class Front:
         bounds = np.searchsorted(lane_of[order], np.arange(lanes + 1))
         return [records[order[bounds[i] : bounds[i + 1]]] for i in range(lanes)]
 
-    def _spool(self, records: np.ndarray) -> None:
+    def _spool(self, records: np.ndarray) -> bool:
+        """Append ``records`` to the spool; False when its disk failed (logged once per episode).
+
+        After a failure the spool is tried again only after SPOOL_RETRY_S;
+        meanwhile the records stay in hand and the front stops reading.
+        """
         try:
             self.spool.append(records)
         except SpoolError as e:
-            # The disk failed us: keep the records by waiting for the ring instead.
-            log.error("%s; holding %d events until the ring has room", e, len(records))
-            for lane, part in zip(self.ring.lanes, self._split(records)):
-                lane.put_all(part)
-            return
+            self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+            if not self._spool_failing:
+                log.error("%s; holding the events in hand and not reading until the ring or the spool "
+                          "takes them (retrying every %.0f s)", e, SPOOL_RETRY_S)
+            self._spool_failing = True
+            return False
+        if self._spool_failing:
+            log.info("Spool writable again")
+            self._spool_failing = False
         self.counters["spooled_events"] += len(records)
         self._publish_spool()
+        return True
 
     def refill_from_spool(self) -> None:
         """Move the spool's oldest blocks into the ring while every lane they need has room."""
         moved = False
         while self.spool.events:
             if self._carry is None:
-                self._carry = self._split(self.spool.peek())
+                try:
+                    self._carry = self._split(self.spool.peek())
+                except OSError as e:  # the block stays in the spool: tried again on the next round
+                    log.error("Cannot read the spool's oldest block from %s: %s", self.spool.directory, e)
+                    break
             self._carry = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._carry)]
             moved = True
             if any(len(part) for part in self._carry):
                 break
+            failpoint("front.refill")
             done = self.spool.oldest_records
             self.spool.consume()
             self._carry = None
@@ -319,7 +356,12 @@ class Front:
         if self._carry is None:
             return
         rest = [part for part in self._carry if len(part)]
-        self.spool.requeue_oldest(np.concatenate(rest) if rest else self.spool.peek()[:0])
+        try:
+            self.spool.requeue_oldest(np.concatenate(rest) if rest else self.spool.peek()[:0])
+        except (SpoolError, OSError) as e:
+            # The whole block stays in the spool: its part already in the ring is
+            # replayed too and found duplicate, never lost.
+            log.warning("%s; the spool's oldest block is replayed whole at the next start", e)
         self._carry = None
         self._publish_spool()
 
@@ -345,9 +387,9 @@ class Front:
         self.counters["spool_bytes"] = self.spool.bytes
 
 
-def _bad_token(token: bytes, frame: bytes) -> Rejected:
+def _bad_token(token: bytes, raw: bytes, index: int | None) -> Rejected:
     reason = f"acked-mode token is {len(token)} bytes, more than {MAX_TOKEN_BYTES} (SPEC §1.3)"
-    return Rejected("bad_token", reason, None, frame, None)
+    return Rejected("bad_token", reason, None, raw, index)
 
 
 def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:

@@ -170,6 +170,11 @@ class Ring:
         return self.spec, self._sems
 
     @property
+    def semaphore_names(self) -> list[str]:
+        """The named POSIX semaphores behind the lanes (``/mp-…``), for :mod:`ingestor.leftovers`."""
+        return [sem._semlock.name for sem in self._sems.data + self._sems.space]  # type: ignore[attr-defined]
+
+    @property
     def capacity(self) -> int:
         return self.spec.lanes * self.spec.lane_capacity
 

@@ -19,7 +19,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from .errors import MigrationError
+from .errors import DatabaseError, MigrationError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS
 
     Raises MigrationError (naming the migration) when one fails; its
     transaction is rolled back and later migrations are not tried.
+    DatabaseError when the database is not UTF8 (:func:`check_encoding`).
     psycopg.OperationalError when the server cannot be reached (within
     CONNECT_TIMEOUT_S unless ``dsn`` sets its own ``connect_timeout``).
     """
@@ -61,6 +62,7 @@ def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS
     # a host that does not answer would otherwise hold the start for the kernel's TCP timeout (minutes)
     timeout = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn) else {"connect_timeout": CONNECT_TIMEOUT_S}
     with psycopg.connect(dsn, autocommit=True, **timeout) as conn:
+        check_encoding(conn)
         # Look before creating: PostgreSQL checks the CREATE privilege even for
         # IF NOT EXISTS, and a least-privilege role (sql/roles.sql) has none.
         if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None:
@@ -97,6 +99,22 @@ def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS
                 applied.append(migration)
         ensure_partitions(conn, partitions_ahead)
     return applied
+
+
+def check_encoding(conn: psycopg.Connection) -> None:
+    """DatabaseError unless the database's encoding is UTF8.
+
+    The binary COPY writes jsonb as UTF-8 bytes whatever the encoding
+    (PostgreSQL docs, "COPY", binary format), while the UPSERT's text goes
+    through the client encoding: in a LATIN1 database history and latest
+    state would disagree ("°C" stored as "Â°C"), and characters LATIN1 lacks
+    could not be stored at all. Refused at start, never mangled.
+    """
+    encoding, database = conn.execute("SELECT pg_encoding_to_char(encoding), datname FROM pg_database "
+                                      "WHERE datname = current_database()").fetchone()
+    if encoding != "UTF8":
+        raise DatabaseError(f"database {database!r} has encoding {encoding}; scale-ingestor stores UTF-8 text "
+                            f"and needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)")
 
 
 def ensure_partitions(conn: psycopg.Connection, days_ahead: int = PARTITIONS_AHEAD) -> int:

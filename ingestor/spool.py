@@ -31,6 +31,7 @@ events the writers then count as duplicates: stored once either way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -41,6 +42,7 @@ import msgspec
 import numpy as np
 
 from .errors import SpoolError
+from .failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,10 @@ class Spool:
             self._scan()
         except OSError as e:
             raise SpoolError(f"cannot use spool directory {str(self.directory)!r}: {e}") from None
+        # Segment numbers are never reused in a run: a segment whose unlink failed
+        # may still be on disk, and a new one must not collide with it.
+        self._newest = max(self._sizes, default=_FIRST_SEGMENT - 1)
+        self._oldest = min(self._sizes, default=_FIRST_SEGMENT)
 
     # -- opening ------------------------------------------------------------
 
@@ -213,37 +219,74 @@ class Spool:
         block = _BLOCK_HEADER.pack(BLOCK_MAGIC, n, len(payload), _block_crc(n, payload)) + payload
         try:
             if first:
-                segment = min(self._sizes, default=_FIRST_SEGMENT) - 1
+                self._oldest -= 1
+                segment = self._oldest
                 fd = self._create_segment(segment)
                 try:
                     self._write(fd, segment, block, n)
+                except OSError:
+                    self._forget_segment(segment)
+                    raise
                 finally:
                     os.close(fd)
                 return
             if self._active is None or self._sizes[self._active] >= self.segment_bytes:
                 self._close_active()
-                self._active = max(self._sizes, default=_FIRST_SEGMENT - 1) + 1
-                self._active_fd = self._create_segment(self._active)
-            self._write(self._active_fd, self._active, block, n)
+                self._newest += 1
+                self._active_fd = self._create_segment(self._newest)
+                self._active = self._newest
+            try:
+                self._write(self._active_fd, self._active, block, n)
+            except OSError:
+                # The file's end is unknown now (a write or fsync failed): append to a new
+                # segment next time; a torn tail here is cut when the spool is next opened.
+                if self._sizes[self._active] == _SEGMENT_HEADER_PAD:
+                    self._forget_segment(self._active)
+                self._close_active()
+                raise
         except OSError as e:
             raise SpoolError(f"cannot write {n} events to the spool in {self.directory}: {e}") from None
 
     def _create_segment(self, segment: int) -> int:
+        """Create segment ``segment`` with its header, durably; on failure nothing of it is left."""
         path = self._segment_path(segment)
+        failpoint("spool.create_segment")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, self.itemsize, _layout_checksum(self.dtype), 0)
-        os.write(fd, header.ljust(_SEGMENT_HEADER_PAD, b"\0"))
+        try:
+            header = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, self.itemsize, _layout_checksum(self.dtype), 0)
+            if os.write(fd, header.ljust(_SEGMENT_HEADER_PAD, b"\0")) != _SEGMENT_HEADER_PAD:
+                raise OSError(errno.ENOSPC, "short write of a segment header")
+            _fsync_dir(self.directory)  # the new file's name must survive a power cut too
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         self._sizes[segment] = _SEGMENT_HEADER_PAD
-        _fsync_dir(self.directory)  # the new file's name must survive a power cut too
         return fd
+
+    def _forget_segment(self, segment: int) -> None:
+        """Remove a segment that holds no block (its creation or first write failed)."""
+        self._sizes.pop(segment, None)
+        try:
+            self._segment_path(segment).unlink(missing_ok=True)
+        except OSError as e:  # an empty segment left behind is dropped at the next open
+            log.warning("Could not remove empty spool segment %s: %s", self._segment_path(segment), e)
 
     def _write(self, fd: int, segment: int, block: bytes, records: int) -> None:
         offset = self._sizes[segment]
-        written = os.write(fd, block)
-        if written != len(block):  # a full disk: cut what was written, report it
-            os.truncate(fd, offset)
-            raise OSError(f"short write ({written} of {len(block)} bytes)")
-        os.fsync(fd)
+        try:
+            failpoint("spool.write")
+            written = os.write(fd, block)
+            if written != len(block):  # a full disk
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(block)} bytes)")
+            failpoint("spool.fsync")
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, offset)  # cut what was written: the block was not accepted
+            except OSError:
+                pass  # cut at the next open instead: its checksum cannot hold
+            raise
         entry = _Block(segment, offset, records)
         if self._blocks and segment < self._blocks[0].segment:
             self._blocks.insert(0, entry)
@@ -293,17 +336,28 @@ class Spool:
             if b.segment == self._active:
                 self._close_active()
             del self._sizes[b.segment]
-            self._segment_path(b.segment).unlink(missing_ok=True)
+            try:
+                failpoint("spool.unlink")
+                self._segment_path(b.segment).unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("Could not delete spool segment %s (%s); the next start replays it: "
+                            "duplicates, never a loss", self._segment_path(b.segment), e)
         self._write_position()
 
     def _write_position(self) -> None:
+        """Record the read position; a failure only means blocks are replayed: duplicates, never a loss."""
         path = self.directory / _POSITION_FILE
-        if not self._read_from:
-            path.unlink(missing_ok=True)
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode({str(k): v for k, v in self._read_from.items()}))
-        os.replace(tmp, path)  # no fsync: replaying a block again only yields duplicates
+        try:
+            failpoint("spool.position")
+            if not self._read_from:
+                path.unlink(missing_ok=True)
+                return
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode({str(k): v for k, v in self._read_from.items()}))
+            os.replace(tmp, path)  # no fsync: replaying a block again only yields duplicates
+        except OSError as e:
+            log.warning("Could not record the spool's read position (%s); the next start replays "
+                        "blocks already written: duplicates, never a loss", e)
 
     def _close_active(self) -> None:
         if self._active_fd >= 0:

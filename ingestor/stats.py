@@ -42,6 +42,7 @@ FRONT_DTYPE = np.dtype(
         ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
         ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
         ("refused_clients", "<i8"),  # CURVE handshakes refused: key not among the allowed
+        ("lost", "<i8"),  # accepted events that could be kept nowhere (logged at ERROR with their number)
     ]
 )
 
@@ -62,6 +63,7 @@ WRITER_DTYPE = np.dtype(
         ("last_commit_ns", "<i8"),
         ("connected", "<i8"),
         ("dead_letters_dropped", "<i8"),
+        ("dead_letter_errors", "<i8"),  # dead letters that could not be written (logged whole instead)
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
         ("batch_size_hist", "<i8", (len(BATCH_SIZE_BOUNDS) + 1,)),  # events per committed batch
         ("batch_ms_hist", "<i8", (len(BATCH_MS_BOUNDS) + 1,)),  # ms per committed batch

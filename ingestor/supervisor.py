@@ -43,13 +43,14 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import child, schema, security
+from . import child, leftovers, schema, security
 from .acks import AckTable
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
 from .sdnotify import Notifier
 from .errors import IngestorError, SpoolError
+from .failpoints import failpoint
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
@@ -240,9 +241,12 @@ class Supervisor:
             return False
         writers = cfg.writer_count()
         lane_capacity = max(1, cfg.ring_capacity // writers)
+        leftovers.remove_stale(cfg.data_dir)
         self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
         self.counters = Counters.create(writers)
         self.acks = AckTable.create(writers)
+        leftovers.record(cfg.data_dir, [self.ring.spec.name, self.counters.name, self.acks.name],
+                         self.ring.semaphore_names)
         dead_letter_dir = str(cfg.resolved_dead_letter_dir())
         shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name,
                   "dead_letter_dir": dead_letter_dir, "dead_letter_max_bytes": cfg.dead_letter_max_bytes}
@@ -349,6 +353,8 @@ class Supervisor:
             p.close()
             c.process = None
             lived = time.monotonic() - c.started_at
+            if c.role == "front" and code != 0:
+                self.count_front_losses(pid)
             if code == 0:
                 log.info("%s (pid %d) exited", c.name, pid)
                 if c.role in ("front", "simulator") or self.status == "draining":
@@ -372,6 +378,21 @@ class Supervisor:
             if c.role == "writer":
                 self.counters.writers["restarts"][c.index] = c.restarts
             log.warning("Restarting %s in %.1f s (restart %d)", c.name, delay, c.restarts)
+
+    def count_front_losses(self, pid: int) -> None:
+        """A front that died held its batch in hand (counted received, in no ring or spool): count it lost.
+
+        What it had taken from ZeroMQ and not yet counted is gone uncounted;
+        in acked mode its senders get no reply and re-send (SPEC §1.3).
+        """
+        f = self.counters.front
+        held = int(f["held_events"])
+        if held:
+            f["held_events"] = 0
+            f["lost"] += held
+            log.error("LOST %d accepted events: the front (pid %d) died holding them (counted in stats 'lost')",
+                      held, pid)
+            self.remember(f"front died holding {held} events: lost")
 
     def manage_children(self) -> int | None:
         """Respawn what is due; advance a graceful stop. Returns an exit code when it is time to exit."""
@@ -419,11 +440,15 @@ class Supervisor:
         left = np.concatenate([lane.peek(lane.used()) for lane in self.ring.lanes])
         directory = self.config.resolved_spool_dir()
         try:
+            failpoint("supervisor.spool_leftovers")
             spool = Spool(directory, RECORD_DTYPE, self.config.spool_max_bytes)
-            spool.append(left, first=True)
-            spool.close()
-        except SpoolError as e:
-            log.error("%d events left in the ring are lost: %s", len(left), e)
+            try:
+                spool.append(left, first=True)
+            finally:
+                spool.close()
+        except (SpoolError, OSError) as e:
+            self.counters.front["lost"] += len(left)
+            log.error("LOST %d accepted events left in the ring: the spool cannot take them (%s)", len(left), e)
             return False
         for lane in self.ring.lanes:
             lane.release(lane.used())
@@ -578,7 +603,8 @@ class Supervisor:
             "batch_ms_histogram": cumulative_buckets(w["batch_ms_hist"].sum(axis=0), BATCH_MS_BOUNDS),
             "batch_us_total": int(w["batch_us_total"].sum()),
             "recent_events": [{"time": t, "event": e} for t, e in self.recent],
-            "dead_letter_errors": int(f["dead_letter_errors"]),
+            "dead_letter_errors": int(f["dead_letter_errors"]) + int(w["dead_letter_errors"].sum()),
+            "lost": int(f["lost"]),
             "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
             "writers": [
                 {
@@ -637,6 +663,7 @@ class Supervisor:
         if self.ring is not None:
             self.ring.unlink()
             self.ring.close()
+            leftovers.forget(self.config.data_dir)  # the semaphores go with the ring's last reference
         if self.embedded is not None:
             self.embedded.stop()
         self.notifier.close()
@@ -658,6 +685,12 @@ _TRANSIENT_FATAL = (
 )
 
 
+# Answers that only a change of configuration mends. libpq's own "no password
+# supplied" comes without FATAL: the server asked for a password and none was
+# configured (a missing password file), a refusal like a wrong password.
+_REFUSALS = ("FATAL", "certificate", "SSL", "no password supplied", "invalid connection option", "invalid sslmode")
+
+
 def connection_error_is_transient(e: psycopg.OperationalError) -> bool:
     """True when a failed connection may succeed later without anyone changing the configuration.
 
@@ -670,7 +703,7 @@ def connection_error_is_transient(e: psycopg.OperationalError) -> bool:
     text = str(e)
     if any(m in text for m in _TRANSIENT_FATAL):
         return True
-    return not any(m in text for m in ("FATAL", "certificate", "SSL"))
+    return not any(m in text for m in _REFUSALS)
 
 
 @contextmanager

@@ -32,7 +32,6 @@ import datetime as dt
 import logging
 import os
 import random
-import signal
 import time
 from typing import Callable
 
@@ -45,6 +44,7 @@ from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
 from .deadletter import DeadLetterWriter
+from .failpoints import failpoint
 from .protocol import DATA_FIELDS, Rejected
 from .ring import Lane
 from .schema import set_search_path
@@ -199,7 +199,7 @@ class Writer:
     def write_batch(self, records: np.ndarray) -> None:
         """Commit ``records`` (the lane's oldest), isolating rejected ones, then release them."""
         started = time.perf_counter()
-        self._write_range(records, 0)
+        self._write_range(records, self.lane.tail)
         elapsed_us = int((time.perf_counter() - started) * 1e6)
         c = self.counters
         c["batches"] += 1
@@ -209,20 +209,25 @@ class Writer:
         c["batch_ms_hist"][bucket_of(elapsed_us / 1000, BATCH_MS_BOUNDS)] += 1
         log.info("[BATCH] Persisted %d events in %d ms", len(records), round(elapsed_us / 1000))
 
-    def _write_range(self, records: np.ndarray, offset: int) -> None:
-        # records are lane positions tail+offset .. tail+offset+len-1
+    def _write_range(self, records: np.ndarray, first: int) -> None:
+        """Commit ``records``, the lane's records at absolute positions ``first`` … ``first + len - 1``.
+
+        Positions are absolute, not relative to the lane's tail: the tail moves
+        as each half of a bisect is released, so the checkpoint of the second
+        half must not be counted from it again.
+        """
         try:
-            self._retrying(lambda: self._commit(records, offset))
+            self._retrying(lambda: self._commit(records, first))
         except _DataError as e:
             if len(records) > 1:
                 half = len(records) // 2
-                self._write_range(records[:half], offset)
-                self._write_range(records[half:], offset + half)
+                self._write_range(records[:half], first)
+                self._write_range(records[half:], first + half)
                 return
-            self._reject(records, offset, e.error)
+            self._reject(records, first, e.error)
 
-    def _commit(self, records: np.ndarray, offset: int) -> None:
-        position = self.lane.tail + offset + len(records)
+    def _commit(self, records: np.ndarray, first: int) -> None:
+        position = first + len(records)
         created_us = time.time_ns() // 1000
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             try:
@@ -230,6 +235,7 @@ class Writer:
                     with conn.cursor() as cur:
                         keys = (BinaryArray(records["scale_id"], INT4_ARRAY_OID),
                                 BinaryArray(records["seq"], INT8_ARRAY_OID))
+                        failpoint("writer.dedup", conn)
                         cur.execute(DEDUP_SQL, keys)
                         if cur.rowcount == len(records):  # the usual case: all new, nothing to fetch
                             fresh = np.ones(len(records), bool)
@@ -239,9 +245,12 @@ class Writer:
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
                         if len(new):
+                            failpoint("writer.copy", conn)
                             with cur.copy(copy_payload.COPY_SQL) as copy:
                                 copy.write(copy_payload.build(new, created_us))
+                            failpoint("writer.upsert", conn)
                             cur.execute(UPSERT_SQL, upsert_params(new))
+                        failpoint("writer.checkpoint", conn)
                         cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
             except psycopg.Error as e:
                 if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
@@ -250,7 +259,7 @@ class Writer:
         self._committed(records, persisted, duplicates, fresh)
 
     def _committed(self, records: np.ndarray, persisted: int, duplicates: int, fresh: np.ndarray) -> None:
-        _failpoint("writer-after-commit")
+        failpoint("writer.after_commit")
         if self.acks is not None:
             self.acks.count(self.lane.index, records["tag"], ~fresh)
         now_ns = time.time_ns()
@@ -260,9 +269,14 @@ class Writer:
         c["last_commit_ns"] = now_ns
         c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
         self.lane.release(len(records))
+        failpoint("writer.after_release")
 
-    def _reject(self, records: np.ndarray, offset: int, error: psycopg.Error) -> None:
-        """Dead-letter one record PostgreSQL refused, and move the checkpoint past it."""
+    def _reject(self, records: np.ndarray, first: int, error: psycopg.Error) -> None:
+        """Dead-letter the record PostgreSQL refused (lane position ``first``), and move the checkpoint past it.
+
+        A dead letter that cannot be written is logged whole instead
+        (:meth:`DeadLetterWriter.write`); the lane goes on either way.
+        """
         r = records[0]
         state = _sqlstate(error)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -272,11 +286,13 @@ class Writer:
         )
         self.dead_letters.write([rejected], sqlstate=state)
         self.counters["dead_letters_dropped"] = self.dead_letters.dropped
-        position = self.lane.tail + offset + 1
+        self.counters["dead_letter_errors"] = self.dead_letters.errors
+        position = first + 1
         persisted, duplicates = int(self.counters["persisted"]), int(self.counters["duplicates"])
 
         def advance() -> None:
             with self.pool.connection(timeout=RETRY_MAX_S) as conn:
+                failpoint("writer.reject_checkpoint", conn)
                 conn.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
                 conn.commit()
 
@@ -303,6 +319,12 @@ class Writer:
         self.counters["persisted"] = persisted
         self.counters["duplicates"] = duplicates
         committed = position - self.lane.tail
+        if committed > self.lane.used():
+            # A checkpoint past what the lane holds would release records never written:
+            # refuse, loudly, rather than lose them (they are written again: duplicates at worst).
+            log.error("Lane %d: checkpoint position %d is past the lane's head %d; not releasing from it",
+                      self.lane.index, position, self.lane.tail + self.lane.used())
+            return
         if committed > 0:
             self.lane.release(committed)
             log.warning("Lane %d: released %d events committed before the last writer died", self.lane.index, committed)
@@ -357,16 +379,6 @@ class _DataError(Exception):
 def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (psycopg.OperationalError, PoolTimeout)) or _sqlstate(e)[:2] in ("08", "57")
 
-
-def _failpoint(name: str) -> None:
-    """Die here by SIGKILL, once, when the file ``$INGESTOR_FAILPOINTS/<name>`` exists (fault tests)."""
-    directory = os.environ.get("INGESTOR_FAILPOINTS")
-    if directory:
-        try:
-            os.unlink(os.path.join(directory, name))
-        except FileNotFoundError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _configure(conn: psycopg.Connection, schema: str) -> None:

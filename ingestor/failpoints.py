@@ -1,0 +1,201 @@
+"""Failpoints: named steps where a test makes the service fail on purpose.
+
+The idea of TiKV's ``fail`` crate and etcd's gofail. A failpoint is a call
+``failpoint("spool.fsync")`` at one step where a process does I/O or hands
+work over. It does nothing unless armed; armed, it runs its *action* there:
+
+=================  ==========================================================
+``kill``           SIGKILL this process (a crash at exactly this step)
+``enospc``         raise ``OSError(ENOSPC)`` (I/O steps only)
+``eio``            raise ``OSError(EIO)`` (I/O steps only)
+``disconnect``     the server drops this connection: ``pg_terminate_backend``
+                   of its own backend, so the error is PostgreSQL's own
+                   (database steps only)
+``sleep(ms)``      stall for ``ms`` milliseconds
+``off``            nothing (a placeholder in a chain)
+=================  ==========================================================
+
+An action may carry a count, ``3*eio`` (fire three times, then go on with
+the next action, or stop firing), and actions chain with ``->``:
+``2*enospc->kill``. That is the ``fail`` crate's grammar
+``[cnt*]task[(arg)]``, without its percentages.
+
+Arming: ``INGESTOR_FAILPOINTS="spool.fsync=1*eio;writer.after_commit=1*kill"``
+in a process's environment (read at import; children inherit it), or
+:func:`arm` in-process. When ``INGESTOR_FAILPOINTS_STATE`` names a directory
+the fires are recorded there (a byte appended to a file per fire), so a
+count holds across processes: a writer killed by ``1*kill`` is not killed
+again by its successor.
+
+Every failpoint is listed in :data:`FAILPOINTS` with the actions it takes, so
+a test can enumerate them: adding a name here adds its cases to the matrix in
+``tests/test_failpoints.py``. Unarmed, a failpoint costs one dict lookup
+(``bench/test_micro.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from typing import Any, NamedTuple
+
+from .errors import ConfigError
+
+# The actions each kind of step can take.
+PROCESS = ("kill", "sleep")
+IO = ("kill", "enospc", "eio", "sleep")
+DB = ("kill", "disconnect", "sleep")
+
+#: name -> (actions it takes, where it is)
+FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "front.after_receive": (PROCESS, "front: frames received from ZeroMQ, not yet decoded or counted"),
+    "front.after_place": (PROCESS, "front: a received batch placed in the ring or the spool"),
+    "front.refill": (PROCESS, "front: a spool block put into the ring, not yet dropped from the spool"),
+    "writer.dedup": (DB, "writer: before the dedup claim of a batch"),
+    "writer.copy": (DB, "writer: before the COPY into weighing_logs"),
+    "writer.upsert": (DB, "writer: before the UPSERT of scale_current_states"),
+    "writer.checkpoint": (DB, "writer: before the lane checkpoint, the transaction's last statement"),
+    "writer.after_commit": (PROCESS, "writer: committed, records not yet counted or released"),
+    "writer.after_release": (PROCESS, "writer: committed records released from the ring"),
+    "writer.reject_checkpoint": (DB, "writer: a rejected row dead-lettered, checkpoint not yet moved past it"),
+    "deadletter.write": (IO, "dead-letter store: appending lines (front and writers)"),
+    "spool.create_segment": (IO, "spool: creating a segment file"),
+    "spool.write": (IO, "spool: writing a block"),
+    "spool.fsync": (IO, "spool: fsync of a written block"),
+    "spool.position": (IO, "spool: recording the read position"),
+    "spool.unlink": (IO, "spool: deleting a segment read to its end"),
+    "supervisor.spool_leftovers": (IO, "supervisor: putting what the ring holds at stop in front of the spool"),
+}
+
+ENV = "INGESTOR_FAILPOINTS"
+STATE_ENV = "INGESTOR_FAILPOINTS_STATE"
+
+
+class Step(NamedTuple):
+    count: int | None  # fires of this step, None = for ever
+    task: str
+    arg: int | None
+
+
+_ACTION = re.compile(r"^(?:(\d+)\*)?([a-z]+)(?:\((\d+)\))?$")
+_armed: dict[str, list[Step]] = {}
+_fired: dict[str, int] = {}
+
+
+def parse(name: str, action: str) -> list[Step]:
+    """The steps of ``action`` for failpoint ``name``; ConfigError naming what is wrong."""
+    if name not in FAILPOINTS:
+        raise ConfigError(f"unknown failpoint {name!r} (known: {', '.join(sorted(FAILPOINTS))})")
+    allowed = FAILPOINTS[name][0] + ("off",)
+    steps = []
+    for part in action.split("->"):
+        m = _ACTION.match(part.strip())
+        if not m:
+            raise ConfigError(f"failpoint {name}: action {part!r} is not [count*]task[(arg)]")
+        count, task, arg = m.groups()
+        if task not in allowed:
+            raise ConfigError(f"failpoint {name}: action {task!r} is not one of {', '.join(allowed)}")
+        if (task == "sleep") != (arg is not None):
+            raise ConfigError(f"failpoint {name}: only sleep takes an argument (milliseconds): {part!r}")
+        steps.append(Step(int(count) if count else None, task, int(arg) if arg else None))
+    return steps
+
+
+def arm(name: str, action: str) -> None:
+    """Arm failpoint ``name`` in this process (``off`` disarms it)."""
+    _armed[name] = parse(name, action)
+    _fired[name] = 0
+
+
+def disarm_all() -> None:
+    _armed.clear()
+    _fired.clear()
+
+
+def arm_from_environment(value: str | None = None) -> None:
+    """Arm what ``INGESTOR_FAILPOINTS`` (or ``value``) says: ``name=action;name=action``."""
+    text = os.environ.get(ENV, "") if value is None else value
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, sep, action = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{ENV}: {item!r} is not name=action")
+        arm(name.strip(), action)
+
+
+def failpoint(name: str, conn: Any = None) -> None:
+    """Run the action armed at ``name``, if any; ``conn`` is the psycopg connection of a database step."""
+    if name in _armed:
+        _fire(name, conn)
+
+
+def _fire(name: str, conn: Any) -> None:
+    fired = _count_fire(name)
+    for step in _armed[name]:
+        if step.count is not None and fired >= step.count:
+            fired -= step.count
+            continue
+        _run(name, step, conn)
+        return
+    _uncount_fire(name)  # every step used up: this pass did not fire
+
+
+def _state_path(name: str) -> str | None:
+    directory = os.environ.get(STATE_ENV)
+    return os.path.join(directory, name) if directory else None
+
+
+def _count_fire(name: str) -> int:
+    """Record one more pass and return how many passes fired before it."""
+    path = _state_path(name)
+    if path is None:
+        _fired[name] += 1
+        return _fired[name] - 1
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, b"x")
+        return os.fstat(fd).st_size - 1  # O_APPEND writes of one byte do not interleave
+    finally:
+        os.close(fd)
+
+
+def _uncount_fire(name: str) -> None:
+    path = _state_path(name)
+    if path is None:
+        _fired[name] -= 1
+        return
+    with open(path, "rb+") as f:
+        f.truncate(max(0, os.fstat(f.fileno()).st_size - 1))
+
+
+def fired(name: str) -> int:
+    """How often ``name`` fired (in this process, or in every process sharing the state directory)."""
+    path = _state_path(name)
+    if path is None:
+        return _fired.get(name, 0)
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
+def _run(name: str, step: Step, conn: Any) -> None:
+    task = step.task
+    if task == "off":
+        return
+    if task == "sleep":
+        time.sleep(step.arg / 1000)
+    elif task == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)  # pragma: no cover - SIGKILL is not deliverable late, but never go on
+    elif task in ("enospc", "eio"):
+        code = errno.ENOSPC if task == "enospc" else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (failpoint {name})")
+    elif task == "disconnect":
+        # The server ends the session: the error that follows is PostgreSQL's own (57P01).
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+arm_from_environment()
