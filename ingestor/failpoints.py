@@ -170,9 +170,10 @@ def _uncount_fire(name: str) -> None:
         f.truncate(max(0, os.fstat(f.fileno()).st_size - 1))
 
 
-def fired(name: str) -> int:
-    """How often ``name`` fired (in this process, or in every process sharing the state directory)."""
-    path = _state_path(name)
+def fired(name: str, state_dir: str | os.PathLike[str] | None = None) -> int:
+    """How often ``name`` fired: in this process, or in every process sharing the state directory
+    (``state_dir``, else ``$INGESTOR_FAILPOINTS_STATE``)."""
+    path = os.path.join(state_dir, name) if state_dir else _state_path(name)
     if path is None:
         return _fired.get(name, 0)
     try:

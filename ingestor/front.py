@@ -98,6 +98,7 @@ class Front:
         self._replay_left = 0
         self._spool_failing = False  # the last append failed (logged once until one succeeds)
         self._spool_retry_at = 0.0  # monotonic time before which the spool is not tried again
+        self._held = 0  # received records in hand, in no ring or spool yet
 
     def run(self) -> None:
         self._open_spool()
@@ -197,7 +198,7 @@ class Front:
         # Held and invalid are counted before received: a stats reader may see an
         # event counted twice for a moment, never missing, so once `received_events`
         # shows a batch, the other side of SPEC §4's identity already does too.
-        c["held_events"] = len(builder)
+        self._hold(len(builder))
         c["invalid"] += len(rejected)
         c["received_frames"] += frames
         c["received_events"] += events
@@ -243,7 +244,7 @@ class Front:
         """
         stalled_at = time.monotonic()
         while len(records):
-            self.counters["held_events"] = len(records)
+            self._hold(len(records))
             if not self.spool.events:
                 before = len(records)
                 records = self._put_fitting(records)
@@ -259,15 +260,18 @@ class Front:
                     continue
             if self.stopping():
                 if not self._spool(records):
-                    self._give_up(self._put_fitting(records))
+                    rest = self._put_fitting(records)
+                    self._hold(len(rest))
+                    self._give_up(rest)
                 break
             fit = self.spool.room_for()
             if fit and time.monotonic() >= self._spool_retry_at and self._spool(records[:fit]):
                 records = records[fit:]
+                self._hold(len(records))
                 continue
             self.refill_from_spool()
             self._wait_for_space()
-        self.counters["held_events"] = 0
+        self._hold(0)
         failpoint("front.after_place")
 
     def _give_up(self, records: np.ndarray) -> None:
@@ -277,6 +281,7 @@ class Front:
         """
         if len(records):
             self.counters["lost"] += len(records)
+            self._hold(0)
             log.error("LOST %d accepted events: stopping with the ring full and the spool not writable "
                       "(they are counted in stats 'lost'; acked senders get no reply and re-send)", len(records))
 
@@ -284,7 +289,9 @@ class Front:
         """Put what fits now into each lane; return the rest (each lane's order kept)."""
         rest = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._split(records)) if len(part)]
         rest = [r for r in rest if len(r)]
-        return np.concatenate(rest) if rest else records[:0]
+        rest = np.concatenate(rest) if rest else records[:0]
+        self._hold(len(rest))
+        return rest
 
     def _split(self, records: np.ndarray) -> list[np.ndarray]:
         """``records`` by lane (``scale_id % lanes``), each lane's part in arrival order."""
@@ -304,6 +311,7 @@ class Front:
         """
         try:
             self.spool.append(records)
+            self._held -= len(records)  # from hand to spool: front_pending stays the same
         except SpoolError as e:
             self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
             if not self._spool_failing:
@@ -320,7 +328,6 @@ class Front:
 
     def refill_from_spool(self) -> None:
         """Move the spool's oldest blocks into the ring while every lane they need has room."""
-        moved = False
         while self.spool.events:
             if self._carry is None:
                 try:
@@ -329,19 +336,18 @@ class Front:
                     log.error("Cannot read the spool's oldest block from %s: %s", self.spool.directory, e)
                     break
             self._carry = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._carry)]
-            moved = True
+            self._publish_spool()
             if any(len(part) for part in self._carry):
                 break
             failpoint("front.refill")
             done = self.spool.oldest_records
-            self.spool.consume()
             self._carry = None
+            self.spool.consume()
+            self._publish_spool()
             if self._replay_left:
                 self._replay_left = max(0, self._replay_left - done)
                 if not self._replay_left:
                     log.info("Replayed %d events from spool", int(self.counters["replayed_events"]))
-        if moved:
-            self._publish_spool()
 
     def _wait_for_space(self) -> None:
         lanes = self.ring.lanes
@@ -369,9 +375,11 @@ class Front:
         c = self.counters
         if self.spool.cut_bytes:
             c["spool_cut_bytes"] += self.spool.cut_bytes
-        self._publish_spool()  # pending shows them before received does (see accept)
-        if self.spool.events and not c["spool_opened"]:
+        if c["spool_opened"]:
+            self._reconcile_after_crash()
+        elif self.spool.events:
             # Events of an earlier run: received again, by this run (keeps SPEC §4's identity).
+            self._publish_spool()  # pending shows them before received does (see accept)
             c["received_events"] += self.spool.events
             c["replayed_events"] = self.spool.events
             self._replay_left = self.spool.events
@@ -379,12 +387,54 @@ class Front:
         c["spool_opened"] = 1
         self._publish_spool()
 
+    def _reconcile_after_crash(self) -> None:
+        """A front of this run died: settle what it held against what its spool holds now.
+
+        The dead front published, after each step, ``front_pending`` (events
+        in its hands or in the spool, not in the ring) and ``spool_in_ring``
+        (records of spool blocks already put in the ring whose blocks are
+        still in the spool files). Opening the spool again reads those blocks
+        whole: their records in the ring come twice, so they count as
+        received again (the writers find them duplicate). Of ``front_pending``,
+        what is not in the spool now was in the dead front's memory only:
+        counted ``lost`` and logged with its number.
+        """
+        c = self.counters
+        in_ring, pending = int(c["spool_in_ring"]), int(c["front_pending"])
+        on_disk = self.spool.events - in_ring
+        c["received_events"] += in_ring
+        c["replayed_events"] += in_ring
+        if on_disk > pending:  # cannot happen unless a count was torn by the crash: keep the identity
+            c["received_events"] += on_disk - pending
+            log.warning("The spool holds %d events more than the dead front had published", on_disk - pending)
+        elif pending > on_disk:
+            c["lost"] += pending - on_disk
+            log.error("LOST %d accepted events: the front died holding them in memory (counted in stats 'lost'; "
+                      "acked senders get no reply and re-send)", pending - on_disk)
+        c["held_events"] = 0
+        if in_ring:
+            log.warning("Front restarted: %d spool events already in the ring are replayed (found duplicate)", in_ring)
+
+    def _hold(self, n: int) -> None:
+        """``n`` received records are in the front's hands now (in no ring or spool)."""
+        self._held = n
+        self._publish_spool()
+
     def _publish_spool(self) -> None:
+        """Publish the front's share of ``pending`` after every step (one store of ``front_pending``).
+
+        A crash between two steps leaves exact figures for the next front
+        (:meth:`_reconcile_after_crash`).
+        """
         in_ring = 0
         if self._carry is not None:
             in_ring = self.spool.oldest_records - sum(len(part) for part in self._carry)
-        self.counters["spool_events"] = self.spool.events - in_ring
-        self.counters["spool_bytes"] = self.spool.bytes
+        c = self.counters
+        c["spool_in_ring"] = in_ring
+        c["spool_events"] = self.spool.events - in_ring
+        c["held_events"] = self._held
+        c["front_pending"] = self._held + self.spool.events - in_ring
+        c["spool_bytes"] = self.spool.bytes
 
 
 def _bad_token(token: bytes, raw: bytes, index: int | None) -> Rejected:

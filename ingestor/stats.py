@@ -42,6 +42,8 @@ FRONT_DTYPE = np.dtype(
         ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
         ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
         ("refused_clients", "<i8"),  # CURVE handshakes refused: key not among the allowed
+        ("front_pending", "<i8"),  # held_events + spool_events, stored at once (the front's share of pending)
+        ("spool_in_ring", "<i8"),  # records of spool blocks already in the ring, their blocks not yet dropped
         ("lost", "<i8"),  # accepted events that could be kept nowhere (logged at ERROR with their number)
     ]
 )

@@ -353,8 +353,8 @@ class Supervisor:
             p.close()
             c.process = None
             lived = time.monotonic() - c.started_at
-            if c.role == "front" and code != 0:
-                self.count_front_losses(pid)
+            if c.role == "front" and code != 0 and self.status == "draining":
+                self.count_front_losses(pid)  # no successor will settle its count
             if code == 0:
                 log.info("%s (pid %d) exited", c.name, pid)
                 if c.role in ("front", "simulator") or self.status == "draining":
@@ -380,15 +380,18 @@ class Supervisor:
             log.warning("Restarting %s in %.1f s (restart %d)", c.name, delay, c.restarts)
 
     def count_front_losses(self, pid: int) -> None:
-        """A front that died held its batch in hand (counted received, in no ring or spool): count it lost.
+        """A front that died while draining held its batch in hand (counted received, in no ring or spool).
 
-        What it had taken from ZeroMQ and not yet counted is gone uncounted;
-        in acked mode its senders get no reply and re-send (SPEC §1.3).
+        No successor will reconcile it (``Front._reconcile_after_crash``), so
+        it is counted lost here. What it had taken from ZeroMQ and not yet
+        counted is gone uncounted; in acked mode its senders get no reply
+        and re-send (SPEC §1.3).
         """
         f = self.counters.front
         held = int(f["held_events"])
         if held:
             f["held_events"] = 0
+            f["front_pending"] -= held
             f["lost"] += held
             log.error("LOST %d accepted events: the front (pid %d) died holding them (counted in stats 'lost')",
                       held, pid)
@@ -577,7 +580,7 @@ class Supervisor:
             "duplicates": int(w["duplicates"].sum()),
             "persisted": persisted,
             "failed": int(w["failed"].sum()),
-            "pending": self.ring.used() + int(f["spool_events"]) + int(f["held_events"]),
+            "pending": self.ring.used() + int(f["front_pending"]),
             "ring_capacity": self.ring.capacity,
             "ring_used": self.ring.used(),
             "spool_bytes": int(f["spool_bytes"]),

@@ -32,7 +32,7 @@ class Service:
         self.stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.http = f"127.0.0.1:{free_port()}"
         self.dead_letter_dir = workdir / "dead-letters"
-        self.log = workdir / "service.log"
+        self.log = next(p for k in range(100) if not (p := workdir / f"service{k or ''}.log").exists())
         cmd = [
             sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind, "--ack-bind", self.ack_bind,
             "--http-bind", self.http,

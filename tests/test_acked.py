@@ -67,13 +67,34 @@ def test_acked_reply_comes_only_after_the_events_are_committed(service_factory, 
     assert (token, reply) == (b"t-1", {"accepted": 5, "duplicates": 0, "invalid": 1})
     sender.send(b"t-2", frame(11, range(4)))  # three re-sent, one new
     assert sender.replies(10, want=1) == [(b"t-2", {"accepted": 1, "duplicates": 3, "invalid": 0})]
-    sender.send(b"x" * 65, frame(13, range(2)))
-    assert sender.replies(10, want=1) == [(b"x" * 65, {"accepted": 0, "duplicates": 0, "invalid": 1})]
-    sender.send(b"empty")
-    assert sender.replies(10, want=1) == [(b"empty", {"accepted": 0, "duplicates": 0, "invalid": 0})]
     sender.close()
-    s = svc.wait_for(lambda s: s["ack_replies"] == 4)
-    assert identity_holds(s) and (s["persisted"], s["duplicates"], s["invalid"]) == (6, 3, 2)
+    assert svc.terminate() == 0
+
+
+def test_acked_message_breaking_the_token_rule_counts_and_dead_letters_each_event(service_factory, dsn, conn):
+    # issue 10 #7: a 65-byte token with a 5-event frame counted 1 invalid event, and a
+    # token-only message was answered like an empty success (SPEC §1.3 v1.1)
+    from ingestor import deadletter
+
+    svc = service_factory("--dsn", dsn, "--writers", "2")
+    svc.wait_ready()
+    sender = AckedSender(svc.ack_bind)
+    sender.send(b"x" * 65, frame(13, range(5)), frame(14, range(2)))
+    assert sender.replies(10, want=1) == [
+        (b"x" * 65, {"accepted": 0, "duplicates": 0, "invalid": 7, "error": "bad_token"})]
+    sender.send(b"forgot-the-token-or-the-frame")
+    assert sender.replies(10, want=1) == [
+        (b"forgot-the-token-or-the-frame", {"accepted": 0, "duplicates": 0, "invalid": 0, "error": "no_frames"})]
+    sender.send(b"ok", frame(15, range(3)))
+    assert sender.replies(10, want=1) == [(b"ok", {"accepted": 3, "duplicates": 0, "invalid": 0})]
+    sender.close()
+    s = svc.wait_for(lambda s: s["ack_replies"] == 3 and s["pending"] == 0)
+    assert identity_holds(s) and (s["received_events"], s["invalid"], s["persisted"]) == (10, 7, 3)
+    letters = [letter for _, letter in deadletter.read(svc.dead_letter_dir)]
+    assert sorted((letter.kind, letter.index) for letter in letters) == \
+        [("bad_token", i) for i in (0, 0, 1, 1, 2, 3, 4)]
+    assert {msgspec.msgpack.decode(letter.frame_bytes())["scale_id"] for letter in letters} == {13, 14}
+    assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 3
     assert svc.terminate() == 0
 
 
@@ -156,16 +177,19 @@ def test_sigkill_of_the_whole_tree_never_loses_an_acknowledged_event(service_fac
 
 
 def test_writer_killed_between_commit_and_release_writes_nothing_twice(service_factory, dsn, conn, tmp_path):
-    failpoints = tmp_path / "failpoints"
-    failpoints.mkdir()
-    (failpoints / "writer-after-commit").touch()  # the first writer to commit dies right after it
-    svc = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_FAILPOINTS": str(failpoints)})
+    from ingestor import failpoints
+
+    state = tmp_path / "failpoints"
+    state.mkdir()
+    # the first writer to commit dies right after it
+    svc = service_factory("--dsn", dsn, "--writers", "2", env={failpoints.ENV: "writer.after_commit=1*kill",
+                                                                failpoints.STATE_ENV: str(state)})
     svc.wait_ready()
     from ingestor.simulator import Simulator
 
     Simulator(svc.bind, scales=20, rate=0, events=4000, start_ms=START_MS).run()
     s = svc.wait_for(lambda s: s["persisted"] == 4000 and s["pending"] == 0 and all(w["alive"] for w in s["writers"]))
-    assert not (failpoints / "writer-after-commit").exists()
+    assert failpoints.fired("writer.after_commit", state) == 1
     assert sum(w["restarts"] for w in s["writers"]) == 1 and s["duplicates"] == 0 and identity_holds(s)
     assert "committed before the last writer died" in svc.output()
     assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (4000, 4000)
