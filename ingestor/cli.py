@@ -339,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ingestor: {e}", file=sys.stderr)
         return 2
-    except IngestorError as e:
-        logging.getLogger("ingestor").error("%s", e)
+    except IngestorError as e:  # one line, exit 2 (README "Exit codes")
         print(f"ingestor: {e}", file=sys.stderr)
         return 2
 

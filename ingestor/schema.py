@@ -110,8 +110,10 @@ def check_encoding(conn: psycopg.Connection) -> None:
     state would disagree ("°C" stored as "Â°C"), and characters LATIN1 lacks
     could not be stored at all. Refused at start, never mangled.
     """
-    encoding, database = conn.execute("SELECT pg_encoding_to_char(encoding), datname FROM pg_database "
-                                      "WHERE datname = current_database()").fetchone()
+    row = conn.execute("SELECT pg_encoding_to_char(encoding), datname FROM pg_database "
+                       "WHERE datname = current_database()").fetchone()
+    # in a SQL_ASCII database psycopg cannot decode text and returns bytes
+    encoding, database = (v.decode(errors="replace") if isinstance(v, bytes) else v for v in row)
     if encoding != "UTF8":
         raise DatabaseError(f"database {database!r} has encoding {encoding}; scale-ingestor stores UTF-8 text "
                             f"and needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)")

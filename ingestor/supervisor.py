@@ -72,6 +72,8 @@ FRONT_STOP_TIMEOUT_S = 15.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+# SPEC §4's identity, logged once at exit: received_events = the sum of the others.
+FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
 
 class Child:
@@ -451,6 +453,8 @@ class Supervisor:
                 spool.close()
         except (SpoolError, OSError) as e:
             self.counters.front["lost"] += len(left)
+            for lane in self.ring.lanes:  # counted lost now, no longer pending
+                lane.release(lane.used())
             log.error("LOST %d accepted events left in the ring: the spool cannot take them (%s)", len(left), e)
             return False
         for lane in self.ring.lanes:
@@ -652,6 +656,9 @@ class Supervisor:
             if c.alive():
                 os.kill(c.process.pid, signal.SIGKILL)
                 c.process.join(5)
+        if self.counters is not None:  # the figures of SPEC §4 outlive the stats socket in the log
+            s = self.snapshot()
+            log.info("Final counts: %s", " ".join(f"{k}={s[k]}" for k in FINAL_COUNTS))
         if self.monitoring is not None:
             self.monitoring.stop()
         if self.stats_sock is not None:

@@ -180,3 +180,31 @@ def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variab
     assert 'dsn = "host=db user=ingestor password=**** dbname=scales"  # command line' in r.stdout
     assert "s3cret" not in r.stdout
     assert "ignored: INGESTOR_BACH_SIZE names no option" in r.stderr
+
+
+def test_run_with_a_dsn_that_is_not_one_exits_2_in_one_line(tmp_path):
+    # issue 10 #9: a traceback and exit 1
+    r = ingestor("run", "--dsn", "not a dsn at all", "--data-dir", str(tmp_path), "--http-bind", "off",
+                 "--stats-endpoint", f"tcp://127.0.0.1:{free_port()}")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "'not a dsn at all' (from command line): not a libpq connection" in r.stderr
+
+
+@pytest.mark.parametrize("what", ["unreachable", "unknown database", "not a dsn"])
+def test_migrate_that_cannot_reach_its_database_exits_2_in_one_line(pg_server, what):
+    dsn = {"unreachable": f"host=127.0.0.1 port={free_port()} dbname=x connect_timeout=3",
+           "unknown database": pg_server.dsn.replace("dbname=postgres", "dbname=no_such_db"),
+           "not a dsn": "not a dsn at all"}[what]
+    r = ingestor("migrate", "--dsn", dsn)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("ingestor: ")
+    assert {"unreachable": "Connection refused", "unknown database": 'database "no_such_db" does not exist',
+            "not a dsn": "missing"}[what] in r.stderr
+
+
+def test_run_without_the_password_it_needs_fails_at_once_like_a_wrong_one(service_factory, pg_server):
+    # issue 10 #9: "fe_sendauth: no password supplied" was retried for ever (a missing password file)
+    dsn = f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres passfile=/nonexistent"
+    svc = service_factory("--dsn", dsn, "--writers", "1")
+    assert svc.proc.wait(30) == 2
+    assert "no password supplied" in svc.output() and "Waiting for PostgreSQL" not in svc.output()

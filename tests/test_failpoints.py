@@ -14,7 +14,6 @@ with its action; afterwards the failpoint must have fired and
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 import zmq

@@ -7,6 +7,7 @@ The tests that stop and start PostgreSQL get a cluster of their own
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -190,3 +191,33 @@ def test_sigterm_while_waiting_for_postgresql_exits_0(service_factory, own_pg):
     svc.wait_for(lambda s: s["status"] == "starting", timeout_s=30)
     assert svc.terminate(timeout_s=15) == 0
     assert "SIGTERM while starting: exiting" in svc.output()
+
+
+def test_sigterm_with_database_down_and_spool_disk_full_stops_promptly_and_counts_every_loss(service_factory, own_pg):
+    # issue 10 #6: the front waited for ring space ignoring the stop; killed after 15 s, the
+    # events it held vanished without a log line; exit after 25.6 s
+    from ingestor import failpoints
+
+    full_disk = "spool.create_segment=enospc;spool.write=enospc"
+    svc = service_factory("--dsn", own_pg.dsn, "--writers", "2", "--ring-capacity", "1024",
+                          env={failpoints.ENV: full_disk})
+    svc.wait_ready()
+    own_pg.stop("immediate")
+    events = 5000
+    sender = threading.Thread(target=Simulator(svc.bind, scales=40, rate=0, events=events, events_per_frame=100,
+                                               start_ms=START_MS).run, daemon=True)
+    sender.start()
+    held = svc.wait_for(lambda s: s["ring_used"] == s["ring_capacity"] and s["pending"] > s["ring_used"]
+                        and "holding the events in hand and not reading" in svc.output())
+    started = time.monotonic()
+    code = svc.terminate(signal.SIGTERM, timeout_s=60)
+    took = time.monotonic() - started
+    out = svc.output()
+    assert code == 1 and took < 20 and "did not stop within" not in out
+    lost = [int(n) for n in re.findall(r"LOST (\d+) ", out)]
+    final = dict(re.findall(r"(\w+)=(\d+)", out[out.index("Final counts:"):].splitlines()[0]))
+    final = {k: int(v) for k, v in final.items()}
+    # database down all along: every received event is lost, each one counted and logged with its number
+    assert len(lost) == 2 and sum(lost) == final["lost"] == final["received_events"] >= held["received_events"]
+    assert final["pending"] == 0 and identity_holds(final)
+    print(f"\nSIGTERM, database down, spool disk full: stopped in {took:.1f} s; LOST lines {lost}; {final}")

@@ -92,3 +92,29 @@ def test_archive_exports_old_day_partitions_as_gzipped_csv_and_drops_nothing(dsn
     bad = subprocess.run([sys.executable, "-m", "ingestor.cli", "partitions", "archive", "--before", "2020-13-01",
                           "--to", str(tmp_path), "--dsn", dsn], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid date '2020-13-01'" in bad.stderr
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_database_not_in_utf8_is_refused_at_start_naming_database_and_encoding(pg_server, encoding, service_factory):
+    # issue 10 #3: LATIN1 stored "°C" as "Â°C" in the history (not in the latest state);
+    # SQL_ASCII died in the migration with a traceback
+    import psycopg
+
+    name = f"enc_{encoding.lower()}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
+        r = subprocess.run([sys.executable, "-m", "ingestor.cli", "migrate", "--dsn", dsn], capture_output=True,
+                           text=True, timeout=60)
+        want = f"database '{name}' has encoding {encoding}; scale-ingestor stores UTF-8 text and needs a UTF8 database"
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr
+        svc = service_factory("--dsn", dsn, "--writers", "1")
+        assert svc.proc.wait(30) == 2
+        assert want in svc.output() and "Traceback" not in svc.output()
+        with psycopg.connect(dsn) as c:  # nothing was created
+            assert c.execute("SELECT to_regclass('weighing_logs')").fetchone()[0] is None
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+            c.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -201,3 +201,48 @@ def test_out_of_order_event_is_stored_once_and_never_overwrites_a_newer_state(se
     assert conn.execute("SELECT array_agg(seq ORDER BY seq) FROM weighing_logs").fetchone()[0] == [9, 10]
     assert conn.execute("SELECT seq, data_1->>'val' FROM scale_current_states").fetchall() == [(10, "new")]
     assert svc.terminate() == 0
+
+
+@pytest.mark.parametrize("bad", [rb'"\ud800"', rb'"\udc00\ud800"'])
+def test_lone_surrogate_in_one_event_invalidates_only_that_event_of_its_array(service_factory, dsn, conn, bad):
+    # issue 10 #5: msgspec refused the whole JSON array; it was dead-lettered as one event
+    svc = service_factory("--dsn", dsn, "--writers", "1")
+    svc.wait_ready()
+    good = [b'{"scale_id": %d, "seq": 1, "ts": 1700000000000, "data_1": "ok"}' % s for s in (1, 3)]
+    svc.send(b"[" + good[0] + b', {"scale_id": 2, "seq": 1, "ts": 1700000000000, "data_1": ' + bad + b"}, "
+             + good[1] + b"]")
+    s = svc.wait_for(lambda s: s["received_events"] == 3 and s["pending"] == 0)
+    assert identity_holds(s) and (s["persisted"], s["invalid"]) == (2, 1)
+    assert [r[0] for r in conn.execute("SELECT scale_id FROM weighing_logs ORDER BY 1")] == [1, 3]
+    (letter,) = [letter for _, letter in read(svc.dead_letter_dir)]
+    assert letter.index == 1 and letter.kind == "undecodable" and bad.decode() in letter.frame
+    assert svc.terminate() == 0
+
+
+def shared_memory_files() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(("psm_", "sem.mp-"))}
+
+
+def test_next_start_removes_the_shared_memory_of_a_sigkilled_tree(service_factory, dsn, tmp_path):
+    # issue 10 #8: ~24 MB per start stayed in /dev/shm after kill -9 of the whole tree
+    from ingestor import leftovers
+
+    def owned_files() -> set[str]:
+        owned = msgspec.json.decode((tmp_path / "data" / leftovers.RECORD).read_bytes(), type=leftovers.Owned)
+        return {n.lstrip("/") for n in owned.shared_memory} | {"sem." + n.lstrip("/") for n in owned.semaphores}
+
+    left_by_killed: set[str] = set()
+    for _ in range(5):
+        svc = service_factory("--dsn", dsn, "--writers", "2", "--ack-bind", "off")
+        svc.wait_ready()
+        mine = owned_files()
+        assert len(mine) == 3 + 4 and mine <= shared_memory_files()  # ring, counters, acks; 2 semaphores a lane
+        left_by_killed |= mine
+        svc.kill_tree()
+    live = service_factory("--dsn", dsn, "--writers", "2", "--ack-bind", "off")
+    live.wait_ready()
+    assert not (left_by_killed & shared_memory_files()), "a killed tree's shared memory survived the next start"
+    assert "left by a dead ingestor" in live.output()
+    mine = owned_files()
+    assert live.terminate() == 0
+    assert not (mine & shared_memory_files()) and not (tmp_path / "data" / leftovers.RECORD).exists()

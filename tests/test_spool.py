@@ -135,3 +135,46 @@ def test_spool_requeued_rest_of_a_block_is_read_first_and_once(tmp_path):
     assert again.events == 5
     assert drain(again) == [4, 5, 6, 7, 8]
     assert segments(tmp_path) == []
+
+
+@pytest.mark.parametrize("failpoint", ["spool.create_segment", "spool.write", "spool.fsync"])
+@pytest.mark.parametrize("error", ["enospc", "eio"])
+def test_failed_append_leaves_the_spool_consistent_and_the_next_append_works(tmp_path, failpoint, error):
+    # issue 10 #4: a failed segment creation left `_active` set; the next append raised
+    # KeyError and the front crash-looped, losing events
+    from ingestor import failpoints
+
+    spool = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30, segment_bytes=4096)
+    spool.append(records(0, 5))
+    spool.close()
+    spool = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30, segment_bytes=4096)  # next append: a new segment
+    failpoints.arm(failpoint, f"1*{error}")
+    try:
+        with pytest.raises(SpoolError, match="cannot write 5 events"):
+            spool.append(records(100, 5))
+        spool.append(records(5, 5))
+    finally:
+        failpoints.disarm_all()
+    assert spool.events == 10
+    spool.close()
+    again = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30, segment_bytes=4096)
+    assert again.events == 10 and again.cut_bytes == 0
+    assert drain(again) == list(range(10))  # the failed block is nowhere
+
+
+def test_failed_unlink_or_position_write_replays_blocks_never_loses_them(tmp_path):
+    from ingestor import failpoints
+
+    spool = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30, segment_bytes=64)
+    for i in range(3):
+        spool.append(records(i * 2, 2))
+    failpoints.arm("spool.unlink", "1*eio")
+    failpoints.arm("spool.position", "eio")
+    try:
+        assert drain(spool) == list(range(6))
+        spool.append(records(6, 2))  # a new segment number, not the one left on disk
+    finally:
+        failpoints.disarm_all()
+    spool.close()
+    again = Spool(tmp_path, RECORD_DTYPE, max_bytes=1 << 30, segment_bytes=64)
+    assert set(drain(again)) >= {0, 1, 6, 7}  # replayed (duplicates downstream), the new block kept

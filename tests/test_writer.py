@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import msgspec
 import numpy as np
 import pytest
 
-from ingestor.deadletter import DeadLetterWriter, read
+from ingestor.deadletter import DeadLetter, DeadLetterWriter, read
 from ingestor.protocol import Event, RecordBuilder
 from ingestor.stats import WRITER_DTYPE
 from ingestor.writer import Writer
@@ -97,3 +98,49 @@ def test_resent_events_are_counted_as_duplicates_and_stored_once(ring, dsn, conn
     assert conn.execute("SELECT array_agg(seq ORDER BY seq) FROM weighing_logs").fetchone()[0] == [0, 1, 2, 3, 4, 100]
     # the out-of-order event is stored but is not the latest state (older ts)
     assert conn.execute("SELECT seq FROM scale_current_states").fetchone()[0] == 4
+
+
+def checkpoint(conn) -> int:
+    return conn.execute("SELECT position FROM ingestor_checkpoints WHERE lane = 0").fetchone()[0]
+
+
+def test_checkpoint_after_a_bisect_is_the_lane_position_so_a_successor_releases_nothing_unwritten(
+        ring, dsn, conn, tmp_path):
+    # issue 10 #1: the second half of a bisect counted its offset from a tail that had
+    # already moved (checkpoint 1760 after 1,010 events); a successor then released
+    # 750 events that were never written
+    conn.execute("ALTER TABLE weighing_logs ADD CONSTRAINT no666 CHECK (scale_id <> 666)")
+    put(ring, [Event(scale_id=s, seq=1, ts=1000) for s in range(1, 1001)])
+    w = make_writer(ring, dsn, tmp_path)
+    w.run()
+    assert checkpoint(conn) == ring.lanes[0].tail == 1000
+    put(ring, [Event(scale_id=s, seq=2, ts=2000) for s in range(1, 1001)])
+    successor = make_writer(ring, dsn, tmp_path)  # as if the first had died after the bisect
+    successor.counters[...] = w.counters
+    successor.run()
+    assert checkpoint(conn) == ring.lanes[0].tail == 2000 and ring.used() == 0
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (1998, 1998)
+    assert (int(successor.counters["persisted"]), int(successor.counters["failed"])) == (1998, 2)
+
+
+def test_dead_letter_disk_failing_in_a_writer_logs_the_letter_and_writes_the_rest(ring, dsn, conn, tmp_path, caplog):
+    # issue 10 #2: an OSError from the dead-letter file crashed the writer over and over,
+    # releasing events unwritten
+    from ingestor import failpoints
+
+    conn.execute("ALTER TABLE weighing_logs ADD CONSTRAINT no_13 CHECK (seq <> 13)")
+    put(ring, [Event(scale_id=1 + i % 5, seq=i, ts=1000 + i) for i in range(40)])
+    failpoints.arm("deadletter.write", "enospc")
+    try:
+        w = make_writer(ring, dsn, tmp_path)
+        w.run()
+    finally:
+        failpoints.disarm_all()
+    assert [r[0] for r in conn.execute("SELECT seq FROM weighing_logs ORDER BY seq")] == [i for i in range(40) if i != 13]
+    assert (int(w.counters["persisted"]), int(w.counters["failed"]), int(w.counters["dead_letter_errors"])) == (39, 1, 1)
+    assert ring.used() == 0 and checkpoint(conn) == 40
+    assert sum(p.stat().st_size for p in (tmp_path / "dl").glob("*.jsonl")) == 0  # no torn line either
+    logged = [r.getMessage() for r in caplog.records if "Could not write 1 dead letter" in r.getMessage()]
+    assert len(logged) == 1 and "No space left on device" in logged[0]
+    letter = msgspec.json.decode(logged[0].splitlines()[1], type=DeadLetter)
+    assert (letter.kind, letter.sqlstate, json.loads(letter.frame)["seq"]) == ("rejected_by_database", "23514", 13)
