@@ -96,3 +96,14 @@ def test_binary_array_parameter_of_5000_keys(benchmark, records):
 
 def test_latest_per_scale_of_5000_records(benchmark, records):
     assert len(benchmark(latest_per_scale, records)) == 300
+
+
+def test_failpoint_unarmed(benchmark):
+    """An unarmed failpoint: one dict lookup (it sits in every batch and spool write)."""
+    from ingestor.failpoints import failpoint
+
+    def thousand() -> None:
+        for _ in range(1000):
+            failpoint("writer.copy")
+
+    benchmark(thousand)
