@@ -61,6 +61,7 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "writer.after_commit": (PROCESS, "writer: committed, records not yet counted or released"),
     "writer.after_release": (PROCESS, "writer: committed records released from the ring"),
     "writer.reject_checkpoint": (DB, "writer: a rejected row dead-lettered, checkpoint not yet moved past it"),
+    "writer.after_reject": (PROCESS, "writer: checkpoint moved past a rejected row, not yet counted or released"),
     "deadletter.write": (IO, "dead-letter store: appending lines (front and writers)"),
     "spool.create_segment": (IO, "spool: creating a segment file"),
     "spool.write": (IO, "spool: writing a block"),

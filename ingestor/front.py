@@ -260,14 +260,11 @@ class Front:
                     continue
             if self.stopping():
                 if not self._spool(records):
-                    rest = self._put_fitting(records)
-                    self._hold(len(rest))
-                    self._give_up(rest)
+                    self._give_up(self._put_fitting(records))
                 break
             fit = self.spool.room_for()
             if fit and time.monotonic() >= self._spool_retry_at and self._spool(records[:fit]):
                 records = records[fit:]
-                self._hold(len(records))
                 continue
             self.refill_from_spool()
             self._wait_for_space()
@@ -323,7 +320,7 @@ class Front:
             log.info("Spool writable again")
             self._spool_failing = False
         self.counters["spooled_events"] += len(records)
-        self._publish_spool()
+        self._publish_pending()
         return True
 
     def refill_from_spool(self) -> None:
@@ -336,14 +333,14 @@ class Front:
                     log.error("Cannot read the spool's oldest block from %s: %s", self.spool.directory, e)
                     break
             self._carry = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._carry)]
-            self._publish_spool()
+            self._publish_pending()
             if any(len(part) for part in self._carry):
                 break
             failpoint("front.refill")
             done = self.spool.oldest_records
             self._carry = None
             self.spool.consume()
-            self._publish_spool()
+            self._publish_pending()
             if self._replay_left:
                 self._replay_left = max(0, self._replay_left - done)
                 if not self._replay_left:
@@ -369,7 +366,7 @@ class Front:
             # replayed too and found duplicate, never lost.
             log.warning("%s; the spool's oldest block is replayed whole at the next start", e)
         self._carry = None
-        self._publish_spool()
+        self._publish_pending()
 
     def _open_spool(self) -> None:
         c = self.counters
@@ -379,13 +376,13 @@ class Front:
             self._reconcile_after_crash()
         elif self.spool.events:
             # Events of an earlier run: received again, by this run (keeps SPEC §4's identity).
-            self._publish_spool()  # pending shows them before received does (see accept)
+            self._publish_pending()  # pending shows them before received does (see accept)
             c["received_events"] += self.spool.events
             c["replayed_events"] = self.spool.events
             self._replay_left = self.spool.events
             log.info("Spool holds %d events from the last run; replaying them before new frames", self.spool.events)
         c["spool_opened"] = 1
-        self._publish_spool()
+        self._publish_pending()
 
     def _reconcile_after_crash(self) -> None:
         """A front of this run died: settle what it held against what its spool holds now.
@@ -418,9 +415,9 @@ class Front:
     def _hold(self, n: int) -> None:
         """``n`` received records are in the front's hands now (in no ring or spool)."""
         self._held = n
-        self._publish_spool()
+        self._publish_pending()
 
-    def _publish_spool(self) -> None:
+    def _publish_pending(self) -> None:
         """Publish the front's share of ``pending`` after every step (one store of ``front_pending``).
 
         A crash between two steps leaves exact figures for the next front

@@ -74,10 +74,11 @@ WHERE (EXCLUDED.measured_at, EXCLUDED.seq) > (s.measured_at, s.seq)
 """
 
 CHECKPOINT_SQL = """
-INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, duplicates, updated_at)
-VALUES (%s, %s, %s, %s, %s, now())
+INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, duplicates, failed, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, now())
 ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED.position,
-    persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, updated_at = EXCLUDED.updated_at
+    persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, failed = EXCLUDED.failed,
+    updated_at = EXCLUDED.updated_at
 """
 
 # Claims the batch's keys (SPEC §1.2 dedup); its row count says how many were new.
@@ -251,7 +252,8 @@ class Writer:
                             failpoint("writer.upsert", conn)
                             cur.execute(UPSERT_SQL, upsert_params(new))
                         failpoint("writer.checkpoint", conn)
-                        cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
+                        cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates,
+                                                     int(self.counters["failed"])))
             except psycopg.Error as e:
                 if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
                     raise _DataError(e) from e
@@ -288,18 +290,23 @@ class Writer:
         self.counters["dead_letters_dropped"] = self.dead_letters.dropped
         self.counters["dead_letter_errors"] = self.dead_letters.errors
         position = first + 1
-        persisted, duplicates = int(self.counters["persisted"]), int(self.counters["duplicates"])
+        c = self.counters
+        # failed goes into the checkpoint with the position: a successor of a writer
+        # killed after this commit restores it (SPEC §4's identity), as it does persisted
+        checkpoint = (self.lane.index, self.ring_id, position, int(c["persisted"]), int(c["duplicates"]),
+                      int(c["failed"]) + 1)
 
         def advance() -> None:
             with self.pool.connection(timeout=RETRY_MAX_S) as conn:
                 failpoint("writer.reject_checkpoint", conn)
-                conn.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates))
+                conn.execute(CHECKPOINT_SQL, checkpoint)
                 conn.commit()
 
         self._retrying(advance)
+        failpoint("writer.after_reject")
         if self.acks is not None:
             self.acks.count(self.lane.index, records[:1]["tag"], failed=True)
-        self.counters["failed"] += 1
+        c["failed"] = checkpoint[-1]
         self.lane.release(1)
         log.warning("Dead-lettered scale %d seq %d: SQLSTATE %s %s", r["scale_id"], r["seq"], state, message)
 
@@ -309,15 +316,16 @@ class Writer:
         """Release what a crashed predecessor committed but did not release."""
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             row = conn.execute(
-                "SELECT ring_id, position, persisted, duplicates FROM ingestor_checkpoints WHERE lane = %s",
+                "SELECT ring_id, position, persisted, duplicates, failed FROM ingestor_checkpoints WHERE lane = %s",
                 (self.lane.index,),
             ).fetchone()
             conn.commit()
         if row is None or row[0] != self.ring_id:
             return
-        _, position, persisted, duplicates = row
+        _, position, persisted, duplicates, failed = row
         self.counters["persisted"] = persisted
         self.counters["duplicates"] = duplicates
+        self.counters["failed"] = failed
         committed = position - self.lane.tail
         if committed > self.lane.used():
             # A checkpoint past what the lane holds would release records never written:
