@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,17 @@ import pytest
 import zmq
 
 from ingestor import stats
+
+
+def require_command(name: str) -> str:
+    """The path of command ``name``; without it the test is skipped, and fails in CI (``CI`` set):
+    CI installs every command the tests need (.ci/run), so a skip there would hide an untested claim."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the {name} command is not installed, and CI must run this test (.ci/run installs it)")
+        pytest.skip(f"the {name} command is not installed")
+    return path
 
 
 def free_port() -> int:

@@ -16,6 +16,17 @@ from ingestor.monitoring import health
 pytestmark = pytest.mark.slow
 
 
+def get_when(svc, path: str, ready, timeout_s: float = 10) -> tuple[int, bytes]:
+    """GET ``path`` until ``ready(status, body)`` holds: the HTTP snapshot is refreshed by the
+    supervisor's loop (at least once a second), so it may lag the stats socket."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = get(svc, path)
+        if ready(status, body) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.1)
+
+
 def get(svc, path: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://{svc.http}{path}", timeout=5) as r:
@@ -34,8 +45,7 @@ def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory,
     svc.wait_ready()
     send(svc, 50)
     s = svc.wait_for(lambda s: s["persisted"] == 50)
-    time.sleep(1.2)  # the HTTP snapshot is refreshed by the supervisor's loop, at least once a second
-    status, body = get(svc, "/metrics")
+    status, body = get_when(svc, "/metrics", lambda status, body: b"ingestor_persisted_total 50.0" in body)
     assert status == 200
     metrics = {m.name: m for m in text_string_to_metric_families(body.decode())}
     value = lambda name: metrics[name].samples[0].value  # noqa: E731
@@ -72,15 +82,13 @@ def test_health_is_503_with_a_reason_while_the_database_is_unreachable(service_f
     own_pg.stop("immediate")
     send(svc, 10)
     svc.wait_for(lambda s: not s["database_connected"], timeout_s=30)
-    time.sleep(1.2)
-    status, body = get(svc, "/health")
+    status, body = get_when(svc, "/health", lambda status, body: status == 503)
     assert status == 503 and json.loads(body) == {"status": "unhealthy", "reason": "the database is unreachable"}
     status, body = get(svc, "/api/v1/monitoring/persistence/health")
     assert status == 503 and json.loads(body)["data"]["databaseConnected"] is False
     own_pg.start()
     svc.wait_for(lambda s: s["persisted"] == 10 and s["database_connected"], timeout_s=60)
-    time.sleep(1.2)
-    assert get(svc, "/health")[0] == 200
+    assert get_when(svc, "/health", lambda status, body: status == 200)[0] == 200
     assert svc.terminate() == 0
 
 

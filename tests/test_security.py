@@ -21,6 +21,7 @@ from ingestor.embedded_pg import EmbeddedPostgres
 from ingestor.errors import ConfigError
 
 from .fix_pg import TEST_SETTINGS
+from .fix_service import require_command
 from .test_acked import AckedSender
 from .test_cli import ingestor
 
@@ -96,6 +97,8 @@ def test_known_curve_key_is_stored_and_unknown_key_is_refused_and_counted(servic
     unknown_refused = svc.wait_for(lambda s: s["refused_clients"] >= 1)["refused_clients"]
     push(svc.bind, [frame(4, range(100))], None, linger_ms=1000)  # no CURVE at all: the handshake fails
     s = svc.wait_for(lambda s: s["refused_clients"] > unknown_refused)
+    # A negative claim (nothing of the refused senders arrives) has no event to poll for:
+    # give a wrongly accepted frame time to show up before looking.
     time.sleep(0.5)
     s = svc.stats()
     assert s["received_events"] == 150 and s["persisted"] == 150
@@ -157,8 +160,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 @pytest.fixture
 def tls_pg(tmp_path) -> Iterator[tuple[EmbeddedPostgres, Path]]:
     """A migrated PostgreSQL of its own with ssl=on and a certificate for ``localhost``; yields (server, ca.crt)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
+    require_command("openssl")
     data_dir = Path(tempfile.mkdtemp(prefix="ingestor-tls-pg-"))
     data_dir.chmod(0o755)
     certs = data_dir / "certs"
