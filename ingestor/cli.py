@@ -56,6 +56,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--curve-clients-dir", metavar="DIR", help="directory of the allowed senders' public .key files; "
                                                  "other keys are refused and counted (refused_clients)")
     o("--run-seconds", type=float, help="drain and exit after this many seconds (default: 0 = run until stopped)")
+    o("--drain-seconds", type=float, help="a graceful stop writing longer than this keeps the rest in the spool "
+                                          "(default: 60; keep systemd's TimeoutStopSec above it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     simulate_scales: Annotated[int, msgspec.Meta(ge=0, le=2_147_483_647)] = 0
     simulate_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 300.0
     run_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    drain_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     curve_secret_key: str | None = None
     curve_clients_dir: str | None = None
 

@@ -17,7 +17,7 @@ Stopping:
   draining flag so writers exit once their lane is written; then stop the
   embedded PostgreSQL and exit 0. When the database stays unreachable for
   ``DRAIN_OFFLINE_GRACE_S``, or writing takes longer than
-  ``GRACEFUL_TIMEOUT_S``, the writers are killed and what the ring still
+  ``--drain-seconds``, the writers are killed and what the ring still
   holds goes in front of the spool for the next start (exit 0: nothing
   accepted was lost).
 - immediate (SIGQUIT, or a second SIGINT/SIGTERM): SIGKILL every child, put
@@ -66,7 +66,6 @@ PARTITION_CHECK_EVERY_S = 3600.0
 RECENT_EVENTS = 20  # notable events kept for `ingestor top`
 DB_WAIT_FIRST_S, DB_WAIT_MAX_S = 1.0, 30.0  # backoff while PostgreSQL cannot be reached at start
 REFUSED_NOTE_EVERY_S = 60.0  # a refused sender reconnects over and over: one recent event a minute at most
-GRACEFUL_TIMEOUT_S = 60.0  # how long a graceful stop may take before children are killed
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
@@ -426,7 +425,7 @@ class Supervisor:
             offline = self._offline_since is not None and now - self._offline_since > DRAIN_OFFLINE_GRACE_S
             if offline or now > self._stop_deadline:
                 why = (f"the database has been unreachable for {DRAIN_OFFLINE_GRACE_S:.0f} s" if offline
-                       else f"writers did not drain within {GRACEFUL_TIMEOUT_S:.0f} s")
+                       else f"writers did not drain within {self.config.drain_seconds:g} s")
                 log.warning("Draining: %s; stopping the writers and keeping what is left in the spool", why)
                 self.kill_children()
                 return 0 if self.spool_ring_leftovers() else 1
@@ -472,7 +471,7 @@ class Supervisor:
         self.status = "draining"
         self.notifier.notify("STOPPING=1", "STATUS=draining: writing everything accepted")
         now = time.monotonic()
-        self._stop_deadline = now + GRACEFUL_TIMEOUT_S
+        self._stop_deadline = now + self.config.drain_seconds
         self._front_deadline = now + FRONT_STOP_TIMEOUT_S
         for role in ("simulator", "front"):
             c = self.child(role)

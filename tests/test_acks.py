@@ -41,3 +41,18 @@ def test_message_without_accepted_events_is_answered_at_once(table):
     replies.add(b"id", b"t", accepted=0, invalid=4)
     (_, _, reply), = replies.ready()
     assert msgspec.msgpack.decode(reply) == {"accepted": 0, "duplicates": 0, "invalid": 4}
+
+
+def test_a_message_never_counted_is_given_up_after_600_s_and_counted(table, monkeypatch):
+    # its counts died with a writer killed between COMMIT and counting: no reply, the sender re-sends
+    import ingestor.acks as acks
+
+    replies = Replies(table)
+    now = [1000.0]
+    monkeypatch.setattr(acks.time, "monotonic", lambda: now[0])
+    tag = replies.add(b"id", b"t", accepted=2, invalid=0)
+    table.count(0, np.array([tag], np.uint64), np.array([False]))  # one of two counted
+    now[0] += acks.EXPIRE_S - 1
+    assert list(replies.ready()) == [] and replies.expired == 0
+    now[0] += 2
+    assert list(replies.ready()) == [] and replies.expired == 1 and len(replies) == 0

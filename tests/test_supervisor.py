@@ -104,3 +104,20 @@ def test_a_child_that_cannot_boot_halts_the_service_with_the_reason(service_fact
     out = svc.output()
     assert code == 1 and "Cannot bind" in out and "Halting: front could not boot (exit code 3)" in out
     assert out.count("Restarting front") == 0
+
+
+def test_a_drain_longer_than_drain_seconds_keeps_the_rest_in_the_spool_and_exits_0(service_factory, dsn, tmp_path):
+    svc = stalled_service(service_factory, dsn, tmp_path, "--drain-seconds", "3")
+    svc.wait_ready()
+    svc.send(*frames(range(1, 5), range(100)))
+    svc.wait_for(lambda s: s["ring_used"] == 400)
+    started = time.monotonic()
+    assert svc.terminate(signal.SIGTERM, timeout_s=30) == 0
+    assert 3 <= time.monotonic() - started < 15
+    out = svc.output()
+    assert "writers did not drain within 3 s" in out and "Spooled 400 events left in the ring" in out
+    again = service_factory("--dsn", dsn, "--writers", "2")
+    again.wait_ready()
+    s = again.wait_for(lambda s: s["persisted"] == 400 and s["pending"] == 0)
+    assert s["replayed_events"] == 400 and identity_holds(s)
+    assert again.terminate() == 0
