@@ -111,6 +111,7 @@ class DeadLetterWriter:
             self._path = self.directory / f"{day}-{max(numbers, default=1)}.jsonl"
             self._size = self._path.stat().st_size if self._path.exists() else 0
         if self._size and self._size + incoming > self.file_bytes:
+            failpoint("deadletter.rotate")
             n = int(self._path.stem.rsplit("-", 1)[1]) + 1
             self._path, self._size = self.directory / f"{day}-{n}.jsonl", 0
             self._enforce_bound(incoming)

@@ -63,11 +63,14 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "writer.reject_checkpoint": (DB, "writer: a rejected row dead-lettered, checkpoint not yet moved past it"),
     "writer.after_reject": (PROCESS, "writer: checkpoint moved past a rejected row, not yet counted or released"),
     "deadletter.write": (IO, "dead-letter store: appending lines (front and writers)"),
+    "deadletter.rotate": (IO, "dead-letter store: starting the next file, deleting the oldest past the bound"),
     "spool.create_segment": (IO, "spool: creating a segment file"),
     "spool.write": (IO, "spool: writing a block"),
     "spool.fsync": (IO, "spool: fsync of a written block"),
+    "spool.read": (IO, "spool: reading the oldest block to move it into the ring"),
     "spool.position": (IO, "spool: recording the read position"),
     "spool.unlink": (IO, "spool: deleting a segment read to its end"),
+    "supervisor.drain": (PROCESS, "supervisor: the front stopped, the writers about to be told to drain"),
     "supervisor.spool_leftovers": (IO, "supervisor: putting what the ring holds at stop in front of the spool"),
 }
 

@@ -98,6 +98,7 @@ class Front:
         self._replay_left = 0
         self._spool_failing = False  # the last append failed (logged once until one succeeds)
         self._spool_retry_at = 0.0  # monotonic time before which the spool is not tried again
+        self._read_failing = False  # the last read of a spool block failed (logged once until one succeeds)
         self._held = 0  # received records in hand, in no ring or spool yet
 
     def run(self) -> None:
@@ -330,8 +331,14 @@ class Front:
                 try:
                     self._carry = self._split(self.spool.peek())
                 except OSError as e:  # the block stays in the spool: tried again on the next round
-                    log.error("Cannot read the spool's oldest block from %s: %s", self.spool.directory, e)
+                    if not self._read_failing:
+                        log.error("Cannot read the spool's oldest block from %s (%s); retrying",
+                                  self.spool.directory, e)
+                    self._read_failing = True
                     break
+                if self._read_failing:
+                    log.info("Spool readable again")
+                    self._read_failing = False
             self._carry = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._carry)]
             self._publish_pending()
             if any(len(part) for part in self._carry):

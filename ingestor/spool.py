@@ -303,13 +303,19 @@ class Spool:
         return self._blocks[0].records if self._blocks else 0
 
     def peek(self) -> np.ndarray | None:
-        """The oldest block's records (a fresh array), or None when the spool is empty."""
+        """The oldest block's records (a fresh array), or None when the spool is empty.
+
+        Raises OSError when the block cannot be read whole (it stays the oldest).
+        """
         if not self._blocks:
             return None
         b = self._blocks[0]
+        failpoint("spool.read")
         with open(self._segment_path(b.segment), "rb") as f:
             f.seek(b.offset + _BLOCK_HEADER.size)
             payload = f.read(b.records * self.itemsize)
+        if len(payload) != b.records * self.itemsize:  # the file was cut under us: never half a block
+            raise OSError(errno.EIO, f"short read of a spool block ({len(payload)} of {b.records * self.itemsize} bytes)")
         return np.frombuffer(payload, dtype=self.dtype).copy()
 
     def consume(self) -> None:

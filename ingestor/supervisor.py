@@ -416,6 +416,7 @@ class Supervisor:
                 os.kill(front.process.pid, signal.SIGKILL)
             return None
         if not self.ring.draining:
+            failpoint("supervisor.drain")
             self.ring.draining = True
         if any(c.alive() or c.wanted for c in self.writers):
             if self.database_connected():

@@ -29,6 +29,11 @@ ARMED = {"kill": "1*kill", "enospc": "3*enospc", "eio": "3*eio", "sleep": "2*sle
 # The writers' first batches stall long enough (> front.SPILL_AFTER_S) for the front to spill.
 STALL = "writer.dedup=3*sleep(800)"
 
+# Failpoints passed only when the service stops with records in the ring: the stop signal.
+STOPPED_BY = {"supervisor.spool_leftovers": signal.SIGQUIT, "supervisor.drain": signal.SIGTERM}
+# Failpoints passed only with more than this scenario's dead letters: extra options and junk events.
+ROTATING = ("--dead-letter-max-bytes", "65536")
+
 CASES = [(name, action) for name, (actions, _) in failpoints.FAILPOINTS.items() for action in actions]
 
 
@@ -48,25 +53,29 @@ def test_failpoint_keeps_every_accepted_event(name, action, service_factory, dsn
     armed = f"{name}={ARMED[action]}" + ("" if name == "writer.dedup" else f";{STALL}")
     env = {failpoints.ENV: armed, failpoints.STATE_ENV: str(state)}
     args = ("--dsn", dsn, "--writers", "2", "--ring-capacity", "512", "--batch-size", "200",
-            "--batch-timeout-ms", "20")
+            "--batch-timeout-ms", "20", *(ROTATING if name == "deadletter.rotate" else ()))
     svc = service_factory(*args, env=env)
     svc.wait_ready()
     sent = Sent()
-    messages = plant_messages(sent)
+    messages = plant_messages(sent, junk=10 if name == "deadletter.rotate" else 0)
     logs = []
-    if name == "supervisor.spool_leftovers":
-        # Only a stop with records in the ring passes it: SIGQUIT while the writers stall,
-        # then a restart without failpoints; the sender re-sends what got no reply.
+    if name in STOPPED_BY:
+        # Only a stop with records in the ring passes these: the signal while the writers
+        # stall, then a restart without failpoints; the sender re-sends what got no reply.
         with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as dealer:
             dealer.connect(svc.ack_bind)
             for m in messages:
                 dealer.send_multipart(m)
             svc.wait_for(lambda s: s["ring_used"] > 0)
             dealer.close(linger=0)
-        assert svc.terminate(signal.SIGQUIT) == (-signal.SIGKILL if action == "kill" else 1)
+        sig = STOPPED_BY[name]
+        expected = -signal.SIGKILL if action == "kill" else 1 if sig == signal.SIGQUIT else 0
+        assert svc.terminate(sig) == expected
         logs.append(svc.output())
         svc = service_factory(*args)
         svc.wait_ready()
+    if name == "deadletter.rotate":  # two rounds: the second's letters cannot fit the first's file
+        send_acked(svc.ack_bind, messages[:20], sent)
     send_acked(svc.ack_bind, messages, sent)
     s = svc.wait_for(lambda s: s["pending"] == 0 and all(w["alive"] for w in s["writers"]), timeout_s=60)
     fired = failpoints.fired(name, state)
