@@ -95,6 +95,7 @@ class DeadLetterWriter:
         self.file_bytes = file_bytes or max(MIN_FILE_BYTES, max_bytes // 16)
         self.dropped = 0  # dead letters deleted to keep the bound
         self.errors = 0  # dead letters that could not be written (logged instead)
+        self._published = (0, 0)  # (dropped, errors) already added to the shared counters
         self._path: Path | None = None
         self._size = 0
         try:
@@ -141,6 +142,14 @@ class DeadLetterWriter:
             self.dropped += lines
             log.warning("Dead-letter store over %d bytes: deleted %s (%d dead letters, the oldest)",
                         self.max_bytes, path.name, lines)
+
+    def count_into(self, counters) -> None:
+        """Add what was dropped or not written since the last call to ``counters``' fields
+        ``dead_letters_dropped`` and ``dead_letter_errors`` (shared totals outlive a restarted process)."""
+        dropped, errors = self._published
+        counters["dead_letters_dropped"] += self.dropped - dropped
+        counters["dead_letter_errors"] += self.errors - errors
+        self._published = (self.dropped, self.errors)
 
     def write(self, rejected: Iterable[Rejected], sqlstate: str | None = None) -> int:
         """Append one line per rejected event; return how many lines were written to the store.

@@ -207,8 +207,7 @@ class Front:
             c["acked_messages"] += len(messages)
         if rejected:
             self.dead_letters.write(rejected)
-            c["dead_letter_errors"] = self.dead_letters.errors
-            c["dead_letters_dropped"] = self.dead_letters.dropped
+            self.dead_letters.count_into(c)
         if len(builder):
             records = builder.build(received_ns)
             for tag, start, end in tagged:

@@ -287,8 +287,7 @@ class Writer:
             _record_json(r), None,
         )
         self.dead_letters.write([rejected], sqlstate=state)
-        self.counters["dead_letters_dropped"] = self.dead_letters.dropped
-        self.counters["dead_letter_errors"] = self.dead_letters.errors
+        self.dead_letters.count_into(self.counters)
         position = first + 1
         c = self.counters
         # failed goes into the checkpoint with the position: a successor of a writer
