@@ -120,7 +120,7 @@ class Replies:
 
     def __init__(self, table: AckTable) -> None:
         self.table = table
-        self.expired = 0  # messages given up without a reply
+        self.expired = 0  # messages given up without a reply (the front adds them to its shared count)
         self._awaiting: dict[int, _Awaiting] = {}
         self._next_tag = time.time_ns()  # unique over the service's life, across front restarts
 

@@ -225,7 +225,9 @@ class Front:
         for reply in self.replies.ready():
             router.send_multipart(reply, zmq.NOBLOCK)
             self.counters["ack_replies"] += 1
-        self.counters["ack_expired"] = self.replies.expired
+        # added, not stored: the shared total outlives a restarted front, whose own count starts at 0
+        self.counters["ack_expired"] += self.replies.expired
+        self.replies.expired = 0
 
     # -- ring first, then spool -------------------------------------------------
 
