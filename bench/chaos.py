@@ -5,8 +5,10 @@
 
 Each run draws, from its seed, one to three failpoints of
 ``ingestor.failpoints.FAILPOINTS`` with random actions and counts, whether
-PostgreSQL goes down mid-stream (and for how long), and how many writers are
-SIGKILLed at random moments; an acked sender (re-sending what gets no reply)
+PostgreSQL goes down mid-stream (and for how long), how many writers are
+SIGKILLed at random moments, and whether the service itself is stopped
+mid-stream (SIGTERM, SIGQUIT or a SIGKILL of the whole tree) and started
+again on the same spool; an acked sender (re-sending what gets no reply)
 sends the plant's events, a few refused by a CHECK constraint and a few
 invalid. Afterwards ``tests/checker.py`` must hold. A failing run prints its
 seed and the service's log and the script exits 1; the schedule replays
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
+import zmq  # noqa: E402
 
 from ingestor import failpoints  # noqa: E402
 from tests.checker import Sent, check, plant_messages, send_acked  # noqa: E402
@@ -56,6 +59,8 @@ def schedule(rng: random.Random) -> dict:
         "outage_s": rng.choice((0, 0, 2, 6)),
         "writer_kills": rng.choice((0, 0, 1, 3)),
         "messages": rng.choice((20, 40, 80)),
+        # a stop in the middle, then a restart on the same spool and data directory
+        "stop": rng.choice(("none", "none", "SIGTERM", "SIGQUIT", "SIGKILL tree")),
     }
 
 
@@ -69,26 +74,55 @@ def one_run(seed: int, server, workdir: Path) -> tuple[bool, str]:
     state = run_dir / "failpoints"
     state.mkdir()
     env = {failpoints.ENV: plan["failpoints"], failpoints.STATE_ENV: str(state)}
-    svc = Service(["--dsn", dsn, "--writers", "2", "--ring-capacity", "512", "--batch-size", "200",
-                   "--batch-timeout-ms", "20"], run_dir, env)
+    args = ["--dsn", dsn, "--writers", "2", "--ring-capacity", "512", "--batch-size", "200",
+            "--batch-timeout-ms", "20"]
+    svc = Service(args, run_dir, env)
+    logs: list[str] = []
     try:
         svc.wait_ready()
         sent = Sent()
         messages = plant_messages(sent, messages=plan["messages"])
         faults = threading.Thread(target=inject, args=(rng, plan, svc, server), daemon=True)
         faults.start()
+        if plan["stop"] != "none":
+            svc = stop_midstream(rng, plan["stop"], svc, messages, args, run_dir, env, logs)
         send_acked(svc.ack_bind, messages, sent, deadline_s=240)
         faults.join()
         s = svc.wait_for(lambda s: s["pending"] == 0 and all(w["alive"] for w in s["writers"]), timeout_s=120)
-        summary = check(dsn, s, sent, svc.dead_letter_dir, svc.output())
+        summary = check(dsn, s, sent, svc.dead_letter_dir, "\n".join(logs + [svc.output()]))
         assert svc.terminate() == 0, "graceful stop did not exit 0"
         return True, f"seed {seed}: {plan} -> {summary}"
     except Exception:  # noqa: BLE001 - any failure is reported with its seed
-        return False, f"seed {seed}: {plan} FAILED\n{traceback.format_exc()}\n--- log ---\n{svc.output()[-20000:]}"
+        return False, (f"seed {seed}: {plan} FAILED\n{traceback.format_exc()}\n--- log ---\n"
+                       f"{chr(10).join(logs + [svc.output()])[-30000:]}")
     finally:
         svc.close()
         if not server_is_up(server):
             server.start()
+
+
+def stop_midstream(rng: random.Random, how: str, svc: Service, messages: list, args: list, run_dir: Path,
+                   env: dict, logs: list[str]) -> Service:
+    """Send every message once, stop the service ``how`` at a random moment, start it again; return it.
+
+    The acked sender then re-sends everything to the new service: what the
+    first one acknowledged or kept (spool) is found duplicate, the rest stored.
+    """
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as dealer:
+        dealer.connect(svc.ack_bind)
+        for m in messages:
+            dealer.send_multipart(m)
+        time.sleep(rng.uniform(0.05, 2.0))
+        if how == "SIGKILL tree":
+            svc.kill_tree()
+        else:
+            svc.terminate(signal.SIGTERM if how == "SIGTERM" else signal.SIGQUIT, timeout_s=120)
+        dealer.close(linger=0)
+    logs.append(svc.output())
+    svc.close()
+    again = Service(args, run_dir, env)
+    again.wait_ready()
+    return again
 
 
 def inject(rng: random.Random, plan: dict, svc: Service, server) -> None:
