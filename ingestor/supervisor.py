@@ -217,6 +217,7 @@ class Supervisor:
         Returns False when a stop signal arrived while the database was awaited.
         """
         cfg = self.config
+        leftovers.remove_stale(cfg.data_dir)  # first: a crash loop must not pile up memory while PostgreSQL is awaited
         server_public = None
         if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
             server_public, _ = security.load_secret_key(cfg.curve_secret_key)
@@ -242,7 +243,6 @@ class Supervisor:
             return False
         writers = cfg.writer_count()
         lane_capacity = max(1, cfg.ring_capacity // writers)
-        leftovers.remove_stale(cfg.data_dir)
         self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
         self.counters = Counters.create(writers)
         self.acks = AckTable.create(writers)
