@@ -23,9 +23,11 @@ the next action, or stop firing), and actions chain with ``->``:
 Arming: ``INGESTOR_FAILPOINTS="spool.fsync=1*eio;writer.after_commit=1*kill"``
 in a process's environment (read at import; children inherit it), or
 :func:`arm` in-process. When ``INGESTOR_FAILPOINTS_STATE`` names a directory
-the fires are recorded there (a byte appended to a file per fire), so a
-count holds across processes: a writer killed by ``1*kill`` is not killed
-again by its successor.
+the passes and fires are counted there (a byte appended per pass to
+``NAME.passes``, per fire to ``NAME.fired``; an ``O_APPEND`` write of one
+byte and the descriptor's own offset give each pass its index atomically),
+so a count holds across processes: a writer killed by ``1*kill`` is not
+killed again by its successor, nor by the other writers.
 
 Every failpoint is listed in :data:`FAILPOINTS` with the actions it takes, so
 a test can enumerate them: adding a name here adds its cases to the matrix in
@@ -86,6 +88,7 @@ class Step(NamedTuple):
 
 _ACTION = re.compile(r"^(?:(\d+)\*)?([a-z]+)(?:\((\d+)\))?$")
 _armed: dict[str, list[Step]] = {}
+_passes: dict[str, int] = {}  # in-process counts (no state directory)
 _fired: dict[str, int] = {}
 
 
@@ -111,11 +114,12 @@ def parse(name: str, action: str) -> list[Step]:
 def arm(name: str, action: str) -> None:
     """Arm failpoint ``name`` in this process (``off`` disarms it)."""
     _armed[name] = parse(name, action)
-    _fired[name] = 0
+    _passes[name] = _fired[name] = 0
 
 
 def disarm_all() -> None:
     _armed.clear()
+    _passes.clear()
     _fired.clear()
 
 
@@ -136,48 +140,52 @@ def failpoint(name: str, conn: Any = None) -> None:
 
 
 def _fire(name: str, conn: Any) -> None:
-    fired = _count_fire(name)
+    k = _next_pass(name)  # which pass this is, counted over every process sharing the state directory
     for step in _armed[name]:
-        if step.count is not None and fired >= step.count:
-            fired -= step.count
-            continue
-        _run(name, step, conn)
-        return
-    _uncount_fire(name)  # every step used up: this pass did not fire
+        if step.count is None or k < step.count:
+            if step.task != "off":
+                _record_fire(name)
+            _run(name, step, conn)
+            return
+        k -= step.count
+    # every counted step used up: nothing happens
 
 
-def _state_path(name: str) -> str | None:
-    directory = os.environ.get(STATE_ENV)
-    return os.path.join(directory, name) if directory else None
+def _state_path(name: str, suffix: str, state_dir: str | os.PathLike[str] | None = None) -> str | None:
+    directory = state_dir or os.environ.get(STATE_ENV)
+    return os.path.join(directory, name + suffix) if directory else None
 
 
-def _count_fire(name: str) -> int:
-    """Record one more pass and return how many passes fired before it."""
-    path = _state_path(name)
-    if path is None:
-        _fired[name] += 1
-        return _fired[name] - 1
+def _append_byte(path: str) -> int:
+    """Append one byte to ``path``; return its index (atomic across processes: O_APPEND, then our own offset)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, b"x")
-        return os.fstat(fd).st_size - 1  # O_APPEND writes of one byte do not interleave
+        return os.lseek(fd, 0, os.SEEK_CUR) - 1  # this descriptor's offset: just past our byte
     finally:
         os.close(fd)
 
 
-def _uncount_fire(name: str) -> None:
-    path = _state_path(name)
+def _next_pass(name: str) -> int:
+    path = _state_path(name, ".passes")
     if path is None:
-        _fired[name] -= 1
-        return
-    with open(path, "rb+") as f:
-        f.truncate(max(0, os.fstat(f.fileno()).st_size - 1))
+        _passes[name] = _passes.get(name, 0) + 1
+        return _passes[name] - 1
+    return _append_byte(path)
+
+
+def _record_fire(name: str) -> None:
+    path = _state_path(name, ".fired")
+    if path is None:
+        _fired[name] = _fired.get(name, 0) + 1
+    else:
+        _append_byte(path)
 
 
 def fired(name: str, state_dir: str | os.PathLike[str] | None = None) -> int:
-    """How often ``name`` fired: in this process, or in every process sharing the state directory
+    """How often ``name``'s action ran: in this process, or in every process sharing the state directory
     (``state_dir``, else ``$INGESTOR_FAILPOINTS_STATE``)."""
-    path = os.path.join(state_dir, name) if state_dir else _state_path(name)
+    path = _state_path(name, ".fired", state_dir)
     if path is None:
         return _fired.get(name, 0)
     try:

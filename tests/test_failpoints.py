@@ -13,12 +13,14 @@ with its action; afterwards the failpoint must have fired and
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
 import zmq
 
 from ingestor import failpoints
+from ingestor.errors import ConfigError
 
 from .checker import Sent, check, plant_messages, send_acked
 
@@ -43,6 +45,40 @@ def test_every_failpoint_is_in_the_matrix():
         assert where and actions, name
         for action in actions:
             failpoints.parse(name, ARMED[action])
+
+
+def test_a_count_holds_across_processes_racing_for_it(tmp_path, monkeypatch):
+    # a pass's index comes from its own O_APPEND offset: 8 processes x 50 passes fire exactly 3 times
+    import multiprocessing
+
+    monkeypatch.setenv(failpoints.STATE_ENV, str(tmp_path))
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_pass_fifty_times, range(8))
+    assert failpoints.fired("writer.copy", tmp_path) == 3
+    assert (tmp_path / "writer.copy.passes").stat().st_size == 400
+
+
+def _pass_fifty_times(_: int) -> None:
+    failpoints.arm("writer.copy", "3*sleep(1)")
+    for _ in range(50):
+        failpoints.failpoint("writer.copy")
+
+
+def test_actions_chain_and_the_grammar_is_checked():
+    failpoints.arm("spool.write", "1*off->2*eio->sleep(0)")
+    try:
+        failpoints.failpoint("spool.write")  # off
+        for _ in range(2):
+            with pytest.raises(OSError, match="Input/output error"):
+                failpoints.failpoint("spool.write")
+        failpoints.failpoint("spool.write")  # sleep(0) from now on
+        assert failpoints.fired("spool.write") == 3
+    finally:
+        failpoints.disarm_all()
+    for name, action, words in [("no.such", "kill", "unknown failpoint"), ("writer.copy", "eio", "not one of"),
+                                ("spool.write", "2*", "is not [count*]task"), ("spool.write", "kill(3)", "only sleep")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            failpoints.parse(name, action)
 
 
 @pytest.mark.parametrize(("name", "action"), CASES, ids=[f"{n}={a}" for n, a in CASES])
