@@ -1,4 +1,4 @@
-"""Acked mode's bookkeeping (SPEC §1.3): which events of a message are committed.
+"""Acked mode's bookkeeping (docs/PROTOCOL.md §5): which events of a message are committed.
 
 :class:`AckTable` is shared by the front and the writers; :class:`Replies`
 is the front's list of messages awaiting their reply.
@@ -109,14 +109,14 @@ class _Awaiting(NamedTuple):
     accepted: int  # valid events, placed with the message's tag
     invalid: int  # rejected by the decoder
     since: float  # time.monotonic() when received
-    error: str | None  # SPEC §1.3 v1.1: "bad_token" or "no_frames" when the message broke 1.3 itself
+    error: str | None  # docs/PROTOCOL.md §5 v1.1: "bad_token" or "no_frames" when the message broke 1.3 itself
 
 
 _REPLY = msgspec.msgpack.Encoder()
 
 
 class Replies:
-    """The front's side of acked mode: messages awaiting their commit, and their replies (SPEC §1.3)."""
+    """The front's side of acked mode: messages awaiting their commit, and their replies (docs/PROTOCOL.md §5)."""
 
     def __init__(self, table: AckTable) -> None:
         self.table = table
@@ -145,7 +145,7 @@ class Replies:
     def ready(self) -> Iterator[list[bytes]]:
         """``[identity, token, reply]`` of every message whose accepted events are all committed.
 
-        ``reply`` is the MessagePack map of SPEC §1.3; ``accepted`` counts the
+        ``reply`` is the MessagePack map of docs/PROTOCOL.md §5; ``accepted`` counts the
         events stored now, ``duplicates`` those stored before, ``invalid``
         those the decoder or PostgreSQL rejected.
         """

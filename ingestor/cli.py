@@ -1,4 +1,4 @@
-"""The ``ingestor`` command (SPEC §3): run, stats, top, migrate, rebuild-state, partitions, dead-letters, keys, config."""
+"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, dead-letters, keys, config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -17,7 +16,6 @@ from .errors import ConfigError, DatabaseError, IngestorError, StatsUnavailable
 
 DEFAULT_STATS_ENDPOINT = config_mod.Config().stats_endpoint
 T = TypeVar("T")
-REPLAY_RESEND_S = 5.0  # dead-letters replay re-sends what has no answer this often
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -27,7 +25,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--dsn", help="libpq connection string or URI; none anywhere: start an embedded PostgreSQL under --data-dir")
     o("--schema", help="database schema of the tables (default: public)")
     o("--bind", help="PULL endpoint senders connect to (default: tcp://0.0.0.0:5555)")
-    o("--ack-bind", help="ROUTER endpoint of acked mode (SPEC §1.3), or 'off' (default: tcp://0.0.0.0:5556)")
+    o("--ack-bind", help="ROUTER endpoint of acked mode (docs/PROTOCOL.md §5), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
     o("--batch-size", type=int, help="events per COPY batch at most (default: 5000)")
     o("--batch-timeout-ms", type=int, help="a batch closes this long after its first event arrived (default: 200)")
@@ -68,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the service")
     _add_run_options(run)
 
-    st = sub.add_parser("stats", help="the running service's figures (SPEC §4)")
+    st = sub.add_parser("stats", help="the running service's figures (docs/operations.md#stats)")
     st.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT))
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default: 2)")
@@ -231,73 +229,15 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         if not (args.curve_server_key and args.curve_client_key):
             raise ConfigError("--curve-server-key and --curve-client-key go together")
         from . import security
-        curve = (security.load_public_key(args.curve_server_key), *security.load_secret_key(args.curve_client_key))
-    answered, invalid, unanswered = replay(directory, args.ack_endpoint, args.timeout, curve)
-    print(f"re-submitted {answered} dead letter(s) to {args.ack_endpoint}, each answered; "
-          f"kept {invalid} still invalid" + (f" and {unanswered} unanswered (is the service running?)" if unanswered else ""))
-    return 1 if unanswered else 0
-
-
-def replay(
-    directory: Path, endpoint: str, timeout_s: float = 30.0, curve: tuple[bytes, bytes, bytes] | None = None,
-) -> tuple[int, int, int]:
-    """Re-submit the dead letters under ``directory`` that are valid now, in acked mode (SPEC §1.3).
-
-    A letter leaves the store only once the service has answered for it (its
-    event is then committed, a duplicate, or dead-lettered again by the
-    service itself); letters still invalid, and those without an answer
-    within ``timeout_s`` (re-sent every few seconds meanwhile), are kept.
-    The files are first renamed out of the service's way, so its processes
-    start new ones instead of appending to files being rewritten. Returns
-    ``(answered, still_invalid, unanswered)``. ``curve``: (service public
-    key, own public key, own secret key) when the service has CURVE on.
-    """
-    import msgspec
-    import zmq
-
-    from .protocol import RecordBuilder, decode_frame
-
-    for path in sorted(directory.glob("*.jsonl")):
-        os.replace(path, path.with_suffix(".replaying"))
-    letters: list[tuple[Path, deadletter.DeadLetter]] = []
-    for work in sorted(directory.glob("*.replaying")):  # with those of an interrupted replay
-        letters += deadletter.read_file(work)
-    now_us = time.time_ns() // 1000
-    valid = {}
-    for i, (_, letter) in enumerate(letters):
-        if not decode_frame(letter.frame_bytes(), RecordBuilder(), now_us)[1]:
-            valid[i.to_bytes(8, "big")] = i
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        from .security import apply_client
-        apply_client(dealer, *curve)
-    dealer.connect(endpoint)
-    waiting = set(valid)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while waiting and time.monotonic() < deadline:
-            for token in sorted(waiting):
-                dealer.send_multipart([token, letters[valid[token]][1].frame_bytes()])
-            resend_at = min(deadline, time.monotonic() + REPLAY_RESEND_S)
-            while waiting and (left := resend_at - time.monotonic()) > 0 and dealer.poll(left * 1000):
-                waiting.discard(dealer.recv_multipart()[0])
-    finally:
-        dealer.close()
-        ctx.term()
-    unanswered = {valid[t] for t in waiting}
-    keep: dict[Path, list[bytes]] = {}
-    encoder = msgspec.json.Encoder()
-    for i, (work, letter) in enumerate(letters):
-        if i not in valid.values() or i in unanswered:
-            keep.setdefault(work.with_suffix(".jsonl"), []).append(encoder.encode(letter) + b"\n")
-    for path, lines in keep.items():
-        with open(path, "ab") as f:  # one write; the service may have started this file meanwhile
-            f.write(b"".join(lines))
-    for work in directory.glob("*.replaying"):
-        work.unlink()
-    return len(valid) - len(unanswered), len(letters) - len(valid), len(unanswered)
+        from .client import CurveKeys
+        curve = CurveKeys(security.load_public_key(args.curve_server_key),
+                          *security.load_secret_key(args.curve_client_key))
+    from .replay import replay
+    done = replay(directory, args.ack_endpoint, args.timeout, curve)
+    print(f"re-submitted {done.answered} dead letter(s) to {args.ack_endpoint}, each answered; "
+          f"kept {done.still_invalid} still invalid"
+          + (f" and {done.unanswered} unanswered (is the service running?)" if done.unanswered else ""))
+    return 1 if done.unanswered else 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -341,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ingestor: {e}", file=sys.stderr)
         return 2
-    except IngestorError as e:  # one line, exit 2 (README "Exit codes")
+    except IngestorError as e:  # one line, exit 2 (docs/operations.md#exit-codes)
         print(f"ingestor: {e}", file=sys.stderr)
         return 2
 

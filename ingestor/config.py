@@ -1,6 +1,6 @@
 """The service's configuration: one msgspec Struct, filled in layers.
 
-Layers, later ones winning (SPEC §3): the defaults below, the TOML file given
+Layers, later ones winning (docs/operations.md#command-line): the defaults below, the TOML file given
 by ``--config``, ``INGESTOR_<NAME>`` environment variables, command-line
 flags. :func:`load` records where each value came from, and checks every
 value once, raising ConfigError with the key and the allowed range.
@@ -44,7 +44,7 @@ def default_data_dir() -> str:
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Every option of ``ingestor run`` (README "Options" lists them with their meaning)."""
+    """Every option of ``ingestor run`` (docs/operations.md#options-of-ingestor-run lists them)."""
 
     dsn: str | None = None
     schema: Annotated[str, msgspec.Meta(pattern=_IDENTIFIER)] = "public"
@@ -74,7 +74,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     curve_clients_dir: str | None = None
 
     def writer_count(self) -> int:
-        """``writers``, with ``auto`` resolved for this machine (README "Writers")."""
+        """``writers``, with ``auto`` resolved for this machine (bench/README.md)."""
         if self.writers != "auto":
             return self.writers
         return auto_writers(os.cpu_count() or 1)
@@ -97,7 +97,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def auto_writers(cpus: int) -> int:
     """Writer count for ``--writers auto``: one per core, at least 2, at most 8.
 
-    From the measured curve (README "Benchmarks", bench/compare.py on 2
+    From the measured curve (bench/README.md, bench/compare.py on 2
     cores with sender and PostgreSQL on the same box): 1 writer 59,833
     events/s, 2 writers 84,244, 3 86,473, 4 77,654. A second writer lets
     PostgreSQL commit one batch while the other is being built (+41 %); past

@@ -1,6 +1,6 @@
 """The dead-letter store: invalid events as JSON Lines files under ``--dead-letter-dir``.
 
-One line per rejected event (SPEC §1.1)::
+One line per rejected event (docs/PROTOCOL.md §3)::
 
     {"time": "2026-11-22T18:00:00.123456+00:00", "source": "front",
      "kind": "future_ts", "reason": "ts ... is more than 24 h in the future",

@@ -6,7 +6,7 @@ decode every frame of the batch into one
 :class:`~ingestor.protocol.RecordBuilder`, dead-letter the invalid events,
 and place the valid records into their lanes (``scale_id % lanes``).
 
-Placing (SPEC §1.2): records go into the ring while the spool is empty and
+Placing (docs/PROTOCOL.md §4): records go into the ring while the spool is empty and
 their lane has room. When a lane is full the front waits for its writer as
 long as the writers keep freeing slots (they are only slower than the
 senders: back-pressure); once they have freed nothing for
@@ -20,7 +20,7 @@ request (SIGTERM from the supervisor) ends the loop after the batch in hand
 is placed; what the spool holds stays there for the next start, which
 replays it before any new frame's events.
 
-Acked mode (SPEC §1.3): messages from the ROUTER socket are decoded the same
+Acked mode (docs/PROTOCOL.md §5): messages from the ROUTER socket are decoded the same
 way; their records carry the message's tag, and :class:`~ingestor.acks.Replies`
 says when the writers have committed all of them, so the reply can go out.
 """
@@ -57,7 +57,7 @@ SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
 SPILL_AFTER_S = 0.5  # a full ring whose writers free nothing for this long spills to the spool
 SPOOL_RETRY_S = 1.0  # after a failed spool write, how long before the disk is tried again
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
-MAX_TOKEN_BYTES = 64  # SPEC §1.3
+MAX_TOKEN_BYTES = 64  # docs/PROTOCOL.md §5
 # Frames over --max-frame-bytes are refused here, counted and dead-lettered.
 # ZMQ_MAXMSGSIZE is the hard ceiling above that: libzmq drops the sender's
 # connection on a bigger frame (with the frames queued behind it) and tells
@@ -157,7 +157,7 @@ class Front:
         """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool).
 
         With ``acked=True`` each message is ``[identity, token, frame, ...]``
-        from the ROUTER socket (SPEC §1.3): its records get the message's tag
+        from the ROUTER socket (docs/PROTOCOL.md §5): its records get the message's tag
         and its reply waits in ``_awaiting`` until they are committed.
         """
         received_ns = time.time_ns()
@@ -171,7 +171,7 @@ class Front:
                 start, invalid_before = len(builder), len(rejected)
                 identity, token, message = message[0], message[1] if len(message) > 1 else b"", message[2:]
                 error = None
-                if len(token) > MAX_TOKEN_BYTES:  # SPEC §1.3 v1.1: each event dead-lettered, counted invalid
+                if len(token) > MAX_TOKEN_BYTES:  # docs/PROTOCOL.md §5 v1.1: each event dead-lettered, counted invalid
                     error = "bad_token"
                     for frame in message:
                         raws = split_events(frame)
@@ -198,7 +198,7 @@ class Front:
         c = self.counters
         # Held and invalid are counted before received: a stats reader may see an
         # event counted twice for a moment, never missing, so once `received_events`
-        # shows a batch, the other side of SPEC §4's identity already does too.
+        # shows a batch, the other side of the identity of docs/operations.md#stats already does too.
         self._hold(len(builder))
         c["invalid"] += len(rejected)
         c["received_frames"] += frames
@@ -221,7 +221,7 @@ class Front:
         return Rejected("frame_too_large", reason, None, frame[:REFUSED_KEEP_BYTES], None)
 
     def reply_committed(self, router: zmq.Socket) -> None:
-        """Answer every acked message whose accepted events are all committed (SPEC §1.3)."""
+        """Answer every acked message whose accepted events are all committed (docs/PROTOCOL.md §5)."""
         for reply in self.replies.ready():
             router.send_multipart(reply, zmq.NOBLOCK)
             self.counters["ack_replies"] += 1
@@ -239,7 +239,7 @@ class Front:
         waited for; one that frees nothing for SPILL_AFTER_S spills to the
         spool. When neither has room, or the spool's disk fails (retried every
         SPOOL_RETRY_S), this waits for the writers: the front stops reading
-        (SPEC §1.2). Every wait ends on a stop request: the records in hand
+        (docs/PROTOCOL.md §4). Every wait ends on a stop request: the records in hand
         then go to the spool beyond its bound, else to the ring as far as it
         has room, and the rest are counted ``lost`` and logged with their
         number (:meth:`_give_up`).
@@ -383,7 +383,7 @@ class Front:
         if c["spool_opened"]:
             self._reconcile_after_crash()
         elif self.spool.events:
-            # Events of an earlier run: received again, by this run (keeps SPEC §4's identity).
+            # Events of an earlier run: received again, by this run (keeps the identity of docs/operations.md#stats).
             self._publish_pending()  # pending shows them before received does (see accept)
             c["received_events"] += self.spool.events
             c["replayed_events"] = self.spool.events
@@ -443,7 +443,7 @@ class Front:
 
 
 def _bad_token(token: bytes, raw: bytes, index: int | None) -> Rejected:
-    reason = f"acked-mode token is {len(token)} bytes, more than {MAX_TOKEN_BYTES} (SPEC §1.3)"
+    reason = f"acked-mode token is {len(token)} bytes, more than {MAX_TOKEN_BYTES} (docs/PROTOCOL.md §5)"
     return Rejected("bad_token", reason, None, raw, index)
 
 

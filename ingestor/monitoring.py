@@ -2,14 +2,14 @@
 
 Served by a small WSGI server in one daemon thread of the supervisor. The
 thread never touches the shared counters: the supervisor's loop hands it a
-fresh SPEC §4 snapshot every turn (:meth:`Monitoring.update`, at least once
+fresh docs/operations.md#stats snapshot every turn (:meth:`Monitoring.update`, at least once
 a second), and every request is answered from the latest one.
 
 Endpoints:
 
 ``/metrics``
     Prometheus text format through prometheus-client: a counter for every
-    SPEC §4 count, gauges for ring and spool fill and for each writer's
+    docs/operations.md#stats count, gauges for ring and spool fill and for each writer's
     liveness, and the receive-to-commit latency histogram.
 ``/health``
     200 ``{"status": "ok"}`` while reading and committing; 503 with
@@ -39,7 +39,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 PREFIX = "ingestor"
-# SPEC §4 counts exposed as Prometheus counters: (stats key, help)
+# docs/operations.md#stats counts exposed as Prometheus counters: (stats key, help)
 COUNTS = (
     ("received_frames", "Frames received (ZeroMQ message parts)."),
     ("received_events", "Events received, valid or not."),

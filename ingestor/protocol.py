@@ -1,6 +1,6 @@
-"""The wire protocol of SPEC §1: frames in, validated measurements out.
+"""The wire protocol of docs/PROTOCOL.md §2: frames in, validated measurements out.
 
-A *frame* is one ZeroMQ message part, MessagePack or JSON (SPEC §1: a first
+A *frame* is one ZeroMQ message part, MessagePack or JSON (docs/PROTOCOL.md §2: a first
 byte of ``{`` or ``[`` means JSON). It holds one event or an array of at most
 :data:`MAX_EVENTS_PER_FRAME` events. :class:`Event` is the single definition
 of an event; msgspec checks types and ranges while decoding, and
@@ -22,9 +22,9 @@ from typing import Annotated, NamedTuple
 import msgspec
 import numpy as np
 
-MAX_EVENTS_PER_FRAME = 1000  # SPEC §1
-MAX_TEXT_BYTES = 64  # SPEC §1.1: a data string is at most 64 bytes of UTF-8
-FUTURE_TOLERANCE_US = 24 * 3600 * 1_000_000  # SPEC §1.1: ts at most 24 h ahead
+MAX_EVENTS_PER_FRAME = 1000  # docs/PROTOCOL.md §2
+MAX_TEXT_BYTES = 64  # docs/PROTOCOL.md §3: a data string is at most 64 bytes of UTF-8
+FUTURE_TOLERANCE_US = 24 * 3600 * 1_000_000  # docs/PROTOCOL.md §3: ts at most 24 h ahead
 DATA_FIELDS = ("data_1", "data_2", "data_3", "data_4", "data_5")
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -38,7 +38,7 @@ Text = str | int | float | None
 
 
 class Event(msgspec.Struct, gc=False):
-    """One measurement as a sender sends it (SPEC §1.1). Unknown fields are ignored."""
+    """One measurement as a sender sends it (docs/PROTOCOL.md §3). Unknown fields are ignored."""
 
     scale_id: Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
     seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -98,7 +98,7 @@ _BAD_EVENT = (msgspec.DecodeError, UnicodeDecodeError, msgspec.ValidationError)
 
 
 class Rejected(NamedTuple):
-    """An invalid event (or an undecodable frame) and why (SPEC §1.1)."""
+    """An invalid event (or an undecodable frame) and why (docs/PROTOCOL.md §3)."""
 
     kind: str  #: short category: undecodable, invalid, too_many_events, future_ts, text_too_long, not_finite
     reason: str  #: one sentence naming the field and the rule broken
@@ -230,7 +230,7 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
     Returns ``(events, rejected)``: how many events the frame held (an
     undecodable frame counts as one) and the invalid ones. Never raises for
     any input bytes; ``now_us`` (microseconds since the epoch) dates the 24 h
-    rule of SPEC §1.1.
+    rule of docs/PROTOCOL.md §3.
     """
     json = _is_json(frame)
     try:
@@ -300,7 +300,7 @@ def _split_json_array(frame: bytes) -> list[bytes] | None:
     msgspec rejects a lone surrogate escape (``"\\ud800"``) anywhere in a
     frame, even inside ``msgspec.Raw``; the standard library's parser keeps
     it, and ``ensure_ascii`` writes it back as the same escape, so only the
-    event holding it fails when judged alone (SPEC §1.1).
+    event holding it fails when judged alone (docs/PROTOCOL.md §3).
     """
     import json as stdlib_json
 

@@ -3,9 +3,9 @@
 Event ``i`` of a run belongs to scale ``i % scales + 1`` with seq
 ``seq_start + i // scales``, so a run is fully described by its arguments:
 tests and benchmarks know exactly which rows must end up stored. Events are
-sent as MessagePack arrays of up to ``events_per_frame`` (SPEC §1), paced to
+sent as MessagePack arrays of up to ``events_per_frame`` (docs/PROTOCOL.md §2), paced to
 ``rate`` events/s (0: as fast as the ingestor takes them; a full ZeroMQ
-high-water mark blocks the sender, which is the back-pressure of SPEC §1.2).
+high-water mark blocks the sender, which is the back-pressure of docs/PROTOCOL.md §4).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import time
 from typing import Callable
 
 import msgspec
-import zmq
 
-from .security import apply_client
+from .client import CurveKeys, Sender
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class Simulator:
         seq_start: int = 0,
         start_ms: int | None = None,
         fmt: str = "msgpack",
-        curve: tuple[bytes, bytes, bytes] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         if scales < 1:
             raise ValueError(f"scales must be >= 1, got {scales!r}")
@@ -87,22 +86,15 @@ class Simulator:
         self.start_ms = int(time.time() * 1000) if start_ms is None else start_ms
         # each scale measures rate/scales times a second
         self.period_ms = 1000.0 * scales / rate if rate > 0 else 1.0
-        self.encode = msgspec.msgpack.encode if fmt == "msgpack" else msgspec.json.encode
-        self.curve = curve  # (service public key, own public key, own secret key), z85
+        self.fmt = fmt
+        self.curve = curve
 
-    def _frame(self, first: int, count: int) -> bytes:
-        return self.encode([
-            event(i, scales=self.scales, seq_start=self.seq_start, start_ms=self.start_ms, period_ms=self.period_ms)
-            for i in range(first, first + count)
-        ])
+    def _events(self, first: int, count: int) -> list[dict]:
+        return [event(i, scales=self.scales, seq_start=self.seq_start, start_ms=self.start_ms, period_ms=self.period_ms)
+                for i in range(first, first + count)]
 
     def run(self, stopping: Callable[[], bool] = lambda: False) -> Summary:
-        ctx = zmq.Context()
-        push = ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 1000)
-        if self.curve is not None:
-            apply_client(push, *self.curve)
-        push.connect(self.endpoint)
+        sender = Sender(self.endpoint, events_per_frame=self.events_per_frame, fmt=self.fmt, curve=self.curve)
         sent = frames = 0
         started = time.perf_counter()
         try:
@@ -120,12 +112,11 @@ class Simulator:
                     continue
                 while sent < due and not stopping():
                     count = min(self.events_per_frame, due - sent)
-                    push.send(self._frame(sent, count))
+                    sender.send(self._events(sent, count))
                     sent += count
                     frames += 1
         finally:
-            push.close(linger=10_000)  # let queued frames reach the ingestor
-            ctx.term()
+            sender.close()  # lets queued frames reach the ingestor
         seconds = time.perf_counter() - started
         return Summary(
             endpoint=self.endpoint, scales=self.scales, events=sent, frames=frames, seconds=round(seconds, 3),
@@ -135,7 +126,7 @@ class Simulator:
 
 def run_simulator(
     *, stop: Callable[[], bool], endpoint: str, scales: int, rate: float,
-    curve: tuple[bytes, bytes, bytes] | None = None,
+    curve: CurveKeys | None = None,
 ) -> int:
     """Child entry (see :mod:`ingestor.child`) for ``ingestor run --simulate-scales``."""
     # seq counts on from the wall clock, so a restarted simulator never repeats one

@@ -2,7 +2,7 @@
 
 When the writers cannot keep up (the database is down, or slower than the
 senders) the ring fills; accepted events then go to the spool instead of
-being dropped (SPEC §1.2), and come back into the ring, in order, as soon as
+being dropped (docs/PROTOCOL.md §4), and come back into the ring, in order, as soon as
 it has room. Only when the spool is full too does the front stop reading.
 
 The spool is a directory of *segment* files, read in the order of their

@@ -1,4 +1,4 @@
-"""Counters shared by all processes, and the figures of SPEC §4 made from them.
+"""Counters shared by all processes, and the figures of docs/operations.md#stats made from them.
 
 Every counter has exactly one writing process (the front, writer ``i``, or
 the supervisor), so plain 64-bit stores suffice; the supervisor reads them
@@ -39,7 +39,7 @@ FRONT_DTYPE = np.dtype(
         ("held_events", "<i8"),  # received, in the front's hands, waiting for ring or spool room
         ("refused_frames", "<i8"),  # over --max-frame-bytes (each also one invalid event)
         ("acked_messages", "<i8"),  # received on the ROUTER endpoint
-        ("ack_replies", "<i8"),  # replies sent (SPEC §1.3)
+        ("ack_replies", "<i8"),  # replies sent (docs/PROTOCOL.md §5)
         ("ack_expired", "<i8"),  # acked messages given up without a reply (the sender re-sends)
         ("refused_clients", "<i8"),  # CURVE handshakes refused: key not among the allowed
         ("front_pending", "<i8"),  # held_events + spool_events, stored at once (the front's share of pending)
@@ -150,7 +150,7 @@ STATS_REQUEST = b"stats"
 
 
 def query(endpoint: str, timeout_s: float = 2.0) -> dict:
-    """Ask the service on ``endpoint`` for its figures (SPEC §4).
+    """Ask the service on ``endpoint`` for its figures (docs/operations.md#stats).
 
     Raises StatsUnavailable when nothing answers within ``timeout_s`` seconds.
     """

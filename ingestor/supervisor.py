@@ -45,6 +45,7 @@ import zmq
 
 from . import child, leftovers, schema, security
 from .acks import AckTable
+from .client import CurveKeys
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 LOOP_WAKE_S = 1.0  # the loop runs at least this often
 RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
-RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (SPEC §4)
+RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (docs/operations.md#stats)
 PARTITION_CHECK_EVERY_S = 3600.0
 RECENT_EVENTS = 20  # notable events kept for `ingestor top`
 DB_WAIT_FIRST_S, DB_WAIT_MAX_S = 1.0, 30.0  # backoff while PostgreSQL cannot be reached at start
@@ -71,7 +72,7 @@ FRONT_STOP_TIMEOUT_S = 15.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
-# SPEC §4's identity, logged once at exit: received_events = the sum of the others.
+# the identity of docs/operations.md#stats, logged once at exit: received_events = the sum of the others.
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
 
@@ -266,7 +267,7 @@ class Supervisor:
                 # the bundled simulator gets a key pair of its own for this run, allowed by the front
                 sim_public, sim_secret = zmq.curve_keypair()
                 front["curve_extra_clients"] = (sim_public,)
-                simulator_curve = (server_public, sim_public, sim_secret)
+                simulator_curve = CurveKeys(server_public, sim_public, sim_secret)
         self.children.append(Child("front", 0, front))
         if cfg.simulate_scales:
             endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
@@ -386,7 +387,7 @@ class Supervisor:
         No successor will reconcile it (``Front._reconcile_after_crash``), so
         it is counted lost here. What it had taken from ZeroMQ and not yet
         counted is gone uncounted; in acked mode its senders get no reply
-        and re-send (SPEC §1.3).
+        and re-send (docs/PROTOCOL.md §5).
         """
         f = self.counters.front
         held = int(f["held_events"])
@@ -463,7 +464,7 @@ class Supervisor:
         return True
 
     def database_connected(self) -> bool:
-        """True when every live writer's last database operation succeeded (SPEC §4 ``database_connected``)."""
+        """True when every live writer's last database operation succeeded (docs/operations.md#stats ``database_connected``)."""
         w = self.counters.writers
         alive = [c.alive() for c in self.writers]
         return any(alive) and all(bool(w["connected"][i]) for i, a in enumerate(alive) if a)
@@ -567,7 +568,7 @@ class Supervisor:
         return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
 
     def snapshot(self) -> dict:
-        """The figures of SPEC §4 (and a few more), read from the shared counters."""
+        """The figures of docs/operations.md#stats (and a few more), read from the shared counters."""
         if self.counters is None:
             return self.starting_snapshot()
         f, w = self.counters.front, self.counters.writers
@@ -627,7 +628,7 @@ class Supervisor:
         }
 
     def starting_snapshot(self) -> dict:
-        """SPEC §4's figures before the shared blocks exist (the database is awaited): nothing counted yet."""
+        """docs/operations.md#stats's figures before the shared blocks exist (the database is awaited): nothing counted yet."""
         counts = dict.fromkeys(("received_frames", "received_events", "invalid", "duplicates", "persisted", "failed",
                                 "pending", "ring_used", "spool_bytes", "batch_us_total"), 0)
         return {
@@ -656,7 +657,7 @@ class Supervisor:
             if c.alive():
                 os.kill(c.process.pid, signal.SIGKILL)
                 c.process.join(5)
-        if self.counters is not None:  # the figures of SPEC §4 outlive the stats socket in the log
+        if self.counters is not None:  # the figures of docs/operations.md#stats outlive the stats socket in the log
             s = self.snapshot()
             log.info("Final counts: %s", " ".join(f"{k}={s[k]}" for k in FINAL_COUNTS))
         if self.monitoring is not None:

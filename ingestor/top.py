@@ -1,6 +1,6 @@
 """``ingestor top``: a live terminal view of the running service (rich), read from the stats socket.
 
-Every ``interval`` seconds it asks the stats endpoint (SPEC §4) and redraws:
+Every ``interval`` seconds it asks the stats endpoint (docs/operations.md#stats) and redraws:
 the event rates and counts, ring and spool fill, each writer's state, the
 database state and the supervisor's recent events. ``q`` or Ctrl-C ends it
 with exit code 0; while no service answers it says so on screen and keeps

@@ -5,12 +5,12 @@ Each batch is written in one transaction holding four statements:
 0. an INSERT … ON CONFLICT DO NOTHING of the batch's (scale_id, seq) keys
    into ``ingestor_seen``; when it inserted fewer rows than the batch holds,
    a SELECT of the rows this transaction inserted names the new keys; the
-   other records are duplicates (SPEC §1.2), counted, not written;
+   other records are duplicates (docs/PROTOCOL.md §4), counted, not written;
 1. ``COPY weighing_logs (...) FROM STDIN (FORMAT BINARY)`` of every record
    (payload from :mod:`ingestor.copy_payload`);
 2. one UPSERT of ``scale_current_states`` over the batch's latest record per
    scale, which only replaces a stored state older by (``measured_at``,
-   ``seq``) (SPEC §1.2: a late, older event never overwrites a newer state);
+   ``seq``) (docs/PROTOCOL.md §4: a late, older event never overwrites a newer state);
 3. the lane's checkpoint: the ring position after this batch.
 
 Only after the commit are the records released from the ring. A writer
@@ -81,7 +81,7 @@ ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED
     updated_at = EXCLUDED.updated_at
 """
 
-# Claims the batch's keys (SPEC §1.2 dedup); its row count says how many were new.
+# Claims the batch's keys (docs/PROTOCOL.md §4 dedup); its row count says how many were new.
 DEDUP_SQL = """
 INSERT INTO ingestor_seen (scale_id, seq)
 SELECT * FROM unnest(%b::int4[], %b::int8[])
@@ -291,7 +291,7 @@ class Writer:
         position = first + 1
         c = self.counters
         # failed goes into the checkpoint with the position: a successor of a writer
-        # killed after this commit restores it (SPEC §4's identity), as it does persisted
+        # killed after this commit restores it (the identity of docs/operations.md#stats), as it does persisted
         checkpoint = (self.lane.index, self.ring_id, position, int(c["persisted"]), int(c["duplicates"]),
                       int(c["failed"]) + 1)
 

@@ -1,4 +1,4 @@
--- 001: the tables of SPEC §2, daily partitions, writer checkpoints.
+-- 001: the tables of docs/PROTOCOL.md §8, daily partitions, writer checkpoints.
 -- Runs inside one transaction with search_path set to the target schema.
 
 CREATE TABLE weighing_logs (
@@ -14,7 +14,7 @@ CREATE TABLE weighing_logs (
     data_5      jsonb
 ) PARTITION BY RANGE (created_at);
 
--- Catches rows outside the created daily range (SPEC §2).
+-- Catches rows outside the created daily range (docs/PROTOCOL.md §8).
 CREATE TABLE weighing_logs_default PARTITION OF weighing_logs DEFAULT;
 
 -- History of one scale over time: the question operators ask most.
@@ -44,7 +44,7 @@ CREATE TABLE ingestor_checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Every (scale_id, seq) ever stored: the dedup of SPEC §1.2. weighing_logs
+-- Every (scale_id, seq) ever stored: the dedup of docs/PROTOCOL.md §4. weighing_logs
 -- cannot hold this unique key itself (a unique index on a partitioned table
 -- must include the partition key, created_at). Written in the same
 -- transaction as the rows, so it never disagrees with them.

@@ -1,4 +1,4 @@
--- A least-privilege role for `ingestor run` (README "Security").
+-- A least-privilege role for `ingestor run` (docs/operations.md#a-least-privilege-role).
 --
 -- Run once per database, after `ingestor migrate`, as a superuser (or as
 -- the owner of the ingestor's tables when it also has CREATEROLE: creating

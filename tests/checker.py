@@ -2,35 +2,34 @@
 
 From what a test sender sent (and what acked mode acknowledged), the
 database, the dead letters, the log and the stats, :func:`check` asserts the
-promise of README "Guarantees":
+promise of docs/operations.md#guarantees:
 
 - every accepted event is stored exactly once (no (scale_id, seq) twice),
   with the content that was sent; or it was rejected by PostgreSQL and is
   dead-lettered with its reason (in a dead-letter file, or in the log when
   the disk refused the file); or it is counted ``lost`` and logged with its
   number: never silently missing;
-- every acknowledged event is stored (SPEC §1.3);
-- SPEC §4's identity holds, with nothing pending once the service is idle;
+- every acknowledged event is stored (docs/PROTOCOL.md §5);
+- the identity of docs/operations.md#stats holds, with nothing pending once the service is idle;
 - each scale's latest state is its history's greatest (ts, seq).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import msgspec
 import psycopg
-import zmq
 
 from ingestor import deadletter
+from ingestor.client import Sender, Unanswered
 
 START_MS = 1_700_000_000_000
 
 
 def identity_holds(s: dict) -> bool:
-    """SPEC §4: every received event is exactly one of these (``lost`` counted too, v1.1)."""
+    """docs/operations.md#stats: every received event is exactly one of these (``lost`` counted too, v1.1)."""
     return s["received_events"] == (s["invalid"] + s["duplicates"] + s["persisted"] + s["failed"] + s["pending"]
                                     + s.get("lost", 0))
 
@@ -78,37 +77,25 @@ def plant_messages(sent: Sent, messages: int = 40, per_message: int = 50, scales
 
 
 def send_acked(endpoint: str, messages: list[list[bytes]], sent: Sent, resend_s: float = 3.0,
-               deadline_s: float = 120.0) -> int:
-    """Send every message on a DEALER, re-send what has no reply after ``resend_s``; return the sends.
+               deadline_s: float = 120.0) -> None:
+    """Send every ``[token, frame]`` with :class:`ingestor.client.Sender`, which re-sends what has no reply.
 
-    Raises AssertionError when some message is still unanswered after ``deadline_s``.
+    Marks the valid events of every answered message acknowledged. Raises
+    AssertionError when some message is still unanswered after ``deadline_s``.
     """
     by_token = {m[0]: m for m in messages}
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    unanswered = set(by_token)
-    sends = 0
-    end = time.monotonic() + deadline_s
-    try:
-        while unanswered and time.monotonic() < end:
-            for token in sorted(unanswered):
-                sock.send_multipart(by_token[token])
-                sends += 1
-            wait_until = time.monotonic() + resend_s
-            while unanswered and (left := wait_until - time.monotonic()) > 0 and sock.poll(left * 1000):
-                token, _reply = sock.recv_multipart()
-                if token in unanswered:
-                    unanswered.discard(token)
-                    for event in msgspec.msgpack.decode(by_token[token][1]):
-                        if (key := (event["scale_id"], event["seq"])) in sent.events:  # not the invalid ones
-                            sent.acknowledged.add(key)
-    finally:
-        sock.close()
-        ctx.term()
-    assert not unanswered, f"{len(unanswered)} acked messages never answered in {deadline_s} s"
-    return sends
+    with Sender(endpoint, acked=True, resend_after_s=resend_s) as sender:
+        for token, message in by_token.items():
+            sender.send_frames(message[1:], token=token)
+        try:
+            sender.wait(deadline_s)
+        except Unanswered as e:
+            raise AssertionError(str(e)) from None
+        finally:
+            for token in sender.replies:
+                for event in msgspec.msgpack.decode(by_token[token][1]):
+                    if (key := (event["scale_id"], event["seq"])) in sent.events:  # not the invalid ones
+                        sent.acknowledged.add(key)
 
 
 def dead_lettered_keys(directory: Path, log_text: str) -> dict[tuple[int, int], str]:
@@ -171,7 +158,7 @@ def check(dsn: str, stats: dict, sent: Sent, dead_letter_dir: Path, log_text: st
     missing = [k for k in sent.acknowledged - sent.refused_by_db if k not in stored]
     assert not missing, f"acknowledged but not stored: {missing[:10]} ({len(missing)})"
     assert stats["pending"] == 0, f"not idle: {stats['pending']} pending"
-    assert identity_holds(stats), f"SPEC §4 identity broken: {stats}"
+    assert identity_holds(stats), f"docs/operations.md#stats identity broken: {stats}"
     assert stats.get("lost", 0) <= logged_losses(log_text), "events counted lost without a LOST log line"
     assert sorted(states) == sorted(latest), "latest states differ from the history's greatest (ts, seq)"
     return {"stored": len(stored), "dead_lettered": len(letters), "lost": stats.get("lost", 0),

@@ -1,4 +1,4 @@
-"""Acked mode (SPEC §1.3) against the running service: replies only after commit, re-sends stored once."""
+"""Acked mode (docs/PROTOCOL.md §5) against the running service: replies only after commit, re-sends stored once."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_acked_reply_comes_only_after_the_events_are_committed(service_factory, 
 
 def test_acked_message_breaking_the_token_rule_counts_and_dead_letters_each_event(service_factory, dsn, conn):
     # issue 10 #7: a 65-byte token with a 5-event frame counted 1 invalid event, and a
-    # token-only message was answered like an empty success (SPEC §1.3 v1.1)
+    # token-only message was answered like an empty success (docs/PROTOCOL.md §5 v1.1)
     from ingestor import deadletter
 
     svc = service_factory("--dsn", dsn, "--writers", "2")

@@ -1,4 +1,4 @@
-"""The command line of SPEC §3 as operators and scripts use it."""
+"""The command line of docs/operations.md#command-line as operators and scripts use it."""
 
 from __future__ import annotations
 

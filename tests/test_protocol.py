@@ -1,4 +1,4 @@
-"""Decoding and validation: one test per rule of SPEC §1 and §1.1."""
+"""Decoding and validation: one test per rule of docs/PROTOCOL.md §2 and §1.1."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ valid_event = st.fixed_dictionaries(
     optional={f"data_{k}": data_value for k in range(1, 6)} | {"unknown_field": st.integers(-(2**63), 2**63 - 1)},
 )
 
-# (field, bad value, kind) — each breaks exactly one rule of SPEC §1.1
+# (field, bad value, kind) — each breaks exactly one rule of docs/PROTOCOL.md §3
 MUTATIONS = [
     ("scale_id", 0, "invalid"),
     ("scale_id", 2**31, "invalid"),

@@ -141,7 +141,7 @@ def test_bundled_simulator_gets_its_own_key_when_curve_is_on(service_factory, ds
     assert s["refused_clients"] == 0
 
 
-# -- the database connection: sslmode=verify-full as the README shows it ----------------
+# -- the database connection: sslmode=verify-full as docs/operations.md shows it ----------------
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for DNS name ``localhost`` it signed: (ca.crt, server.crt, server.key)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,22 +108,27 @@ def test_killed_writer_is_restarted_and_nothing_is_lost(service_factory, dsn, co
     assert svc.terminate() == 0
 
 
-def test_main_job_runs_on_embedded_postgres_and_stops_it(tmp_path):
+def test_main_job_runs_on_embedded_postgres_and_stops_it_leaving_nothing_behind(tmp_path):
+    # not tmp_path: when the tests run as root the cluster runs as postgres, which cannot enter pytest's 0700 dirs
     data_dir = Path(tempfile.mkdtemp(prefix="ingestor-test-embedded-"))
     from tests.fix_service import free_port
 
     stats_ep = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ingestor.cli", "run", "--data-dir", str(data_dir), "--simulate-scales", "30",
-         "--simulate-rate", "300", "--run-seconds", "4", "--bind", f"tcp://127.0.0.1:{free_port()}",
-         "--ack-bind", f"tcp://127.0.0.1:{free_port()}", "--http-bind", f"127.0.0.1:{free_port()}",
-         "--stats-endpoint", stats_ep],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Using embedded PostgreSQL: host=127.0.0.1" in proc.stdout
-    assert "[BATCH] Persisted" in proc.stderr and "Embedded PostgreSQL stopped" in proc.stderr
-    assert not (data_dir / "pg" / "postmaster.pid").exists()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ingestor.cli", "run", "--data-dir", str(data_dir), "--simulate-scales", "30",
+             "--simulate-rate", "300", "--run-seconds", "4", "--bind", f"tcp://127.0.0.1:{free_port()}",
+             "--ack-bind", f"tcp://127.0.0.1:{free_port()}", "--http-bind", f"127.0.0.1:{free_port()}",
+             "--stats-endpoint", stats_ep],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Using embedded PostgreSQL: host=127.0.0.1" in proc.stdout
+        assert "[BATCH] Persisted" in proc.stderr and "Embedded PostgreSQL stopped" in proc.stderr
+        assert not (data_dir / "pg" / "postmaster.pid").exists()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert not data_dir.exists()
 
 
 def malformed_frames(n: int, now_ms: int):

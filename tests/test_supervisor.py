@@ -1,4 +1,4 @@
-"""The supervisor's documented behaviour, with real processes and real signals (README "Signals").
+"""The supervisor's documented behaviour, with real processes and real signals (docs/operations.md#signals).
 
 Writers are held still with a failpoint (``writer.dedup=sleep``) so the ring
 holds events at the moment a signal arrives.
@@ -72,7 +72,7 @@ def test_whole_tree_sigkill_keeps_the_spool_and_replays_it_before_new_frames(ser
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT scale_id, seq, id FROM weighing_logs").fetchall()
     assert len(rows) == len({(r[0], r[1]) for r in rows}) == s["persisted"]
-    # SPEC §1.2 fire-and-forget: the ring (shared memory) dies with the tree, the spool does not
+    # docs/PROTOCOL.md §4 fire-and-forget: the ring (shared memory) dies with the tree, the spool does not
     spooled = {(sc, q) for sc, q, _ in rows if q < 300}
     assert len(spooled) >= before["spool_events"]
     for scale in range(1, 11):  # the replayed (older) events went before the new frames' events
