@@ -30,7 +30,7 @@ from typing import Iterator, NamedTuple
 import msgspec
 import numpy as np
 
-from .ring import _unlink, _untrack
+from .shm import SharedBlock
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +40,22 @@ EXPIRE_S = 600.0  # an acked message still uncounted after this is given up (the
 _TAG, _DONE, _DUPLICATES, _FAILED = range(4)
 
 
-class AckTable:
-    """The shared per-lane counts of acked messages' committed events."""
+class AckTable(SharedBlock):
+    """The shared per-lane counts of acked messages' committed events: ``rows``, ``(lanes, SLOTS, 4)`` int64."""
 
-    def __init__(self, shm: SharedMemory, lanes: int) -> None:
-        self._shm = shm
-        self.name = shm.name
+    def __init__(self, shm: SharedMemory, lanes: int, owner: bool) -> None:
+        super().__init__(shm, owner)
         self.lanes = lanes
         self.rows = np.ndarray((lanes, SLOTS, 4), np.int64, shm.buf)
 
     @classmethod
     def create(cls, lanes: int) -> AckTable:
-        shm = SharedMemory(create=True, size=lanes * SLOTS * 4 * 8)
-        _untrack(shm)
-        table = cls(shm, lanes)
-        table.rows[:] = 0
-        return table
+        return cls(cls._allocate(lanes * SLOTS * 4 * 8), lanes, owner=True)
 
     @classmethod
     def attach(cls, name: str, lanes: int) -> AckTable:
-        shm = SharedMemory(name=name)
-        _untrack(shm)
-        return cls(shm, lanes)
+        """SharedMemoryError when the block is gone."""
+        return cls(cls._open(name, "acked-mode table"), lanes, owner=False)
 
     # -- the front ------------------------------------------------------------
 
@@ -95,12 +89,8 @@ class AckTable:
         self.rows[lane, slots[mine], _DONE] += done[mine]
         self.rows[lane, slots[mine], column] += extra[mine]
 
-    def close(self) -> None:
+    def _unmap(self) -> None:
         del self.rows
-        self._shm.close()
-
-    def unlink(self) -> None:
-        _unlink(self._shm)
 
 
 class _Awaiting(NamedTuple):

@@ -17,7 +17,9 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+
+from .children import ChildArgs, FrontArgs, SimulatorArgs, WriterArgs
+from .errors import BootError
 
 # Named exit codes (gunicorn's WORKER_BOOT_ERROR idea): the supervisor halts
 # instead of restarting a child that can never boot.
@@ -46,8 +48,13 @@ class StopFlag:
         self.requested = True
 
 
-def main(role: str, log_level: str, kwargs: dict[str, Any]) -> None:
-    """Run child ``role`` (``front``, ``writer`` or ``simulator``) with ``kwargs``; exits the process."""
+def main(args: ChildArgs, log_level: str) -> None:
+    """Run the child that ``args`` describes (its type names the role); exits the process.
+
+    Exit codes: EXIT_OK when the role's run returns, EXIT_BOOT_ERROR for a
+    BootError (the supervisor halts), 1 for any other exception (logged with
+    its traceback; the supervisor restarts the child).
+    """
     setup_logging(log_level)
     stop = StopFlag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -55,16 +62,22 @@ def main(role: str, log_level: str, kwargs: dict[str, Any]) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     log = logging.getLogger("ingestor.child")
     try:
-        if role == "front":
-            from .front import run_front as target
-        elif role == "writer":
-            from .writer import run_writer as target
-        elif role == "simulator":
-            from .simulator import run_simulator as target
-        else:  # pragma: no cover - programming error
-            raise ValueError(f"unknown child role {role!r}")
-        code = target(stop=stop, **kwargs)
+        match args:
+            case FrontArgs():
+                from .front import run_front
+                run_front(args, stop)
+            case WriterArgs():
+                from .writer import run_writer
+                run_writer(args)
+            case SimulatorArgs():
+                from .simulator import run_simulator
+                run_simulator(args, stop)
+            case _:  # pragma: no cover - programming error
+                raise TypeError(f"no child role takes {type(args).__name__}")
+    except BootError as e:
+        log.error("Cannot boot: %s", e)
+        sys.exit(EXIT_BOOT_ERROR)
     except Exception:
-        log.exception("%s crashed", role)
+        log.exception("Crashed")
         sys.exit(1)
-    sys.exit(code or EXIT_OK)
+    sys.exit(EXIT_OK)

@@ -9,8 +9,19 @@ class ConfigError(IngestorError):
     """A configuration value is missing, malformed or out of its allowed range."""
 
 
-class RingError(IngestorError):
+class SharedMemoryError(IngestorError):
+    """A shared-memory block is missing, foreign, or used against its rules."""
+
+
+class RingError(SharedMemoryError):
     """The shared-memory ring is missing, foreign, or used against its rules."""
+
+
+class BootError(IngestorError):
+    """A child process cannot start (an endpoint cannot be bound, the spool cannot be opened, keys unreadable).
+
+    The child exits with ``child.EXIT_BOOT_ERROR`` and the supervisor halts instead of restarting it.
+    """
 
 
 class EmbeddedPostgresError(IngestorError):

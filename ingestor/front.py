@@ -36,13 +36,16 @@ import numpy as np
 import zmq
 
 from .acks import MAX_AWAITING, AckTable, Replies
+from .children import FrontArgs
 from .deadletter import DeadLetterWriter
-from .protocol import RecordBuilder, Rejected, decode_frame, split_events
-from .errors import ConfigError, SpoolError
+from .errors import BootError, ConfigError, SpoolError
 from .failpoints import failpoint
+from .protocol import RECORD_DTYPE, RecordBuilder, Rejected, decode_frame, split_events
 from .ring import Ring
 from .security import CurveServer
+from .shm import attached
 from .spool import Spool
+from .stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -468,65 +471,39 @@ def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:
     return messages
 
 
-def run_front(
-    *,
-    stop: Callable[[], bool],
-    ring_handles: tuple,
-    counters_name: str,
-    writers: int,
-    bind: str,
-    max_frame_bytes: int,
-    dead_letter_dir: str,
-    dead_letter_max_bytes: int,
-    spool_dir: str,
-    spool_max_bytes: int,
-    ack_bind: str | None,
-    acks_name: str,
-    curve_secret_key: str | None = None,
-    curve_clients_dir: str | None = None,
-    curve_extra_clients: tuple[bytes, ...] = (),
-) -> int:
-    """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and run the front.
+def run_front(args: FrontArgs, stop: Callable[[], bool]) -> None:
+    """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and run the front until ``stop()``.
 
-    Returns child.EXIT_BOOT_ERROR when the endpoint cannot be bound, the
-    spool cannot be opened or the CURVE keys cannot be read.
+    Raises BootError when an endpoint cannot be bound, the spool cannot be
+    opened or the CURVE keys cannot be read.
     """
-    from .child import EXIT_BOOT_ERROR
-    from .protocol import RECORD_DTYPE
-    from .stats import Counters
+    shared = args.shared
+    with attached(Ring.attach(shared.ring, RECORD_DTYPE, shared.semaphores),
+                  Counters.attach(shared.counters, shared.ring.lanes),
+                  AckTable.attach(shared.acks, shared.ring.lanes)) as (ring, counters, acks):
+        counters.front["pid"] = os.getpid()
+        _serve(args, ring, counters, acks, stop)  # its views into the blocks are gone when it returns
+    log.info("Front stopped")
 
-    spec, sems = ring_handles
-    ring = Ring.attach(spec, RECORD_DTYPE, sems)
-    counters = Counters.attach(counters_name, writers)
-    counters.front["pid"] = os.getpid()
-    acks = AckTable.attach(acks_name, spec.lanes)
+
+def _serve(args: FrontArgs, ring: Ring, counters: Counters, acks: AckTable, stop: Callable[[], bool]) -> None:
+    front_counts = counters.front
+
     def refused() -> None:
-        counters.front["refused_clients"] += 1  # only the ZAP thread writes this count
+        front_counts["refused_clients"] += 1  # only the ZAP thread writes this count
 
     try:
-        curve = (CurveServer(curve_secret_key, curve_clients_dir, refused, curve_extra_clients)
-                 if curve_secret_key else None)
-        spool = Spool(spool_dir, RECORD_DTYPE, spool_max_bytes)
+        curve = (CurveServer(args.curve.secret_key_file, args.curve.clients_dir, refused, args.curve.extra_clients)
+                 if args.curve is not None else None)
+        spool = Spool(args.spool_dir, RECORD_DTYPE, args.spool_max_bytes)
     except (SpoolError, ConfigError) as e:
-        log.error("%s", e)
-        acks.close()
-        counters.close()
-        ring.close()
-        return EXIT_BOOT_ERROR
+        raise BootError(str(e)) from None
     front = Front(
-        ring=ring, spool=spool, counters=counters.front, bind=bind, max_frame_bytes=max_frame_bytes,
-        dead_letters=DeadLetterWriter(dead_letter_dir, "front", dead_letter_max_bytes), stopping=stop, ack_bind=ack_bind, acks=acks,
-        curve=curve,
+        ring=ring, spool=spool, counters=front_counts, bind=args.bind, max_frame_bytes=args.max_frame_bytes,
+        dead_letters=DeadLetterWriter(args.dead_letters.directory, "front", args.dead_letters.max_bytes),
+        stopping=stop, ack_bind=args.ack_bind, acks=acks, curve=curve,
     )
     try:
         front.run()
     except zmq.ZMQError as e:
-        log.error("Cannot bind %s%s: %s", bind, f" or {ack_bind}" if ack_bind else "", e)
-        return EXIT_BOOT_ERROR
-    finally:
-        del front  # drop its views into the shared blocks before closing them
-        acks.close()
-        counters.close()
-        ring.close()
-    log.info("Front stopped")
-    return 0
+        raise BootError(f"cannot bind {args.bind}{f' or {args.ack_bind}' if args.ack_bind else ''}: {e}") from None

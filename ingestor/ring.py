@@ -38,14 +38,14 @@ from __future__ import annotations
 import multiprocessing
 import secrets
 import time
-from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from typing import Callable
 
 import msgspec
 import numpy as np
 
-from .errors import RingError
+from .errors import RingError, SharedMemoryError
+from .shm import SharedBlock
 
 MAGIC = b"SCALERNG"
 LAYOUT_VERSION = 1
@@ -74,38 +74,17 @@ class _Semaphores:
         self.space = [ctx.Semaphore(0) for _ in range(lanes)]
 
 
-def _untrack(shm: SharedMemory) -> None:
-    # Python < 3.13 registers every attach with the resource tracker, which
-    # then unlinks the block when *any* attached process exits, or warns
-    # about a "leak". The supervisor unlinks explicitly, so nobody is tracked.
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # pragma: no cover - tracker not running
-        pass
-
-
-def _unlink(shm: SharedMemory) -> None:
-    # SharedMemory.unlink() unregisters from the tracker; register first so
-    # the tracker has the name to remove (see _untrack).
-    try:
-        resource_tracker.register(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # pragma: no cover
-        pass
-    shm.unlink()
-
-
-class Ring:
+class Ring(SharedBlock):
     """A lane-partitioned SPSC ring of ``dtype`` records in shared memory.
 
     Use :meth:`create` in the owning process and :meth:`attach` in children.
     """
 
     def __init__(self, shm: SharedMemory, spec: RingSpec, dtype: np.dtype, sems: _Semaphores, owner: bool) -> None:
+        super().__init__(shm, owner)
         self.spec = spec
         self.dtype = dtype
-        self._shm = shm
         self._sems = sems
-        self._owner = owner
         self._header = np.ndarray((8,), np.uint64, shm.buf, 0)
         self._positions = np.ndarray((spec.lanes, _LANE_WORDS), np.uint64, shm.buf, _HEADER)
         slots_offset = _slots_offset(spec.lanes, dtype)
@@ -130,8 +109,7 @@ class Ring:
         if lane_capacity < 1:
             raise ValueError(f"lane_capacity must be >= 1, got {lane_capacity!r}")
         size = _slots_offset(lanes, dtype) + lanes * lane_capacity * dtype.itemsize
-        shm = SharedMemory(create=True, size=size)
-        _untrack(shm)
+        shm = cls._allocate(size)
         spec = RingSpec(name=shm.name, lanes=lanes, lane_capacity=lane_capacity, ring_id=secrets.token_hex(8))
         header = np.ndarray((8,), np.uint64, shm.buf, 0)
         header[:] = 0
@@ -151,10 +129,9 @@ class Ring:
         Raises RingError when the block is missing or its layout differs.
         """
         try:
-            shm = SharedMemory(name=spec.name)
-        except FileNotFoundError:
-            raise RingError(f"shared-memory ring {spec.name!r} does not exist") from None
-        _untrack(shm)
+            shm = cls._open(spec.name, "shared-memory ring")
+        except SharedMemoryError as e:
+            raise RingError(str(e)) from None
         if bytes(shm.buf[0:8]) != MAGIC:
             shm.close()
             raise RingError(f"shared memory {spec.name!r} is not a scale-ingestor ring")
@@ -194,17 +171,15 @@ class Ring:
         for sem in self._sems.data:  # wake every writer to look at the flag
             sem.release()
 
-    def close(self) -> None:
-        """Let go of the block in this process (children call only this)."""
+    def _unmap(self) -> None:
         self.lanes = []
         del self._header, self._positions, self._slots
-        self._shm.close()
 
     def unlink(self) -> None:
-        """Destroy the block; only the owner calls this, after every child is gone."""
-        if not self._owner:
+        """Destroy the block; only the owner calls this, after every child is gone. RingError elsewhere."""
+        if not self.owner:
             raise RingError("only the process that created the ring may unlink it")
-        _unlink(self._shm)
+        super().unlink()
 
 
 def _slots_offset(lanes: int, dtype: np.dtype) -> int:

@@ -16,6 +16,7 @@ from typing import Callable
 
 import msgspec
 
+from .children import SimulatorArgs
 from .client import CurveKeys, Sender
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,11 @@ class Simulator:
         )
 
 
-def run_simulator(
-    *, stop: Callable[[], bool], endpoint: str, scales: int, rate: float,
-    curve: CurveKeys | None = None,
-) -> int:
-    """Child entry (see :mod:`ingestor.child`) for ``ingestor run --simulate-scales``."""
+def run_simulator(args: SimulatorArgs, stop: Callable[[], bool]) -> None:
+    """Child entry (see :mod:`ingestor.child`) for ``ingestor run --simulate-scales``, until ``stop()``."""
     # seq counts on from the wall clock, so a restarted simulator never repeats one
-    sim = Simulator(endpoint, scales=scales, rate=rate, seq_start=int(time.time() * 1000), curve=curve)
-    log.info("Simulating %d scales at %g events/s into %s", scales, rate, endpoint)
+    sim = Simulator(args.endpoint, scales=args.scales, rate=args.rate, seq_start=int(time.time() * 1000),
+                    curve=args.curve)
+    log.info("Simulating %d scales at %g events/s into %s", args.scales, args.rate, args.endpoint)
     summary = sim.run(stop)
     log.info("Simulator sent %d events in %d frames", summary.events, summary.frames)
-    return 0

@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from .errors import StatsUnavailable
-from .ring import _unlink, _untrack
+from .shm import SharedBlock
 
 # Receive-to-commit latency histogram: 1 ms buckets up to 1 s, 100 ms buckets
 # up to 60 s, one overflow bucket. Fine where the p99 target (300 ms) lives.
@@ -73,35 +73,25 @@ WRITER_DTYPE = np.dtype(
 )
 
 
-class Counters:
-    """The shared counter block: ``front`` (one record) and ``writers`` (one per lane)."""
+class Counters(SharedBlock):
+    """The shared counter block: ``front`` (one FRONT_DTYPE record) and ``writers`` (one WRITER_DTYPE per lane)."""
 
     def __init__(self, shm: SharedMemory, writers: int, owner: bool) -> None:
-        self._shm = shm
-        self._owner = owner
-        self.name = shm.name
+        super().__init__(shm, owner)
         self.front = np.ndarray((), FRONT_DTYPE, shm.buf, 0)
         self.writers = np.ndarray((writers,), WRITER_DTYPE, shm.buf, _writers_offset())
 
     @classmethod
     def create(cls, writers: int) -> Counters:
-        shm = SharedMemory(create=True, size=_writers_offset() + writers * WRITER_DTYPE.itemsize)
-        _untrack(shm)
-        shm.buf[:] = b"\0" * shm.size
-        return cls(shm, writers, owner=True)
+        return cls(cls._allocate(_writers_offset() + writers * WRITER_DTYPE.itemsize), writers, owner=True)
 
     @classmethod
     def attach(cls, name: str, writers: int) -> Counters:
-        shm = SharedMemory(name=name)
-        _untrack(shm)
-        return cls(shm, writers, owner=False)
+        """SharedMemoryError when the block is gone."""
+        return cls(cls._open(name, "shared counters"), writers, owner=False)
 
-    def close(self) -> None:
+    def _unmap(self) -> None:
         del self.front, self.writers
-        self._shm.close()
-
-    def unlink(self) -> None:
-        _unlink(self._shm)
 
 
 def _writers_offset() -> int:

@@ -45,6 +45,7 @@ import zmq
 
 from . import child, leftovers, schema, security
 from .acks import AckTable
+from .children import ChildArgs, CurveServerArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .client import CurveKeys
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
@@ -76,13 +77,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
 
-class Child:
-    """One supervised child slot: what to run, the current process, its restart history."""
+_ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator"}
 
-    def __init__(self, role: str, index: int, kwargs: dict) -> None:
-        self.role = role
-        self.index = index
-        self.kwargs = kwargs
+
+class Child:
+    """One supervised child slot: what it runs (``args``), its current process, its restart history."""
+
+    def __init__(self, args: ChildArgs) -> None:
+        self.args = args
+        self.role = _ROLES[type(args)]
+        self.index = args.index if isinstance(args, WriterArgs) else 0
         self.process: multiprocessing.process.BaseProcess | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -249,32 +253,21 @@ class Supervisor:
         self.acks = AckTable.create(writers)
         leftovers.record(cfg.data_dir, [self.ring.spec.name, self.counters.name, self.acks.name],
                          self.ring.semaphore_names)
-        dead_letter_dir = str(cfg.resolved_dead_letter_dir())
-        shared = {"ring_handles": self.ring.handles, "counters_name": self.counters.name, "acks_name": self.acks.name,
-                  "dead_letter_dir": dead_letter_dir, "dead_letter_max_bytes": cfg.dead_letter_max_bytes}
-        for i in range(writers):
-            self.children.append(Child("writer", i, {
-                **shared, "index": i, "dsn": self.dsn, "schema": cfg.schema, "batch_size": cfg.batch_size,
-                "batch_timeout_ms": cfg.batch_timeout_ms,
-            }))
-        front = {**shared, "writers": writers, "bind": cfg.bind, "max_frame_bytes": cfg.max_frame_bytes,
-                 "spool_dir": str(cfg.resolved_spool_dir()),
-                 "spool_max_bytes": cfg.spool_max_bytes, "ack_bind": cfg.ack_endpoint()}
-        simulator_curve = None
+        shared = SharedBlocks(ring=self.ring.spec, semaphores=self.ring.handles[1], counters=self.counters.name,
+                              acks=self.acks.name)
+        self.children += [Child(WriterArgs.from_config(cfg, shared, i, self.dsn)) for i in range(writers)]
+        front_curve = simulator_curve = None
         if cfg.curve_secret_key:
-            front.update(curve_secret_key=cfg.curve_secret_key, curve_clients_dir=cfg.curve_clients_dir)
+            extra: tuple[bytes, ...] = ()
             if cfg.simulate_scales:
                 # the bundled simulator gets a key pair of its own for this run, allowed by the front
                 sim_public, sim_secret = zmq.curve_keypair()
-                front["curve_extra_clients"] = (sim_public,)
+                extra = (sim_public,)
                 simulator_curve = CurveKeys(server_public, sim_public, sim_secret)
-        self.children.append(Child("front", 0, front))
+            front_curve = CurveServerArgs(cfg.curve_secret_key, cfg.curve_clients_dir, extra)
+        self.children.append(Child(FrontArgs.from_config(cfg, shared, front_curve)))
         if cfg.simulate_scales:
-            endpoint = cfg.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
-            self.children.append(Child("simulator", 0, {
-                "endpoint": endpoint, "scales": cfg.simulate_scales, "rate": cfg.simulate_rate,
-                "curve": simulator_curve,
-            }))
+            self.children.append(Child(SimulatorArgs.from_config(cfg, simulator_curve)))
         for c in self.children:
             self.spawn(c)
         if cfg.retention_days:
@@ -337,7 +330,7 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         process = self.ctx.Process(
-            target=child.main, args=(c.role, self.config.log_level, c.kwargs), name=c.name, daemon=False
+            target=child.main, args=(c.args, self.config.log_level), name=c.name, daemon=False
         )
         with _signals_blocked():
             process.start()

@@ -43,12 +43,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
+from .children import WriterArgs
 from .deadletter import DeadLetterWriter
 from .failpoints import failpoint
-from .protocol import DATA_FIELDS, Rejected
-from .ring import Lane
+from .protocol import DATA_FIELDS, RECORD_DTYPE, Rejected
+from .ring import Lane, Ring
 from .schema import set_search_path
-from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, bucket_of, latency_buckets
+from .shm import attached
+from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Counters, bucket_of, latency_buckets
 
 log = logging.getLogger(__name__)
 
@@ -404,48 +406,27 @@ def _record_json(r: np.void) -> bytes:
     return msgspec.json.encode(event)
 
 
-def run_writer(
-    *,
-    stop: Callable[[], bool],
-    ring_handles: tuple,
-    counters_name: str,
-    index: int,
-    dsn: str,
-    schema: str,
-    batch_size: int,
-    batch_timeout_ms: int,
-    dead_letter_dir: str,
-    dead_letter_max_bytes: int,
-    acks_name: str,
-) -> int:
-    """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``index``.
+def run_writer(args: WriterArgs) -> None:
+    """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``args.index``.
 
     SIGTERM alone does not stop a writer: it writes until the supervisor sets
     the ring's draining flag (after the front has stopped) and its lane is
     empty, or until the supervisor itself is gone.
     """
-    from .protocol import RECORD_DTYPE
-    from .ring import Ring
-    from .stats import Counters
+    shared = args.shared
+    with attached(Ring.attach(shared.ring, RECORD_DTYPE, shared.semaphores),
+                  Counters.attach(shared.counters, shared.ring.lanes),
+                  AckTable.attach(shared.acks, shared.ring.lanes)) as (ring, counters, acks):
+        _write(args, ring, counters, acks)  # its views into the blocks are gone when it returns
 
-    spec, sems = ring_handles
-    ring = Ring.attach(spec, RECORD_DTYPE, sems)
-    counters = Counters.attach(counters_name, spec.lanes)
-    mine = counters.writers[index : index + 1].reshape(())
+
+def _write(args: WriterArgs, ring: Ring, counters: Counters, acks: AckTable) -> None:
+    mine = counters.writers[args.index : args.index + 1].reshape(())
     mine["pid"] = os.getpid()
-    acks = AckTable.attach(acks_name, spec.lanes)
     parent = os.getppid()
-    writer = Writer(
-        lane=ring.lanes[index], ring_id=spec.ring_id, dsn=dsn, schema=schema, batch_size=batch_size,
-        batch_timeout_ms=batch_timeout_ms, counters=mine,
-        dead_letters=DeadLetterWriter(dead_letter_dir, f"writer-{index}", dead_letter_max_bytes),
+    Writer(
+        lane=ring.lanes[args.index], ring_id=args.shared.ring.ring_id, dsn=args.dsn, schema=args.schema,
+        batch_size=args.batch_size, batch_timeout_ms=args.batch_timeout_ms, counters=mine,
+        dead_letters=DeadLetterWriter(args.dead_letters.directory, f"writer-{args.index}", args.dead_letters.max_bytes),
         draining=lambda: ring.draining or os.getppid() != parent, acks=acks,
-    )
-    try:
-        writer.run()
-    finally:
-        del writer, mine  # drop views into the shared blocks before closing them
-        acks.close()
-        counters.close()
-        ring.close()
-    return 0
+    ).run()

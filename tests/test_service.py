@@ -29,7 +29,7 @@ def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_fa
     svc.wait_ready()
     summary = Simulator(svc.bind, scales=300, rate=0, events=300 * 50, events_per_frame=100, start_ms=1_700_000_000_000).run()
     assert summary.events == 15_000
-    s = svc.wait_for(lambda s: s["persisted"] == 15_000)
+    s = svc.wait_for(lambda s: s["persisted"] == 15_000 and s["pending"] == 0)
     assert identity_holds(s) and s["invalid"] == 0 and s["pending"] == 0
     assert s["received_frames"] == summary.frames
     rows = conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone()
@@ -48,13 +48,14 @@ def test_resent_frames_are_duplicates_also_after_a_restart(service_factory, dsn,
     svc.wait_ready()
     Simulator(svc.bind, **run).run()
     Simulator(svc.bind, **run).run()  # the same frames again
-    s = svc.wait_for(lambda s: s["persisted"] + s["duplicates"] == 1200)
+    s = svc.wait_for(lambda s: s["persisted"] + s["duplicates"] == 1200 and s["pending"] == 0)
     assert (s["persisted"], s["duplicates"]) == (600, 600) and identity_holds(s)
     assert svc.terminate() == 0
     svc = service_factory("--dsn", dsn, "--writers", "3")  # restarted, other lanes
     svc.wait_ready()
     Simulator(svc.bind, **run).run()
-    s = svc.wait_for(lambda s: s["duplicates"] == 600)
+    # pending too: a writer counts a batch just before it releases its slots
+    s = svc.wait_for(lambda s: s["duplicates"] == 600 and s["pending"] == 0)
     assert s["persisted"] == 0 and identity_holds(s)
     assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (600, 600)
     assert svc.terminate() == 0
@@ -200,7 +201,7 @@ def test_out_of_order_event_is_stored_once_and_never_overwrites_a_newer_state(se
     push.send(msgspec.msgpack.encode(late))  # never stored before: stored, state untouched
     svc.wait_for(lambda s: s["persisted"] == 2)
     push.send(msgspec.msgpack.encode([late, newer]))  # both again: duplicates
-    s = svc.wait_for(lambda s: s["duplicates"] == 2)
+    s = svc.wait_for(lambda s: s["duplicates"] == 2 and s["pending"] == 0)
     push.close(linger=5000)
     ctx.term()
     assert identity_holds(s) and s["persisted"] == 2

@@ -102,7 +102,7 @@ def test_a_child_that_cannot_boot_halts_the_service_with_the_reason(service_fact
         code = svc.proc.wait(60)
         taken.close(linger=0)
     out = svc.output()
-    assert code == 1 and "Cannot bind" in out and "Halting: front could not boot (exit code 3)" in out
+    assert code == 1 and "Cannot boot: cannot bind" in out and "Halting: front could not boot (exit code 3)" in out
     assert out.count("Restarting front") == 0
 
 

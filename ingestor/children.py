@@ -1,0 +1,104 @@
+"""What each child process is given: one typed Struct per role, built from :class:`~ingestor.config.Config`.
+
+uvicorn hands each worker one config object; here the supervisor builds one
+of these per child from the service's Config and the shared blocks it
+created, :func:`ingestor.child.main` receives it in the new process (pickled
+by the ``spawn`` start method) and dispatches on its type. Both sides read
+the same fields, so a renamed or missing one fails at the first test, not in
+production.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .client import CurveKeys
+from .config import Config
+from .ring import RingSpec
+
+
+class SharedBlocks(msgspec.Struct, frozen=True):
+    """The supervisor's shared-memory blocks, for children to attach to by name."""
+
+    ring: RingSpec
+    semaphores: Any  #: the ring's per-lane semaphores (ring._Semaphores), inherited at spawn
+    counters: str  #: name of the stats.Counters block
+    acks: str  #: name of the acks.AckTable block
+
+
+class DeadLetterArgs(msgspec.Struct, frozen=True):
+    """Where a child writes its dead letters (docs/operations.md#dead-letters)."""
+
+    directory: str
+    max_bytes: int  #: the total of all dead-letter files, bytes
+
+    @classmethod
+    def from_config(cls, config: Config) -> DeadLetterArgs:
+        return cls(str(config.resolved_dead_letter_dir()), config.dead_letter_max_bytes)
+
+
+class CurveServerArgs(msgspec.Struct, frozen=True):
+    """CURVE on the front's input sockets (docs/operations.md#security)."""
+
+    secret_key_file: str
+    clients_dir: str
+    extra_clients: tuple[bytes, ...] = ()  #: z85 public keys allowed besides the directory's (the simulator's)
+
+
+class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the front process needs (:func:`ingestor.front.run_front`)."""
+
+    shared: SharedBlocks
+    bind: str  #: the PULL endpoint
+    ack_bind: str | None  #: the ROUTER endpoint of acked mode, None when off
+    max_frame_bytes: int
+    spool_dir: str
+    spool_max_bytes: int
+    dead_letters: DeadLetterArgs
+    curve: CurveServerArgs | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, shared: SharedBlocks, curve: CurveServerArgs | None) -> FrontArgs:
+        return cls(
+            shared=shared, bind=config.bind, ack_bind=config.ack_endpoint(), max_frame_bytes=config.max_frame_bytes,
+            spool_dir=str(config.resolved_spool_dir()), spool_max_bytes=config.spool_max_bytes,
+            dead_letters=DeadLetterArgs.from_config(config), curve=curve,
+        )
+
+
+class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything writer ``index`` needs (:func:`ingestor.writer.run_writer`)."""
+
+    shared: SharedBlocks
+    index: int  #: the ring lane this writer owns, 0 .. lanes-1
+    dsn: str
+    schema: str
+    batch_size: int  #: events per transaction at most
+    batch_timeout_ms: int
+    dead_letters: DeadLetterArgs
+
+    @classmethod
+    def from_config(cls, config: Config, shared: SharedBlocks, index: int, dsn: str) -> WriterArgs:
+        return cls(
+            shared=shared, index=index, dsn=dsn, schema=config.schema, batch_size=config.batch_size,
+            batch_timeout_ms=config.batch_timeout_ms, dead_letters=DeadLetterArgs.from_config(config),
+        )
+
+
+class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """The bundled simulator of ``--simulate-scales`` (:func:`ingestor.simulator.run_simulator`)."""
+
+    endpoint: str  #: where it connects: the front's PULL endpoint, on loopback
+    scales: int
+    rate: float  #: events/s, all scales together
+    curve: CurveKeys | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, curve: CurveKeys | None) -> SimulatorArgs:
+        endpoint = config.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+        return cls(endpoint=endpoint, scales=config.simulate_scales, rate=config.simulate_rate, curve=curve)
+
+
+ChildArgs = FrontArgs | WriterArgs | SimulatorArgs
