@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import msgspec
+
 from . import __version__, config as config_mod, deadletter, stats
 from .child import setup_logging
 from .errors import ConfigError, DatabaseError, IngestorError, StatsUnavailable
@@ -19,7 +21,12 @@ T = TypeVar("T")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options of ``ingestor run``; each defaults to None so only given flags override."""
+    """The options of ``ingestor run``; each defaults to None so only given flags override.
+
+    No argparse ``type=``: every value is checked by config.load, whose one-line
+    error names the option, the value and where it came from, for flags,
+    environment and file alike (argparse would print the whole usage).
+    """
     o = p.add_argument
     o("--config", metavar="FILE", help="TOML file with any of these options (keys as below, with _ for -)")
     o("--dsn", help="libpq connection string or URI; none anywhere: start an embedded PostgreSQL under --data-dir")
@@ -27,35 +34,44 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--bind", help="PULL endpoint senders connect to (default: tcp://0.0.0.0:5555)")
     o("--ack-bind", help="ROUTER endpoint of acked mode (docs/PROTOCOL.md §5), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
-    o("--batch-size", type=int, help="events per COPY batch at most (default: 5000)")
-    o("--batch-timeout-ms", type=int, help="a batch closes this long after its first event arrived (default: 200)")
-    o("--ring-capacity", type=int, help="slots in the shared-memory ring, all lanes together (default: 65536)")
-    o("--max-frame-bytes", type=int, help="larger ZeroMQ frames are refused (default: 1048576)")
+    o("--batch-size", help="events per COPY batch at most (default: 5000)")
+    o("--batch-timeout-ms", help="a batch closes this long after its first event arrived (default: 200)")
+    o("--ring-capacity", help="slots in the shared-memory ring, all lanes together (default: 65536)")
+    o("--max-frame-bytes", help="larger ZeroMQ frames are refused (default: 1048576)")
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
                          "(default: $STATE_DIRECTORY under systemd, else /var/lib/ingestor as root, ./ingestor-data)")
     o("--dead-letter-dir", help="JSON Lines files of invalid events (default: DATA_DIR/dead-letters)")
-    o("--dead-letter-max-bytes", type=int, help="the dead-letter files' total size; the oldest go first "
+    o("--dead-letter-max-bytes", help="the dead-letter files' total size; the oldest go first "
                                                  "(default: 256 MiB)")
     o("--spool-dir", help="on-disk spool for when the ring is full (default: DATA_DIR/spool)")
-    o("--spool-max-bytes", type=int, help="disk the spool may take; then the front stops reading (default: 1 GiB)")
+    o("--spool-max-bytes", help="disk the spool may take; then the front stops reading (default: 1 GiB)")
     o("--stats-endpoint", help="ZeroMQ REP endpoint answering 'ingestor stats' (default: tcp://127.0.0.1:5557)")
-    o("--partitions-ahead", type=int, help="days of weighing_logs partitions created ahead (default: 7)")
-    o("--retention-days", type=int, help="drop day partitions older than this many days, hourly "
+    o("--partitions-ahead", help="days of weighing_logs partitions created ahead (default: 7)")
+    o("--retention-days", help="drop day partitions older than this many days, hourly "
                                          "(default: 0 = keep everything)")
-    o("--http-bind", help="HOST:PORT of /metrics, /health and the seed JSON endpoints, or 'off' "
+    o("--http-bind", help="HOST:PORT of /metrics, /health and ScaleHub's JSON monitoring endpoints, or 'off' "
                           "(default: 127.0.0.1:9108)")
-    o("--stall-seconds", type=float, help="/health fails when nothing was committed this long while events "
+    o("--stall-seconds", help="/health fails when nothing was committed this long while events "
                                           "are pending (default: 60)")
     o("--log-level", help="debug, info, warning or error (default: info)")
-    o("--simulate-scales", type=int, help="also run a simulator of this many scales sending to --bind (default: 0)")
-    o("--simulate-rate", type=float, help="simulated events per second, all scales together (default: 300)")
+    o("--simulate-scales", help="also run a simulator of this many scales sending to --bind (default: 0)")
+    o("--simulate-rate", help="simulated events per second, all scales together (default: 300)")
     o("--curve-secret-key", metavar="FILE", help="the service's CURVE key pair (a .key_secret file from "
                                                  "'ingestor keys generate'); with --curve-clients-dir: CURVE on both input endpoints")
     o("--curve-clients-dir", metavar="DIR", help="directory of the allowed senders' public .key files; "
                                                  "other keys are refused and counted (refused_clients)")
-    o("--run-seconds", type=float, help="drain and exit after this many seconds (default: 0 = run until stopped)")
-    o("--drain-seconds", type=float, help="a graceful stop writing longer than this keeps the rest in the spool "
+    o("--run-seconds", help="drain and exit after this many seconds (default: 0 = run until stopped)")
+    o("--drain-seconds", help="a graceful stop writing longer than this keeps the rest in the spool "
                                           "(default: 60; keep systemd's TimeoutStopSec above it)")
+
+
+def _add_database_options(p: argparse.ArgumentParser) -> None:
+    """--dsn and --schema of the one-shot database commands."""
+    p.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ,
+                   help="libpq connection string or URI of the database (default: $INGESTOR_DSN); keep the "
+                        "password in a password file (PGPASSFILE), not here")
+    p.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"),
+                   help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,30 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
 
     st = sub.add_parser("stats", help="the running service's figures (docs/operations.md#stats)")
-    st.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT))
+    st.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT),
+                    help=f"the service's stats endpoint (default: $INGESTOR_STATS_ENDPOINT, else {DEFAULT_STATS_ENDPOINT})")
     st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--histograms", action="store_true",
+                    help="with --json: also the latency and batch histograms (which /metrics exports too)")
     st.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default: 2)")
 
     tp = sub.add_parser("top", help="live view of the running service (q or Ctrl-C quits)")
-    tp.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT))
+    tp.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT),
+                    help=f"the service's stats endpoint (default: $INGESTOR_STATS_ENDPOINT, else {DEFAULT_STATS_ENDPOINT})")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)")
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
 
-    mg = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
-    mg.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
-    mg.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+    mg = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)",
+                        description="Apply the migrations of sql/ that the database lacks, each in its own "
+                                    "transaction, and create the coming day partitions. Safe to run again.")
+    _add_database_options(mg)
 
     rb = sub.add_parser("rebuild-state", help="recompute scale_current_states from weighing_logs")
-    rb.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
-    rb.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+    _add_database_options(rb)
 
     pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
     pt_sub = pt.add_subparsers(dest="action", required=True)
     ar = pt_sub.add_parser("archive", help="export day partitions before DATE as gzip'd CSV (drops nothing)")
     ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
     ar.add_argument("--to", required=True, metavar="DIR", help="directory for <partition>.csv.gz files")
-    ar.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ)
-    ar.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"))
+    _add_database_options(ar)
 
     dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
     dl_sub = dl.add_subparsers(dest="action", required=True)
@@ -132,10 +151,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     for name in config_mod.unknown_environment():
         logging.getLogger("ingestor").warning("Ignoring %s: no such option (options: ingestor config show)", name)
-    try:
-        import uvloop  # noqa: F401  (asyncio users in this process get uvloop)
-    except ImportError:
-        pass
     from .supervisor import Supervisor
 
     return Supervisor(config).run()
@@ -143,11 +158,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     try:
-        figures = stats.query(args.stats_endpoint, args.timeout)
+        figures = stats.fetch(args.stats_endpoint, args.timeout)
     except StatsUnavailable as e:
         print(f"ingestor stats: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(figures, indent=2) if args.json else stats.format_text(figures))
+    if not args.json:
+        print(stats.format_text(figures))
+        return 0
+    out = msgspec.to_builtins(figures)
+    if not args.histograms:
+        for name in stats.HISTOGRAMS:
+            del out[name]
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -221,8 +243,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         elif not summary:
             print(f"no dead letters in {directory}")
         else:
+            print(f"dead letters in {directory}")
+            print(f"{'count':>9}  {'kind':<22} first .. last (UTC)  example reason")
             for kind, s in summary.items():
-                print(f"{s['count']:>9}  {kind:<22} {s['first']} .. {s['last']}  e.g. {s['example']}")
+                print(f"{s['count']:>9}  {kind:<22} {s['first']} .. {s['last']}  {s['example']}")
         return 0
     curve = None
     if args.curve_server_key or args.curve_client_key:

@@ -167,7 +167,8 @@ def load(
     for source, values in layers:
         for key, value in values.items():
             merged[key] = value
-            sources[key] = f"environment {ENV_PREFIX}{key.upper()}" if source == "environment" else source
+            sources[key] = (f"environment {ENV_PREFIX}{key.upper()}" if source == "environment"
+                            else f"--{key.replace('_', '-')}" if source == "command line" else source)
     if isinstance(merged.get("writers"), str) and merged["writers"].isdigit():
         merged["writers"] = int(merged["writers"])
     try:
@@ -184,7 +185,16 @@ def load(
                           "CURVE needs the service's secret key and the directory of allowed client keys")
     if config.dsn:
         check_dsn(config.dsn, sources["dsn"])
+    for key in ("bind", "ack_bind", "stats_endpoint", "http_bind"):
+        _check_port(key, getattr(config, key), sources[key])
     return config, sources
+
+
+def _check_port(key: str, value: str, source: str) -> None:
+    """ConfigError when the TCP port of endpoint ``value`` is over 65535 (the patterns allow five digits)."""
+    port = value.rsplit(":", 1)[-1]
+    if port.isdigit() and int(port) > 65535:
+        raise ConfigError(f"{key} = {value!r} (from {source}): port {port} is over 65535")
 
 
 def check_dsn(dsn: str, source: str) -> None:
@@ -228,10 +238,18 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
     A password in ``dsn`` is shown as ``****`` (the output gets pasted into tickets).
     """
     lines = []
+    resolved = {"dead_letter_dir": config.resolved_dead_letter_dir(), "spool_dir": config.resolved_spool_dir()}
     for name in FIELDS:
         value = getattr(config, name)
+        if name in resolved and value is None:
+            lines.append(f"{name} = {_toml_value(str(resolved[name]))}  # {sources[name]}: data_dir/{resolved[name].name}")
+            continue
         if value is None:
-            lines.append(f"# {name} = (unset)  # {sources[name]}")
+            meaning = " (an embedded PostgreSQL under data_dir/pg)" if name == "dsn" else ""
+            lines.append(f"# {name} = (unset){meaning}  # {sources[name]}")
+            continue
+        if name == "writers" and value == "auto":
+            lines.append(f"writers = \"auto\"  # {sources[name]}: {config.writer_count()} on this machine")
             continue
         if name == "dsn":
             value = mask_password(value)

@@ -1,4 +1,4 @@
-"""HTTP monitoring (``--http-bind``): Prometheus ``/metrics``, ``/health``, and the seed system's JSON.
+"""HTTP monitoring (``--http-bind``): Prometheus ``/metrics``, ``/health``, and ScaleHub's JSON monitoring endpoints.
 
 Served by a small WSGI server in one daemon thread of the supervisor. The
 thread never touches the shared counters: the supervisor's loop hands it a
@@ -17,7 +17,7 @@ Endpoints:
     unreachable, no writer is alive, or nothing has been committed for
     longer than ``stall_seconds`` while events are pending.
 ``/api/v1/monitoring/persistence/metrics`` and ``…/health``
-    The seed system's JSON shapes and field names, so existing dashboards
+    ScaleHub's JSON shapes and field names, so existing dashboards
     keep working.
 """
 
@@ -35,30 +35,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .errors import ConfigError
+from .stats import Figures, LatencyHistogram, counter_fields
 
 log = logging.getLogger(__name__)
 
 PREFIX = "ingestor"
-# docs/operations.md#stats counts exposed as Prometheus counters: (stats key, help)
-COUNTS = (
-    ("received_frames", "Frames received (ZeroMQ message parts)."),
-    ("received_events", "Events received, valid or not."),
-    ("invalid", "Events rejected as invalid and dead-lettered."),
-    ("duplicates", "Events already stored (same scale_id and seq), not stored again."),
-    ("persisted", "Events committed to weighing_logs."),
-    ("failed", "Events PostgreSQL rejected at write, dead-lettered."),
-    ("refused_frames", "Frames over --max-frame-bytes, refused."),
-    ("spooled_events", "Events appended to the on-disk spool."),
-    ("replayed_events", "Events found in the spool at start."),
-    ("dead_letters_dropped", "Dead letters deleted to keep --dead-letter-max-bytes."),
-    ("dead_letter_errors", "Dead letters that could not be written (logged whole instead)."),
-    ("lost", "Accepted events that could be kept nowhere (each loss logged at ERROR with its number)."),
-    ("acked_messages", "Messages received on the acked-mode ROUTER endpoint."),
-    ("ack_replies", "Acked-mode replies sent."),
-    ("refused_clients", "CURVE handshakes refused: the sender's key is not allowed."),
-)
-
-
+COUNTERS = counter_fields()  # every count of the stats, as ingestor_<name>_total
 def parse_bind(bind: str) -> tuple[str, int]:
     """``host:port`` -> (host, port). Raises ConfigError naming the value."""
     host, _, port = bind.rpartition(":")
@@ -68,31 +50,30 @@ def parse_bind(bind: str) -> tuple[str, int]:
 
 
 class _Collector:
-    def __init__(self, snapshot: Callable[[], dict | None]) -> None:
+    def __init__(self, snapshot: Callable[[], Figures | None]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator:
         s = self._snapshot()
         if s is None:
             return
-        for key, doc in COUNTS:
+        for key, doc in COUNTERS:
             c = CounterMetricFamily(f"{PREFIX}_{key}", doc)
-            c.add_metric([], s.get(key, 0))
+            c.add_metric([], getattr(s, key))
             yield c
         gauges = (
-            ("pending_events", "Events accepted and not yet written (ring, spool, in hand).", s["pending"]),
-            ("ring_capacity_slots", "Slots of the shared-memory ring.", s["ring_capacity"]),
-            ("ring_used_slots", "Slots holding events now.", s["ring_used"]),
-            ("spool_bytes", "Disk the on-disk spool takes now.", s["spool_bytes"]),
-            ("spool_events", "Events in the on-disk spool now.", s.get("spool_events", 0)),
+            ("pending_events", "Events accepted and not yet written (ring, spool, in hand).", s.pending),
+            ("ring_capacity_slots", "Slots of the shared-memory ring.", s.ring_capacity),
+            ("ring_used_slots", "Slots holding events now.", s.ring_used),
+            ("spool_bytes", "Disk the on-disk spool takes now.", s.spool_bytes),
+            ("spool_events", "Events in the on-disk spool now.", s.spool_events),
             ("database_connected", "1 while every live writer's last database operation succeeded.",
-             int(s["database_connected"])),
-            ("draining", "1 while the service drains before exiting.", int(s["status"] == "draining")),
-            ("uptime_seconds", "Seconds since the service started.", s["uptime_s"]),
-            ("events_per_second", "Events persisted per second over the last 10 s.", s["events_per_s"]),
-            ("average_batch_size_events", "Events per committed batch, on average.", s["average_batch_size"]),
-            ("average_batch_duration_seconds", "Duration of a committed batch, on average.",
-             s["average_batch_ms"] / 1000),
+             int(s.database_connected)),
+            ("draining", "1 while the service drains before exiting.", int(s.status == "draining")),
+            ("uptime_seconds", "Seconds since the service started.", s.uptime_s),
+            ("events_per_second", "Events persisted per second over the last 10 s.", s.events_per_s),
+            ("average_batch_size_events", "Events per committed batch, on average.", s.average_batch_size),
+            ("average_batch_duration_seconds", "Duration of a committed batch, on average.", s.average_batch_ms / 1000),
         )
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
@@ -100,24 +81,24 @@ class _Collector:
             yield g
         alive = GaugeMetricFamily(f"{PREFIX}_writer_alive", "1 while writer i's process is alive.", labels=["writer"])
         restarts = CounterMetricFamily(f"{PREFIX}_writer_restarts", "Restarts of writer i.", labels=["writer"])
-        for i, w in enumerate(s["writers"]):
-            alive.add_metric([str(i)], int(w["alive"]))
-            restarts.add_metric([str(i)], w["restarts"])
+        for i, w in enumerate(s.writers):
+            alive.add_metric([str(i)], int(w.alive))
+            restarts.add_metric([str(i)], w.restarts)
         yield alive
         yield restarts
-        yield _latency(s["latency_histogram"])
+        yield _latency(s.latency_histogram)
         size = HistogramMetricFamily(f"{PREFIX}_batch_size_events", "Events per committed batch.")
-        size.add_metric([], s["batch_size_histogram"], sum_value=s["persisted"] + s["duplicates"] + s["failed"])
+        size.add_metric([], s.batch_size_histogram, sum_value=s.persisted + s.duplicates + s.failed)
         yield size
         seconds = HistogramMetricFamily(f"{PREFIX}_batch_duration_seconds", "Wall time of a committed batch.")
-        seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in s["batch_ms_histogram"]],
-                           sum_value=s["batch_us_total"] / 1e6)
+        seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in s.batch_ms_histogram],
+                           sum_value=s.batch_us_total / 1e6)
         yield seconds
 
 
-def _latency(histogram: dict) -> HistogramMetricFamily:
+def _latency(histogram: LatencyHistogram) -> HistogramMetricFamily:
     buckets, acc = [], 0
-    for upper_ms, count in zip(histogram["upper_ms"], histogram["count"]):
+    for upper_ms, count in zip(histogram.upper_ms, histogram.count):
         acc += count
         buckets.append((repr(upper_ms / 1000), acc))
     buckets.append(("+Inf", acc))
@@ -125,24 +106,24 @@ def _latency(histogram: dict) -> HistogramMetricFamily:
                               "Time from a frame's receipt to the commit of its events (bucket bounds: 1 ms up "
                               "to 1 s, then 100 ms; only non-empty buckets are listed).")
     # The exact sum is not kept; the bucket bounds give an upper estimate.
-    total = sum(u / 1000 * c for u, c in zip(histogram["upper_ms"], histogram["count"]))
+    total = sum(u / 1000 * c for u, c in zip(histogram.upper_ms, histogram.count))
     h.add_metric([], buckets, sum_value=total)
     return h
 
 
-def health(s: dict | None, stall_seconds: float, now: float | None = None) -> tuple[bool, str]:
+def health(s: Figures | None, stall_seconds: float, now: float | None = None) -> tuple[bool, str]:
     """(healthy, reason) by the rules of the module docstring."""
     if s is None:
         return False, "starting"
-    if not any(w["alive"] for w in s["writers"]):
+    if not any(w.alive for w in s.writers):
         return False, "no writer is alive"
-    if not s["database_connected"]:
+    if not s.database_connected:
         return False, "the database is unreachable"
-    if s["pending"] and s["last_persisted_at"]:
+    if s.pending and s.last_persisted_at:
         now = now if now is not None else time.time()
-        idle = now - dt.datetime.fromisoformat(s["last_persisted_at"]).timestamp()
+        idle = now - dt.datetime.fromisoformat(s.last_persisted_at).timestamp()
         if idle > stall_seconds:
-            return False, f"nothing committed for {idle:.0f} s with {s['pending']} events pending"
+            return False, f"nothing committed for {idle:.0f} s with {s.pending} events pending"
     return True, "ok"
 
 
@@ -160,18 +141,18 @@ class Monitoring:
     def __init__(self, bind: str, stall_seconds: float) -> None:
         self.host, self.port = parse_bind(bind)
         self.stall_seconds = stall_seconds
-        self._snapshot: dict | None = None
+        self._snapshot: Figures | None = None
         self._lock = threading.Lock()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self.snapshot))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def update(self, snapshot: dict) -> None:
+    def update(self, snapshot: Figures) -> None:
         with self._lock:
             self._snapshot = snapshot
 
-    def snapshot(self) -> dict | None:
+    def snapshot(self) -> Figures | None:
         with self._lock:
             return self._snapshot
 
@@ -202,20 +183,20 @@ class Monitoring:
             if s is None:
                 return _json(start_response, 503, {"success": False, "data": None})
             return _json(start_response, 200, {"success": True, "data": {
-                "batchQueueSize": s["pending"],
-                "totalEventsProcessed": s["persisted"],
-                "totalEventsFailed": s["failed"] + s["invalid"],
-                "averageBatchSize": s["average_batch_size"],
-                "averageProcessingTimeMs": s["average_batch_ms"],
-                "lastProcessedTimestamp": s["last_persisted_at"],
+                "batchQueueSize": s.pending,
+                "totalEventsProcessed": s.persisted,
+                "totalEventsFailed": s.failed + s.invalid,
+                "averageBatchSize": s.average_batch_size,
+                "averageProcessingTimeMs": s.average_batch_ms,
+                "lastProcessedTimestamp": s.last_persisted_at,
             }})
         if path == "/api/v1/monitoring/persistence/health":
             ok, reason = health(s, self.stall_seconds)
-            running = s is not None and s["status"] == "running" and any(w["alive"] for w in s["writers"])
+            running = s is not None and s.status == "running" and any(w.alive for w in s.writers)
             return _json(start_response, 200 if ok else 503, {"success": ok, "data": {
                 "status": "UP" if ok else "DOWN",
                 "batchProcessorRunning": running,
-                "databaseConnected": bool(s and s["database_connected"]),
+                "databaseConnected": bool(s and s.database_connected),
                 "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
                 **({} if ok else {"reason": reason}),
             }})

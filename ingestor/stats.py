@@ -8,9 +8,13 @@ the ring, so a writer's counts survive its crash and restart.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import typing
 from multiprocessing.shared_memory import SharedMemory
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -93,6 +97,41 @@ class Counters(SharedBlock):
     def _unmap(self) -> None:
         del self.front, self.writers
 
+    def read_into(self, f: Figures) -> Figures:
+        """Fill ``f``'s counts from the block and return it.
+
+        The caller has set what only it knows: ``status``, ``uptime_s``, the
+        ring's ``ring_used``/``ring_capacity``, ``events_per_s``,
+        ``database_connected``, ``recent_events``, and per writer ``alive``,
+        ``restarts`` and the live ``pid`` (0 when dead: the last one is read here).
+        """
+        c, w = self.front, self.writers
+        persisted, batches = int(w["persisted"].sum()), int(w["batches"].sum())
+        hist = w["latency_hist"].sum(axis=0)
+        last_commit = int(w["last_commit_ns"].max())
+        for name in ("received_frames", "received_events", "invalid", "lost", "spool_bytes", "spool_events",
+                     "spooled_events", "replayed_events", "spool_cut_bytes", "refused_frames", "acked_messages",
+                     "ack_replies", "ack_expired", "refused_clients"):
+            setattr(f, name, int(c[name]))
+        f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
+        f.dead_letter_errors = int(c["dead_letter_errors"]) + int(w["dead_letter_errors"].sum())
+        f.dead_letters_dropped = int(c["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum())
+        f.pending = f.ring_used + int(c["front_pending"])
+        f.batch_us_total = int(w["batch_us_total"].sum())
+        f.average_batch_size = round(persisted / batches, 1) if batches else 0.0
+        f.average_batch_ms = round(f.batch_us_total / batches / 1000, 1) if batches else 0.0
+        f.last_persisted_at = (dt.datetime.fromtimestamp(last_commit / 1e9, dt.timezone.utc).isoformat()
+                               if last_commit else None)
+        f.latency_ms = Latency(percentile_ms(hist, 0.5), percentile_ms(hist, 0.99))
+        f.latency_histogram = LatencyHistogram(**histogram_ms(hist))
+        f.batch_size_histogram = cumulative_buckets(w["batch_size_hist"].sum(axis=0), BATCH_SIZE_BOUNDS)
+        f.batch_ms_histogram = cumulative_buckets(w["batch_ms_hist"].sum(axis=0), BATCH_MS_BOUNDS)
+        for i, writer in enumerate(f.writers):
+            writer.pid = writer.pid or int(w["pid"][i])
+            writer.persisted, writer.batches = int(w["persisted"][i]), int(w["batches"][i])
+            writer.last_batch_ms = round(int(w["last_batch_us"][i]) / 1000, 1)
+        return f
+
 
 def _writers_offset() -> int:
     return (FRONT_DTYPE.itemsize + 63) // 64 * 64
@@ -134,16 +173,147 @@ def histogram_ms(hist: np.ndarray) -> dict[str, list]:
     return {"upper_ms": upper.tolist(), "count": hist[nonzero].tolist()}
 
 
+# -- the figures ------------------------------------------------------------------
+
+
+def _counter(doc: str) -> msgspec.Meta:
+    """A count that only grows while the service runs: exported as the Prometheus counter ``ingestor_<name>_total``."""
+    return msgspec.Meta(description=doc, extra={"prometheus": "counter"})
+
+
+class Latency(msgspec.Struct):
+    """Receive-to-commit latency quantiles in ms (bucket upper bounds); None before the first commit."""
+
+    p50: float | None = None
+    p99: float | None = None
+
+
+class LatencyHistogram(msgspec.Struct):
+    """The non-empty buckets of the receive-to-commit histogram: upper bounds in ms, and counts."""
+
+    upper_ms: list[int] = []
+    count: list[int] = []
+
+
+class RecentEvent(msgspec.Struct):
+    """A notable event for ``ingestor top``: a child died, the database went or came back, spooling began."""
+
+    time: str  #: RFC 3339, UTC, seconds
+    event: str
+
+
+class WriterFigures(msgspec.Struct):
+    """One writer's figures."""
+
+    pid: int
+    alive: bool
+    restarts: int
+    persisted: int
+    batches: int
+    last_batch_ms: float
+
+
+class Figures(msgspec.Struct, kw_only=True):
+    """The figures of docs/operations.md#stats: what ``ingestor stats`` prints and ``/metrics`` exports.
+
+    The single definition of them: the supervisor fills one from the shared
+    counters (or leaves the defaults while it starts), the stats socket
+    sends it as JSON, ``ingestor stats`` and ``top`` decode it, and the
+    Prometheus exporter turns every field marked as a counter into
+    ``ingestor_<name>_total``. Counts are events unless named otherwise.
+    """
+
+    status: Literal["starting", "running", "draining"] = "starting"
+    uptime_s: float = 0.0
+    received_frames: Annotated[int, _counter("Frames received (ZeroMQ message parts).")] = 0
+    received_events: Annotated[int, _counter("Events received, valid or not (and replayed from the spool).")] = 0
+    invalid: Annotated[int, _counter("Events rejected as invalid and dead-lettered.")] = 0
+    duplicates: Annotated[int, _counter("Events already stored (same scale_id and seq), not stored again.")] = 0
+    persisted: Annotated[int, _counter("Events committed to weighing_logs.")] = 0
+    failed: Annotated[int, _counter("Events PostgreSQL rejected at write, dead-lettered.")] = 0
+    lost: Annotated[int, _counter("Accepted events that could be kept nowhere (each loss logged at ERROR).")] = 0
+    pending: int = 0  #: accepted, not yet written: ring, spool, the front's hands
+    ring_capacity: int = 0
+    ring_used: int = 0
+    spool_bytes: int = 0
+    spool_events: int = 0
+    spooled_events: Annotated[int, _counter("Events appended to the on-disk spool.")] = 0
+    replayed_events: Annotated[int, _counter("Events found in the spool at start.")] = 0
+    spool_cut_bytes: Annotated[int, _counter("Bytes of torn or corrupt spool blocks cut at open.")] = 0
+    refused_frames: Annotated[int, _counter("Frames over --max-frame-bytes, refused.")] = 0
+    acked_messages: Annotated[int, _counter("Messages received on the acked-mode ROUTER endpoint.")] = 0
+    ack_replies: Annotated[int, _counter("Acked-mode replies sent.")] = 0
+    ack_expired: Annotated[int, _counter("Acked messages given up without a reply after 600 s.")] = 0
+    refused_clients: Annotated[int, _counter("CURVE handshakes refused: unknown key or no CURVE.")] = 0
+    dead_letter_errors: Annotated[int, _counter("Dead letters that could not be written (logged whole).")] = 0
+    dead_letters_dropped: Annotated[int, _counter("Dead letters deleted to keep --dead-letter-max-bytes.")] = 0
+    events_per_s: float = 0.0  #: persisted per second over the last 10 s
+    average_batch_size: float = 0.0
+    average_batch_ms: float = 0.0
+    batch_us_total: int = 0  #: wall time of every committed batch together, µs
+    last_persisted_at: str | None = None  #: RFC 3339, UTC
+    database_connected: bool = False
+    latency_ms: Latency = msgspec.field(default_factory=Latency)
+    recent_events: list[RecentEvent] = []
+    writers: list[WriterFigures] = []
+    # for /metrics and plots; `ingestor stats` leaves them out unless --histograms
+    latency_histogram: LatencyHistogram = msgspec.field(default_factory=LatencyHistogram)
+    batch_size_histogram: list[tuple[str, int]] = []  #: (Prometheus "le", cumulative count)
+    batch_ms_histogram: list[tuple[str, int]] = []
+
+
+HISTOGRAMS = ("latency_histogram", "batch_size_histogram", "batch_ms_histogram")
+
+
+def counter_fields() -> list[tuple[str, str]]:
+    """``(name, help)`` of every Figures field that is a Prometheus counter, in field order."""
+    hints = typing.get_type_hints(Figures, include_extras=True)
+    out = []
+    for name in Figures.__struct_fields__:
+        for meta in getattr(hints[name], "__metadata__", ()):
+            if isinstance(meta, msgspec.Meta) and (meta.extra or {}).get("prometheus") == "counter":
+                out.append((name, meta.description))
+    return out
+
+
+def format_text(f: Figures) -> str:
+    """The figures as aligned ``name: value`` lines for people (histograms left out)."""
+    lines = []
+    for name in Figures.__struct_fields__:
+        if name in HISTOGRAMS or name in ("writers", "recent_events", "latency_ms", "batch_us_total"):
+            continue
+        value = getattr(f, name)
+        lines.append(f"{name:>22}: {'never' if value is None else str(value).lower() if isinstance(value, bool) else value}")
+        if name == "average_batch_ms":
+            p50, p99 = f.latency_ms.p50, f.latency_ms.p99
+            lines.append(f"{'latency_ms':>22}: " + (f"p50 {p50:g}, p99 {p99:g}" if p50 is not None else "none yet"))
+    for i, w in enumerate(f.writers):
+        lines.append(f"{f'writer {i}':>22}: pid {w.pid} {'alive' if w.alive else 'DEAD'}, {w.persisted} persisted "
+                     f"in {w.batches} batches, last {w.last_batch_ms} ms, {w.restarts} restarts")
+    for e in f.recent_events[-5:]:
+        lines.append(f"{'recent':>22}: {e.time} {e.event}")
+    return "\n".join(lines)
+
+
 # -- the stats socket ---------------------------------------------------------
 
 STATS_REQUEST = b"stats"
 
 
+def fetch(endpoint: str, timeout_s: float = 2.0) -> Figures:
+    """The figures of the service on ``endpoint``. Raises StatsUnavailable when nothing answers in ``timeout_s`` s."""
+    return msgspec.json.decode(_ask(endpoint, timeout_s), type=Figures)
+
+
 def query(endpoint: str, timeout_s: float = 2.0) -> dict:
-    """Ask the service on ``endpoint`` for its figures (docs/operations.md#stats).
+    """The figures of the service on ``endpoint`` as the JSON object it sent (for scripts: every field, untyped).
 
     Raises StatsUnavailable when nothing answers within ``timeout_s`` seconds.
     """
+    return json.loads(_ask(endpoint, timeout_s))
+
+
+def _ask(endpoint: str, timeout_s: float) -> bytes:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -159,20 +329,4 @@ def query(endpoint: str, timeout_s: float = 2.0) -> dict:
         raise StatsUnavailable(f"cannot reach an ingestor on {endpoint}: {e}") from None
     finally:
         sock.close()
-    return json.loads(reply)
-
-
-def format_text(stats: dict) -> str:
-    """The figures as aligned ``name: value`` lines for people."""
-    lines = []
-    for key, value in stats.items():
-        if key in ("writers", "latency_histogram", "batch_size_histogram", "batch_ms_histogram", "recent_events"):
-            continue
-        lines.append(f"{key:>20}: {value}")
-    for i, w in enumerate(stats.get("writers", [])):
-        state = "alive" if w["alive"] else "dead"
-        lines.append(
-            f"{'writer ' + str(i):>20}: pid {w['pid']} {state}, {w['persisted']} persisted in "
-            f"{w['batches']} batches, last {w['last_batch_ms']} ms, {w['restarts']} restarts"
-        )
-    return "\n".join(lines)
+    return reply

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import msgspec
 import numpy as np
 import psycopg
 import zmq
@@ -56,8 +56,7 @@ from .failpoints import failpoint
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
-from .stats import (BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, STATS_REQUEST, Counters, cumulative_buckets, histogram_ms,
-                    percentile_ms)
+from .stats import STATS_REQUEST, Counters, Figures, RecentEvent, WriterFigures
 
 log = logging.getLogger(__name__)
 
@@ -499,9 +498,12 @@ class Supervisor:
     def notice_changes(self) -> None:
         """Remember database up/down and spool on/off transitions, and refused senders (for `ingestor top`)."""
         connected = self.database_connected()
-        if self._was_connected is not None and connected != self._was_connected:
-            self.remember("database reachable again" if connected else "database unreachable")
-        self._was_connected = connected
+        if connected and self._was_connected is False:
+            self.remember("database reachable again")
+        elif not connected and self._was_connected:
+            self.remember("database unreachable")
+        if connected or self._was_connected is not None:  # writers still connecting at start are no outage
+            self._was_connected = connected
         spooling = int(self.counters.front["spool_events"]) > 0
         if spooling != self._was_spooling:
             self.remember("ring full: spooling to disk" if spooling else "spool drained")
@@ -522,9 +524,9 @@ class Supervisor:
             self._last_rate_log = now
             s = self.snapshot()
             log.info("[RATE] %.1f events/s; %d persisted, %d pending, %d invalid, ring %d/%d",
-                     s["events_per_s"], s["persisted"], s["pending"], s["invalid"], s["ring_used"], s["ring_capacity"])
-            self.notifier.notify(f"STATUS={self.status}: {s['events_per_s']:.0f} events/s, {s['persisted']} persisted, "
-                                 f"{s['pending']} pending, database {'up' if s['database_connected'] else 'DOWN'}")
+                     s.events_per_s, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
+            self.notifier.notify(f"STATUS={self.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
+                                 f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
             self.maintain_partitions()
@@ -560,77 +562,19 @@ class Supervisor:
         (t0, p0), (t1, p1) = self._rate_samples[0], self._rate_samples[-1]
         return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
 
-    def snapshot(self) -> dict:
-        """The figures of docs/operations.md#stats (and a few more), read from the shared counters."""
+    def snapshot(self) -> Figures:
+        """The figures of docs/operations.md#stats, from the shared counters (the defaults while starting)."""
+        f = Figures(status=self.status, uptime_s=round(time.time() - self.started, 1),
+                    ring_capacity=self.config.ring_capacity,
+                    recent_events=[RecentEvent(t, e) for t, e in self.recent])
         if self.counters is None:
-            return self.starting_snapshot()
-        f, w = self.counters.front, self.counters.writers
-        persisted = int(w["persisted"].sum())
-        batches = int(w["batches"].sum())
-        last_commit = int(w["last_commit_ns"].max())
-        hist = w["latency_hist"].sum(axis=0)
-        return {
-            "status": self.status,
-            "uptime_s": round(time.time() - self.started, 1),
-            "received_frames": int(f["received_frames"]),
-            "received_events": int(f["received_events"]),
-            "invalid": int(f["invalid"]),
-            "duplicates": int(w["duplicates"].sum()),
-            "persisted": persisted,
-            "failed": int(w["failed"].sum()),
-            "pending": self.ring.used() + int(f["front_pending"]),
-            "ring_capacity": self.ring.capacity,
-            "ring_used": self.ring.used(),
-            "spool_bytes": int(f["spool_bytes"]),
-            "spool_events": int(f["spool_events"]),
-            "spooled_events": int(f["spooled_events"]),
-            "replayed_events": int(f["replayed_events"]),
-            "spool_cut_bytes": int(f["spool_cut_bytes"]),
-            "refused_frames": int(f["refused_frames"]),
-            "acked_messages": int(f["acked_messages"]),
-            "ack_replies": int(f["ack_replies"]),
-            "ack_expired": int(f["ack_expired"]),
-            "refused_clients": int(f["refused_clients"]),
-            "events_per_s": self.events_per_s(),
-            "average_batch_size": round(persisted / batches, 1) if batches else 0.0,
-            "average_batch_ms": round(int(w["batch_us_total"].sum()) / batches / 1000, 1) if batches else 0.0,
-            "last_persisted_at": (
-                dt.datetime.fromtimestamp(last_commit / 1e9, dt.timezone.utc).isoformat() if last_commit else None
-            ),
-            "database_connected": self.database_connected(),
-            "latency_ms": {"p50": percentile_ms(hist, 0.5), "p99": percentile_ms(hist, 0.99)},
-            "latency_histogram": histogram_ms(hist),
-            "batch_size_histogram": cumulative_buckets(w["batch_size_hist"].sum(axis=0), BATCH_SIZE_BOUNDS),
-            "batch_ms_histogram": cumulative_buckets(w["batch_ms_hist"].sum(axis=0), BATCH_MS_BOUNDS),
-            "batch_us_total": int(w["batch_us_total"].sum()),
-            "recent_events": [{"time": t, "event": e} for t, e in self.recent],
-            "dead_letter_errors": int(f["dead_letter_errors"]) + int(w["dead_letter_errors"].sum()),
-            "lost": int(f["lost"]),
-            "dead_letters_dropped": int(f["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum()),
-            "writers": [
-                {
-                    "pid": c.process.pid if c.alive() else int(w["pid"][c.index]),
-                    "alive": c.alive(),
-                    "restarts": c.restarts,
-                    "persisted": int(w["persisted"][c.index]),
-                    "batches": int(w["batches"][c.index]),
-                    "last_batch_ms": round(int(w["last_batch_us"][c.index]) / 1000, 1),
-                }
-                for c in self.writers
-            ],
-        }
-
-    def starting_snapshot(self) -> dict:
-        """docs/operations.md#stats's figures before the shared blocks exist (the database is awaited): nothing counted yet."""
-        counts = dict.fromkeys(("received_frames", "received_events", "invalid", "duplicates", "persisted", "failed",
-                                "pending", "ring_used", "spool_bytes", "batch_us_total"), 0)
-        return {
-            "status": self.status, "uptime_s": round(time.time() - self.started, 1), **counts,
-            "ring_capacity": self.config.ring_capacity, "events_per_s": 0.0, "average_batch_size": 0.0,
-            "average_batch_ms": 0.0, "last_persisted_at": None, "database_connected": False,
-            "latency_ms": {"p50": None, "p99": None}, "recent_events": [{"time": t, "event": e} for t, e in self.recent],
-            "writers": [],
-        }
+            return f
+        f.ring_capacity, f.ring_used = self.ring.capacity, self.ring.used()
+        f.events_per_s = self.events_per_s()
+        f.database_connected = self.database_connected()
+        f.writers = [WriterFigures(pid=c.process.pid if c.alive() else 0, alive=c.alive(), restarts=c.restarts,
+                                   persisted=0, batches=0, last_batch_ms=0.0) for c in self.writers]
+        return self.counters.read_into(f)
 
     def serve_stats(self) -> None:
         try:
@@ -638,9 +582,9 @@ class Supervisor:
         except zmq.Again:
             return
         if request == STATS_REQUEST:
-            reply = json.dumps(self.snapshot()).encode()
+            reply = msgspec.json.encode(self.snapshot())
         else:
-            reply = json.dumps({"error": f"unknown request {request[:40]!r}; send {STATS_REQUEST!r}"}).encode()
+            reply = msgspec.json.encode({"error": f"unknown request {request[:40]!r}; send {STATS_REQUEST!r}"})
         self.stats_sock.send(reply)
 
     # -- teardown -------------------------------------------------------------------
@@ -652,7 +596,7 @@ class Supervisor:
                 c.process.join(5)
         if self.counters is not None:  # the figures of docs/operations.md#stats outlive the stats socket in the log
             s = self.snapshot()
-            log.info("Final counts: %s", " ".join(f"{k}={s[k]}" for k in FINAL_COUNTS))
+            log.info("Final counts: %s", " ".join(f"{k}={getattr(s, k)}" for k in FINAL_COUNTS))
         if self.monitoring is not None:
             self.monitoring.stop()
         if self.stats_sock is not None:

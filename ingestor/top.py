@@ -28,45 +28,48 @@ from rich.text import Text
 
 from . import stats
 from .errors import StatsUnavailable
+from .stats import Figures
 
 
-def render(s: dict | None, endpoint: str, error: str | None = None) -> Panel:
-    """One frame for the stats ``s`` (None: nobody answered, ``error`` says why)."""
+def render(s: Figures | None, endpoint: str, error: str | None = None) -> Panel:
+    """One frame for the figures ``s`` (None: nobody answered, ``error`` says why)."""
     if s is None:
         return Panel(Text(f"No ingestor answers on {endpoint}: {error}\nStill asking; q quits.", style="bold red"),
                      title="ingestor top")
     head = Table.grid(padding=(0, 3))
     for _ in range(4):
         head.add_column()
-    db = Text("connected", style="green") if s["database_connected"] else Text("UNREACHABLE", style="bold red")
-    lat = s["latency_ms"]
-    head.add_row("status", Text(s["status"], style="bold"), "uptime", f"{s['uptime_s']:.0f} s")
-    head.add_row("events/s", f"{s['events_per_s']:,.1f}", "database", db)
-    head.add_row("received", f"{s['received_events']:,}", "persisted", f"{s['persisted']:,}")
-    head.add_row("pending", f"{s['pending']:,}", "invalid", f"{s['invalid']:,}")
-    head.add_row("duplicates", f"{s['duplicates']:,}", "failed", f"{s['failed']:,}")
-    head.add_row("refused frames", f"{s.get('refused_frames', 0):,}", "refused senders", f"{s.get('refused_clients', 0):,}")
-    head.add_row("batch", f"{s['average_batch_size']:,.0f} events / {s['average_batch_ms']:.0f} ms",
-                 "latency p50 / p99", f"{lat['p50']} / {lat['p99']} ms")
+    db = Text("connected", style="green") if s.database_connected else Text("UNREACHABLE", style="bold red")
+    lat = s.latency_ms
+    head.add_row("status", Text(s.status, style="bold"), "uptime", f"{s.uptime_s:.0f} s")
+    head.add_row("events/s", f"{s.events_per_s:,.1f}", "database", db)
+    head.add_row("received", f"{s.received_events:,}", "persisted", f"{s.persisted:,}")
+    head.add_row("pending", f"{s.pending:,}", "invalid", f"{s.invalid:,}")
+    head.add_row("duplicates", f"{s.duplicates:,}", "failed", f"{s.failed:,}")
+    head.add_row("refused frames", f"{s.refused_frames:,}", "refused senders", f"{s.refused_clients:,}")
+    if s.lost:
+        head.add_row(Text("LOST", style="bold red"), Text(f"{s.lost:,}", style="bold red"), "", "")
+    head.add_row("batch", f"{s.average_batch_size:,.0f} events / {s.average_batch_ms:.0f} ms",
+                 "latency p50 / p99", f"{lat.p50:g} / {lat.p99:g} ms" if lat.p50 is not None else "none yet")
 
     fill = Table.grid(padding=(0, 2))
     fill.add_column(width=6)
     fill.add_column(width=40)
     fill.add_column()
-    fill.add_row("ring", ProgressBar(total=s["ring_capacity"], completed=s["ring_used"], width=40),
-                 f"{s['ring_used']:,} / {s['ring_capacity']:,} slots")
-    fill.add_row("spool", "", f"{s['spool_bytes'] / 2**20:,.1f} MiB, {s.get('spool_events', 0):,} events")
+    fill.add_row("ring", ProgressBar(total=max(1, s.ring_capacity), completed=s.ring_used, width=40),
+                 f"{s.ring_used:,} / {s.ring_capacity:,} slots")
+    fill.add_row("spool", "", f"{s.spool_bytes / 2**20:,.1f} MiB, {s.spool_events:,} events")
 
     writers = Table("writer", "pid", "state", "restarts", "persisted", "batches", "last batch", box=None)
-    for i, w in enumerate(s["writers"]):
-        state = Text("alive", style="green") if w["alive"] else Text("dead", style="bold red")
-        writers.add_row(str(i), str(w["pid"]), state, str(w["restarts"]), f"{w['persisted']:,}",
-                        f"{w['batches']:,}", f"{w['last_batch_ms']} ms")
+    for i, w in enumerate(s.writers):
+        state = Text("alive", style="green") if w.alive else Text("dead", style="bold red")
+        writers.add_row(str(i), str(w.pid), state, str(w.restarts), f"{w.persisted:,}", f"{w.batches:,}",
+                        f"{w.last_batch_ms} ms")
 
     recent = Table("time (UTC)", "recent events", box=None)
-    for e in s.get("recent_events", [])[-8:]:
-        recent.add_row(e["time"], e["event"])
-    if not s.get("recent_events"):
+    for e in s.recent_events[-8:]:
+        recent.add_row(e.time, e.event)
+    if not s.recent_events:
         recent.add_row("", Text("none", style="dim"))
     return Panel(Group(head, Text(""), fill, Text(""), writers, Text(""), recent),
                  title=f"ingestor top — {endpoint}", subtitle="q quits")
@@ -88,9 +91,9 @@ def _keys() -> Iterator[callable]:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
-def _ask(endpoint: str, timeout_s: float) -> tuple[dict | None, str | None]:
+def _ask(endpoint: str, timeout_s: float) -> tuple[Figures | None, str | None]:
     try:
-        return stats.query(endpoint, timeout_s), None
+        return stats.fetch(endpoint, timeout_s), None
     except StatsUnavailable as e:
         return None, str(e)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -27,6 +28,25 @@ def test_stats_without_a_service_exits_1_with_a_clear_message():
     assert f"no ingestor answered on {endpoint}" in r.stderr
 
 
+@pytest.mark.slow
+def test_stats_prints_lines_for_people_and_json_without_histograms_unless_asked(service_factory, dsn):
+    svc = service_factory("--dsn", dsn, "--writers", "1")
+    svc.wait_ready()
+    svc.send(b'{"scale_id": 1, "seq": 1, "ts": 1700000000000}')
+    svc.wait_for(lambda s: s["persisted"] == 1)
+    text = ingestor("stats", "--stats-endpoint", svc.stats_endpoint).stdout
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in text.splitlines()}
+    assert lines["persisted"] == "1" and lines["status"] == "running" and lines["database_connected"] == "true"
+    assert re.fullmatch(r"p50 \d+, p99 \d+", lines["latency_ms"]) and "{" not in text
+    assert lines["writer 0"].startswith("pid ") and "alive, 1 persisted in 1 batches" in lines["writer 0"]
+    plain = json.loads(ingestor("stats", "--json", "--stats-endpoint", svc.stats_endpoint).stdout)
+    full = json.loads(ingestor("stats", "--json", "--histograms", "--stats-endpoint", svc.stats_endpoint).stdout)
+    histograms = {"latency_histogram", "batch_size_histogram", "batch_ms_histogram"}
+    assert not histograms & set(plain) and histograms <= set(full) and full["latency_histogram"]["count"] == [1]
+    assert len(json.dumps(plain, indent=2).splitlines()) < 80
+    assert svc.terminate() == 0
+
+
 def test_migrate_is_idempotent(dsn, conn):
     first = ingestor("migrate", "--dsn", dsn)
     second = ingestor("migrate", "--dsn", dsn)
@@ -41,7 +61,7 @@ def test_config_layers_file_then_environment_then_flags(tmp_path):
     cfg, sources = config.load({"writers": "4"}, config_file=str(f), environ={"INGESTOR_BATCH_TIMEOUT_MS": "75"})
     assert (cfg.batch_size, cfg.batch_timeout_ms, cfg.writers) == (100, 75, 4)
     assert sources["batch_size"].startswith("file") and sources["batch_timeout_ms"] == "environment INGESTOR_BATCH_TIMEOUT_MS"
-    assert sources["writers"] == "command line" and sources["ring_capacity"] == "default"
+    assert sources["writers"] == "--writers" and sources["ring_capacity"] == "default"
 
 
 @pytest.mark.parametrize("flags,words", [
@@ -75,7 +95,9 @@ def test_config_show_prints_every_option_with_its_source(tmp_path):
     lines = {line.split()[1 if line.startswith("#") else 0]: line for line in r.stdout.splitlines()}
     assert set(lines) == set(config.FIELDS)
     assert lines["batch_size"] == f"batch_size = 100  # file {f}"
-    assert lines["writers"] == "writers = 3  # command line"
+    assert lines["writers"] == "writers = 3  # --writers"
+    assert lines["dead_letter_dir"].startswith('dead_letter_dir = "') and "/dead-letters\"  # default" in lines["dead_letter_dir"]
+    assert lines["spool_dir"].endswith("# default: data_dir/spool")
     assert lines["spool_max_bytes"] == "spool_max_bytes = 2097152  # environment INGESTOR_SPOOL_MAX_BYTES"
     assert lines["ring_capacity"] == "ring_capacity = 65536  # default"
     # what config show prints is itself a valid config file giving the same values
@@ -85,10 +107,17 @@ def test_config_show_prints_every_option_with_its_source(tmp_path):
     assert (again.batch_size, again.writers, again.spool_max_bytes) == (100, 3, 2097152)
 
 
-def test_run_with_a_bad_value_fails_at_start_naming_it():
-    r = ingestor("run", "--batch-size", "-5")
+@pytest.mark.parametrize("flag,value,message", [
+    ("--batch-size", "-5", "ingestor: batch_size = '-5' (from --batch-size): must be an integer from 1 to 1000000"),
+    ("--batch-size", "abc", "ingestor: batch_size = 'abc' (from --batch-size): must be an integer from 1 to 1000000"),
+    ("--http-bind", "127.0.0.1:99999", "ingestor: http_bind = '127.0.0.1:99999' (from --http-bind): "
+                                       "port 99999 is over 65535"),
+    ("--bind", "tcp://*:70000", "ingestor: bind = 'tcp://*:70000' (from --bind): port 70000 is over 65535"),
+])
+def test_run_with_a_bad_value_fails_at_start_in_one_line_naming_it(flag, value, message):
+    r = ingestor("run", flag, value)
     assert r.returncode == 2
-    assert "batch_size" in r.stderr and "-5" in r.stderr
+    assert r.stderr.strip() == message  # one line: no usage, no traceback
 
 
 def test_dead_letters_list_counts_by_kind_and_replay_resends_the_valid_ones(service_factory, dsn, conn, tmp_path):
@@ -108,6 +137,9 @@ def test_dead_letters_list_counts_by_kind_and_replay_resends_the_valid_ones(serv
     assert listed.returncode == 0, listed.stderr
     summary = json.loads(listed.stdout)
     assert {k: v["count"] for k, v in summary.items()} == {"missing_field": 1, "rejected_by_database": 1}
+    table = ingestor("dead-letters", "list", "--dead-letter-dir", str(directory)).stdout.splitlines()
+    assert table[0] == f"dead letters in {directory}" and table[1].split()[:3] == ["count", "kind", "first"]
+    assert [line.split()[:2] for line in table[2:]] == [["1", "missing_field"], ["1", "rejected_by_database"]]
 
     svc = service_factory("--dsn", dsn, "--writers", "1")
     svc.wait_ready()
@@ -177,7 +209,7 @@ def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variab
     r = ingestor("config", "show", "--dsn", "host=db user=ingestor password=s3cret dbname=scales",
                  env={**os.environ, "INGESTOR_BACH_SIZE": "100"})
     assert r.returncode == 0, r.stderr
-    assert 'dsn = "host=db user=ingestor password=**** dbname=scales"  # command line' in r.stdout
+    assert 'dsn = "host=db user=ingestor password=**** dbname=scales"  # --dsn' in r.stdout
     assert "s3cret" not in r.stdout
     assert "ignored: INGESTOR_BACH_SIZE names no option" in r.stderr
 
@@ -187,7 +219,7 @@ def test_run_with_a_dsn_that_is_not_one_exits_2_in_one_line(tmp_path):
     r = ingestor("run", "--dsn", "not a dsn at all", "--data-dir", str(tmp_path), "--http-bind", "off",
                  "--stats-endpoint", f"tcp://127.0.0.1:{free_port()}")
     assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and "'not a dsn at all' (from command line): not a libpq connection" in r.stderr
+    assert "Traceback" not in r.stderr and "'not a dsn at all' (from --dsn): not a libpq connection" in r.stderr
 
 
 @pytest.mark.parametrize("what", ["unreachable", "unknown database", "not a dsn"])

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingestor.monitoring import health
+from ingestor.stats import Figures, WriterFigures, counter_fields
 
 pytestmark = pytest.mark.slow
+ALERTS = Path(__file__).resolve().parent.parent / "docs" / "alerts.yml"
 
 
 def get_when(svc, path: str, ready, timeout_s: float = 10) -> tuple[int, bytes]:
@@ -50,6 +54,11 @@ def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory,
     metrics = {m.name: m for m in text_string_to_metric_families(body.decode())}
     value = lambda name: metrics[name].samples[0].value  # noqa: E731
     assert value("ingestor_persisted") == 50 and value("ingestor_received_events") == 50
+    for name, _ in counter_fields():  # every count of `ingestor stats`, ack_expired and spool_cut_bytes too
+        assert metrics[f"ingestor_{name}"].type == "counter" and value(f"ingestor_{name}") == s[name], name
+    for metric in set(re.findall(r"\b(ingestor_\w+)", ALERTS.read_text())):  # docs/alerts.yml names real metrics
+        assert metric in body.decode(), metric
+    assert not any("database" in e["event"] for e in s["recent_events"]), s["recent_events"]  # it never went away
     assert value("ingestor_ring_capacity_slots") == s["ring_capacity"]
     assert value("ingestor_database_connected") == 1
     assert sorted(x.labels["writer"] for x in metrics["ingestor_writer_alive"].samples) == ["0", "1"]
@@ -93,11 +102,12 @@ def test_health_is_503_with_a_reason_while_the_database_is_unreachable(service_f
 
 
 def test_health_rules_name_the_failing_condition():
-    base = {"writers": [{"alive": True}], "database_connected": True, "pending": 0,
-            "last_persisted_at": "2026-01-01T00:00:00+00:00"}
+    writer = WriterFigures(pid=1, alive=True, restarts=0, persisted=0, batches=0, last_batch_ms=0.0)
+    base = Figures(writers=[writer], database_connected=True, last_persisted_at="2026-01-01T00:00:00+00:00")
     assert health(base, 60) == (True, "ok")
-    assert health({**base, "writers": [{"alive": False}]}, 60) == (False, "no writer is alive")
-    stalled = {**base, "pending": 5}
+    dead = msgspec.structs.replace(writer, alive=False)
+    assert health(msgspec.structs.replace(base, writers=[dead]), 60) == (False, "no writer is alive")
+    stalled = msgspec.structs.replace(base, pending=5)
     ok, reason = health(stalled, 60, now=1767225600 + 61)
     assert not ok and reason == "nothing committed for 61 s with 5 events pending"
     assert health(stalled, 60, now=1767225600 + 30) == (True, "ok")
