@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import zmq
 
 from .client import CurveKeys
 from .config import Config
@@ -102,3 +103,25 @@ class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ChildArgs = FrontArgs | WriterArgs | SimulatorArgs
+
+
+def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:
+    """The children of a service: one writer per ring lane, the front, and the simulator when asked for.
+
+    ``server_public``: the service's CURVE public key when CURVE is on; the
+    bundled simulator then gets a key pair of its own for this run, which
+    the front allows besides the clients directory's.
+    """
+    front_curve = simulator_curve = None
+    if config.curve_secret_key:
+        extra: tuple[bytes, ...] = ()
+        if config.simulate_scales:
+            sim_public, sim_secret = zmq.curve_keypair()
+            extra = (sim_public,)
+            simulator_curve = CurveKeys(server_public, sim_public, sim_secret)
+        front_curve = CurveServerArgs(config.curve_secret_key, config.curve_clients_dir, extra)
+    planned: list[ChildArgs] = [WriterArgs.from_config(config, shared, i, dsn) for i in range(shared.ring.lanes)]
+    planned.append(FrontArgs.from_config(config, shared, front_curve))
+    if config.simulate_scales:
+        planned.append(SimulatorArgs.from_config(config, simulator_curve))
+    return planned

@@ -74,6 +74,25 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
 
+def _add_dead_letter_commands(sub: argparse._SubParsersAction) -> None:
+    """``ingestor dead-letters list|replay``."""
+    dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
+    dl_sub = dl.add_subparsers(dest="action", required=True)
+    ls = dl_sub.add_parser("list", help="counts by kind, with time range and an example reason")
+    rp = dl_sub.add_parser("replay", help="re-submit (acked mode) the dead letters that are valid now; keep the rest")
+    for p in (ls, rp):
+        p.add_argument("--dead-letter-dir", help="default: from --config / INGESTOR_DEAD_LETTER_DIR / DATA_DIR/dead-letters")
+        p.add_argument("--config", metavar="FILE")
+    ls.add_argument("--json", action="store_true")
+    rp.add_argument("--ack-endpoint", default="tcp://127.0.0.1:5556",
+                    help="the service's acked-mode ROUTER endpoint (default: tcp://127.0.0.1:5556)")
+    rp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answers (default: 30)")
+
+    rp.add_argument("--curve-server-key", metavar="FILE", help="the service's public .key file, when CURVE is on")
+    rp.add_argument("--curve-client-key", metavar="FILE", help="this client's .key_secret file, "
+                                                                "its public half in the service's --curve-clients-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingestor", description="Scale measurements from ZeroMQ into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"scale-ingestor {__version__}")
@@ -111,21 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--to", required=True, metavar="DIR", help="directory for <partition>.csv.gz files")
     _add_database_options(ar)
 
-    dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
-    dl_sub = dl.add_subparsers(dest="action", required=True)
-    ls = dl_sub.add_parser("list", help="counts by kind, with time range and an example reason")
-    rp = dl_sub.add_parser("replay", help="re-submit (acked mode) the dead letters that are valid now; keep the rest")
-    for p in (ls, rp):
-        p.add_argument("--dead-letter-dir", help="default: from --config / INGESTOR_DEAD_LETTER_DIR / DATA_DIR/dead-letters")
-        p.add_argument("--config", metavar="FILE")
-    ls.add_argument("--json", action="store_true")
-    rp.add_argument("--ack-endpoint", default="tcp://127.0.0.1:5556",
-                    help="the service's acked-mode ROUTER endpoint (default: tcp://127.0.0.1:5556)")
-    rp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answers (default: 30)")
-
-    rp.add_argument("--curve-server-key", metavar="FILE", help="the service's public .key file, when CURVE is on")
-    rp.add_argument("--curve-client-key", metavar="FILE", help="this client's .key_secret file, "
-                                                                "its public half in the service's --curve-clients-dir")
+    _add_dead_letter_commands(sub)
 
     ks = sub.add_parser("keys", help="CURVE key pairs for the service and its senders")
     ks_sub = ks.add_subparsers(dest="action", required=True)

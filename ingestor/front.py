@@ -143,59 +143,42 @@ class Front:
         """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool).
 
         With ``acked=True`` each message is ``[identity, token, frame, ...]``
-        from the ROUTER socket (docs/PROTOCOL.md §5): its records get the message's tag
-        and its reply waits in ``_awaiting`` until they are committed.
+        from the ROUTER socket (docs/PROTOCOL.md §5): its records get the
+        message's tag and its reply waits in :attr:`replies` until they are committed.
         """
         received_ns = time.time_ns()
-        now_us = received_ns // 1000
-        builder = RecordBuilder()
-        rejected: list[Rejected] = []
-        frames = events = 0
+        batch = _Batch(received_ns // 1000, self.max_frame_bytes, self._refuse)
         tagged: list[tuple[int, int, int]] = []  # (tag, first record, end record)
         for message in messages:
-            if acked:
-                start, invalid_before = len(builder), len(rejected)
-                identity, token, message = message[0], message[1] if len(message) > 1 else b"", message[2:]
-                error = None
-                if len(token) > MAX_TOKEN_BYTES:  # docs/PROTOCOL.md §5 v1.1: each event dead-lettered, counted invalid
-                    error = "bad_token"
-                    for frame in message:
-                        raws = split_events(frame)
-                        rejected += [_bad_token(token, raw, None if raw is frame else index)
-                                     for index, raw in enumerate(raws)]
-                        events += len(raws)
-                    frames += len(message)
-                    message = []
-                elif not message:
-                    error = "no_frames"
-            for frame in message:
-                frames += 1
-                if len(frame) > self.max_frame_bytes:
-                    rejected.append(self._refuse(frame))
-                    events += 1
-                    continue
-                n, bad = decode_frame(frame, builder, now_us)
-                events += n
-                if bad:
-                    rejected += bad
-            if acked:
-                tag = self.replies.add(identity, token, len(builder) - start, len(rejected) - invalid_before, error)
-                tagged.append((tag, start, len(builder)))
+            if not acked:
+                batch.decode(message)
+                continue
+            start, invalid_before = len(batch.builder), len(batch.rejected)
+            identity, token, frames = message[0], message[1] if len(message) > 1 else b"", message[2:]
+            if len(token) > MAX_TOKEN_BYTES:  # §5 v1.1: each event dead-lettered, counted invalid
+                error: str | None = "bad_token"
+                batch.reject_all(frames, lambda raw, index: _bad_token(token, raw, index))
+            else:
+                error = None if frames else "no_frames"
+                batch.decode(frames)
+            tag = self.replies.add(identity, token, len(batch.builder) - start, len(batch.rejected) - invalid_before,
+                                   error)
+            tagged.append((tag, start, len(batch.builder)))
         c = self.counters
         # Held and invalid are counted before received: a stats reader may see an
         # event counted twice for a moment, never missing, so once `received_events`
         # shows a batch, the other side of the identity of docs/operations.md#stats already does too.
-        self.placement.hold(len(builder))
-        c["invalid"] += len(rejected)
-        c["received_frames"] += frames
-        c["received_events"] += events
+        self.placement.hold(len(batch.builder))
+        c["invalid"] += len(batch.rejected)
+        c["received_frames"] += batch.frames
+        c["received_events"] += batch.events
         if acked:
             c["acked_messages"] += len(messages)
-        if rejected:
-            self.dead_letters.write(rejected)
+        if batch.rejected:
+            self.dead_letters.write(batch.rejected)
             self.dead_letters.count_into(c)
-        if len(builder):
-            records = builder.build(received_ns)
+        if len(batch.builder):
+            records = batch.builder.build(received_ns)
             for tag, start, end in tagged:
                 records["tag"][start:end] = tag
             self.placement.place(records)
@@ -214,6 +197,38 @@ class Front:
         # added, not stored: the shared total outlives a restarted front, whose own count starts at 0
         self.counters["ack_expired"] += self.replies.expired
         self.replies.expired = 0
+
+class _Batch:
+    """The frames of one received batch, decoded: valid events as columns, invalid ones with their reasons."""
+
+    def __init__(self, now_us: int, max_frame_bytes: int, refuse: Callable[[bytes], Rejected]) -> None:
+        self.builder = RecordBuilder()
+        self.rejected: list[Rejected] = []
+        self.frames = self.events = 0
+        self._now_us = now_us
+        self._max_frame_bytes = max_frame_bytes
+        self._refuse = refuse
+
+    def decode(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.frames += 1
+            if len(frame) > self._max_frame_bytes:
+                self.rejected.append(self._refuse(frame))
+                self.events += 1
+                continue
+            n, bad = decode_frame(frame, self.builder, self._now_us)
+            self.events += n
+            if bad:
+                self.rejected += bad
+
+    def reject_all(self, frames: list[bytes], why: Callable[[bytes, int | None], Rejected]) -> None:
+        """Every event of ``frames`` is invalid for a reason of the message, not its own."""
+        for frame in frames:
+            raws = split_events(frame)
+            self.rejected += [why(raw, None if raw is frame else index) for index, raw in enumerate(raws)]
+            self.events += len(raws)
+        self.frames += len(frames)
+
 
 def _bad_token(token: bytes, raw: bytes, index: int | None) -> Rejected:
     reason = f"acked-mode token is {len(token)} bytes, more than {MAX_TOKEN_BYTES} (docs/PROTOCOL.md §5)"

@@ -11,11 +11,11 @@ A dead child is respawned at the same index, after a backoff that doubles
 with each quick failure; a child exiting with ``EXIT_BOOT_ERROR`` halts the
 supervisor instead (it would only fail again).
 
-Stopping:
-- graceful (SIGTERM, SIGINT): status ``draining``; stop the simulator and
-  the front (SIGTERM, they place the batch in hand), then set the ring's
-  draining flag so writers exit once their lane is written; then stop the
-  embedded PostgreSQL and exit 0. When the database stays unreachable for
+Stopping (the phases of :class:`Phase`):
+- graceful (SIGTERM, SIGINT): ``STOPPING_FRONT``: stop the simulator and
+  the front (SIGTERM, they place the batch in hand); once the front is gone,
+  ``DRAINING``: set the ring's draining flag so writers exit once their lane
+  is written; then stop the embedded PostgreSQL and exit 0. When the database stays unreachable for
   ``DRAIN_OFFLINE_GRACE_S``, or writing takes longer than
   ``--drain-seconds``, the writers are killed and what the ring still
   holds goes in front of the spool for the next start (exit 0: nothing
@@ -27,7 +27,7 @@ Stopping:
 from __future__ import annotations
 
 import collections
-import datetime as dt
+import enum
 import errno
 import logging
 import multiprocessing
@@ -43,20 +43,20 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import child, leftovers, schema, security
+from . import child, children, database, leftovers, schema, security
 from .acks import AckTable
-from .children import ChildArgs, CurveServerArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
-from .client import CurveKeys
+from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
+from .recent import RecentEvents
 from .sdnotify import Notifier
 from .errors import IngestorError, SpoolError
 from .failpoints import failpoint
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, Figures, RecentEvent, WriterFigures
+from .stats import STATS_REQUEST, Counters, Figures, WriterFigures
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ LOOP_WAKE_S = 1.0  # the loop runs at least this often
 RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (docs/operations.md#stats)
 PARTITION_CHECK_EVERY_S = 3600.0
-RECENT_EVENTS = 20  # notable events kept for `ingestor top`
-DB_WAIT_FIRST_S, DB_WAIT_MAX_S = 1.0, 30.0  # backoff while PostgreSQL cannot be reached at start
-REFUSED_NOTE_EVERY_S = 60.0  # a refused sender reconnects over and over: one recent event a minute at most
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
@@ -77,6 +74,24 @@ FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed
 
 
 _ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator"}
+
+
+class Phase(enum.Enum):
+    """Where the service is in its life (the stats' ``status`` is :attr:`status`)."""
+
+    STARTING = enum.auto()  # PostgreSQL awaited and migrated; no child yet
+    RUNNING = enum.auto()
+    STOPPING_FRONT = enum.auto()  # graceful stop 1: simulator and front place what they hold and exit
+    DRAINING = enum.auto()  # graceful stop 2: the ring's draining flag is set, writers write their lanes out
+
+    @property
+    def status(self) -> str:
+        """``starting``, ``running`` or ``draining`` (docs/operations.md#stats)."""
+        return {Phase.STARTING: "starting", Phase.RUNNING: "running"}.get(self, "draining")
+
+    @property
+    def stopping(self) -> bool:
+        return self in (Phase.STOPPING_FRONT, Phase.DRAINING)
 
 
 class Child:
@@ -108,7 +123,7 @@ class Supervisor:
         self.config = config
         self.ctx = multiprocessing.get_context("spawn")
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.status = "starting"
+        self.phase = Phase.STARTING
         self.started = time.time()
         self.children: list[Child] = []
         self.ring: Ring | None = None
@@ -121,11 +136,7 @@ class Supervisor:
         self.stats_sock: zmq.Socket | None = None
         self._wakeup_r = self._wakeup_w = -1
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
-        # What an operator should see in `ingestor top`: child deaths, database up/down, spooling.
-        self.recent: collections.deque[tuple[str, str]] = collections.deque(maxlen=RECENT_EVENTS)
-        self._was_connected: bool | None = None
-        self._was_spooling = False
-        self._refused_noted = (0, -REFUSED_NOTE_EVERY_S)  # (refused_clients, monotonic time) when last remembered
+        self.recent = RecentEvents()  # what an operator should see in `ingestor top`
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
@@ -140,7 +151,7 @@ class Supervisor:
         try:
             if not self.boot():
                 return 0
-            self.status = "running"
+            self.phase = Phase.RUNNING
             log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
                      len(self.writers), self.ring.capacity, self.config.stats_endpoint)
             self.notifier.notify("READY=1", f"STATUS=running: {len(self.writers)} writer(s), 0 events/s")
@@ -152,10 +163,10 @@ class Supervisor:
                     code = self.manage_children()
                 if code is not None:
                     return code
-                self.tick()
+                figures = self.tick()
                 self.watchdog()
                 if self.monitoring is not None:
-                    self.monitoring.update(self.snapshot())
+                    self.monitoring.update(figures)
         except IngestorError as e:
             log.error("%s", e)
             return 2
@@ -206,7 +217,7 @@ class Supervisor:
             name = signal.Signals(sig).name
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: nothing to reload (configuration is read at start)")
-            elif sig == signal.SIGQUIT or self.status == "draining":
+            elif sig == signal.SIGQUIT or self.phase.stopping:
                 log.warning("%s: stopping immediately", name)
                 return self.stop_immediately()
             else:
@@ -226,7 +237,24 @@ class Supervisor:
         if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
             server_public, _ = security.load_secret_key(cfg.curve_secret_key)
             security.load_client_keys(cfg.curve_clients_dir)
-        # stats and HTTP first: while the database is awaited, `ingestor stats` says "starting"
+        self.bind_monitoring()  # first: while the database is awaited, `ingestor stats` says "starting"
+        if not self.dsn:
+            self.embedded = EmbeddedPostgres(cfg.data_dir)
+            self.dsn = self.embedded.start()
+            print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
+        if not self.wait_for_database():
+            return False
+        shared = self.create_shared_blocks(cfg.writer_count())
+        self.children = [Child(args) for args in children.plan(cfg, self.dsn, shared, server_public)]
+        for c in self.children:
+            self.spawn(c)
+        if cfg.retention_days:
+            self.maintain_partitions()  # expired partitions go at start too, not an hour later
+        return True
+
+    def bind_monitoring(self) -> None:
+        """Bind the stats socket and the HTTP endpoints; IngestorError naming the endpoint when one is taken."""
+        cfg = self.config
         self.stats_sock = self.zmq.socket(zmq.REP)
         self.stats_sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -239,72 +267,40 @@ class Supervisor:
                 self.monitoring.start()
             except OSError as e:
                 raise IngestorError(f"cannot bind the HTTP monitoring endpoint {cfg.http_bind}: {e}") from None
-        if not self.dsn:
-            self.embedded = EmbeddedPostgres(cfg.data_dir)
-            self.dsn = self.embedded.start()
-            print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
-        if not self.wait_for_database():
-            return False
-        writers = cfg.writer_count()
-        lane_capacity = max(1, cfg.ring_capacity // writers)
+
+    def create_shared_blocks(self, writers: int) -> SharedBlocks:
+        """Create the ring (one lane per writer), the counters and the ack table; record them for leftovers."""
+        lane_capacity = max(1, self.config.ring_capacity // writers)
         self.ring = Ring.create(lanes=writers, lane_capacity=lane_capacity, dtype=RECORD_DTYPE, ctx=self.ctx)
         self.counters = Counters.create(writers)
         self.acks = AckTable.create(writers)
-        leftovers.record(cfg.data_dir, [self.ring.spec.name, self.counters.name, self.acks.name],
+        leftovers.record(self.config.data_dir, [self.ring.spec.name, self.counters.name, self.acks.name],
                          self.ring.semaphore_names)
-        shared = SharedBlocks(ring=self.ring.spec, semaphores=self.ring.handles[1], counters=self.counters.name,
-                              acks=self.acks.name)
-        self.children += [Child(WriterArgs.from_config(cfg, shared, i, self.dsn)) for i in range(writers)]
-        front_curve = simulator_curve = None
-        if cfg.curve_secret_key:
-            extra: tuple[bytes, ...] = ()
-            if cfg.simulate_scales:
-                # the bundled simulator gets a key pair of its own for this run, allowed by the front
-                sim_public, sim_secret = zmq.curve_keypair()
-                extra = (sim_public,)
-                simulator_curve = CurveKeys(server_public, sim_public, sim_secret)
-            front_curve = CurveServerArgs(cfg.curve_secret_key, cfg.curve_clients_dir, extra)
-        self.children.append(Child(FrontArgs.from_config(cfg, shared, front_curve)))
-        if cfg.simulate_scales:
-            self.children.append(Child(SimulatorArgs.from_config(cfg, simulator_curve)))
-        for c in self.children:
-            self.spawn(c)
-        if cfg.retention_days:
-            self.maintain_partitions()  # expired partitions go at start too, not an hour later
-        return True
+        return SharedBlocks(ring=self.ring.spec, semaphores=self.ring.handles[1], counters=self.counters.name,
+                            acks=self.acks.name)
 
     def wait_for_database(self) -> bool:
-        """Migrate, retrying while PostgreSQL cannot be reached yet; False when a stop signal came first.
+        """Migrate, waiting while PostgreSQL cannot be reached yet (:mod:`ingestor.database`).
 
-        After a power cut the database (often on another box) may come back
-        after the ingestor: connection refused, timeouts, unresolvable host
-        names and "the database system is starting up" are waited out, with
-        a backoff from 1 s to 30 s, stats answering "starting" meanwhile and
-        systemd's start timeout extended. A server that answers with a refusal
-        (bad password, unknown database or role, pg_hba) or a certificate
-        that does not verify is a configuration error: IngestorError at once.
+        Stats answer "starting" meanwhile and systemd's start timeout is
+        extended. Returns False when a stop signal came first; DatabaseError
+        when the server refuses.
         """
-        cfg = self.config
-        delay = DB_WAIT_FIRST_S
-        while True:
-            try:
-                schema.migrate(self.dsn, cfg.schema, cfg.partitions_ahead)
-                return True
-            except psycopg.OperationalError as e:
-                if not connection_error_is_transient(e):
-                    raise IngestorError(f"cannot connect to PostgreSQL to migrate: {e}") from None
-                reason = " ".join(str(e).split())
-            log.warning("Waiting for PostgreSQL (%s); next try in %.0f s", reason, delay)
-            if delay == DB_WAIT_FIRST_S:
-                self.remember(f"waiting for PostgreSQL: {reason[:120]}")
+        def idle(reason: str, delay_s: float) -> bool:
+            log.warning("Waiting for PostgreSQL (%s); next try in %.0f s", reason, delay_s)
+            if delay_s == database.WAIT_FIRST_S:
+                self.recent.remember(f"waiting for PostgreSQL: {reason[:120]}")
             self.notifier.notify(f"STATUS=starting: waiting for PostgreSQL ({reason[:200]})",
-                                 f"EXTEND_TIMEOUT_USEC={int((delay + schema.CONNECT_TIMEOUT_S + 30) * 1e6)}")
-            deadline = time.monotonic() + delay
+                                 f"EXTEND_TIMEOUT_USEC={int((delay_s + schema.CONNECT_TIMEOUT_S + 30) * 1e6)}")
+            deadline = time.monotonic() + delay_s
             while time.monotonic() < deadline:
                 self.sleep()
                 if self.stop_requested_while_starting():
                     return False
-            delay = min(DB_WAIT_MAX_S, delay * 2)
+            return True
+
+        cfg = self.config
+        return database.migrate_when_reachable(self.dsn, cfg.schema, cfg.partitions_ahead, idle)
 
     def stop_requested_while_starting(self) -> bool:
         """Take queued signals before the children exist: any stop signal ends the start (nothing accepted yet)."""
@@ -347,11 +343,11 @@ class Supervisor:
             p.close()
             c.process = None
             lived = time.monotonic() - c.started_at
-            if c.role == "front" and code != 0 and self.status == "draining":
+            if c.role == "front" and code != 0 and self.phase.stopping:
                 self.count_front_losses(pid)  # no successor will settle its count
             if code == 0:
                 log.info("%s (pid %d) exited", c.name, pid)
-                if c.role in ("front", "simulator") or self.status == "draining":
+                if c.role in ("front", "simulator") or self.phase.stopping:
                     c.wanted = False
                     continue
             if code == child.EXIT_BOOT_ERROR:
@@ -361,10 +357,10 @@ class Supervisor:
                 sig = signal.Signals(-code).name
                 hint = " Perhaps out of memory?" if -code == signal.SIGKILL else ""
                 log.error("%s (pid %d) was killed by %s.%s", c.name, pid, sig, hint)
-                self.remember(f"{c.name} (pid {pid}) was killed by {sig}; restarting")
+                self.recent.remember(f"{c.name} (pid {pid}) was killed by {sig}; restarting")
             elif code != 0:
                 log.error("%s (pid %d) exited with code %d", c.name, pid, code)
-                self.remember(f"{c.name} (pid {pid}) exited with code {code}; restarting")
+                self.recent.remember(f"{c.name} (pid {pid}) exited with code {code}; restarting")
             c.quick_failures = c.quick_failures + 1 if lived < STABLE_AFTER_S else 0
             delay = 0.0 if not c.quick_failures else min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (c.quick_failures - 1))
             c.spawn_after = time.monotonic() + delay
@@ -389,7 +385,7 @@ class Supervisor:
             f["lost"] += held
             log.error("LOST %d accepted events: the front (pid %d) died holding them (counted in stats 'lost')",
                       held, pid)
-            self.remember(f"front died holding {held} events: lost")
+            self.recent.remember(f"front died holding {held} events: lost")
 
     def manage_children(self) -> int | None:
         """Respawn what is due; advance a graceful stop. Returns an exit code when it is time to exit."""
@@ -400,17 +396,18 @@ class Supervisor:
         for c in self.children:
             if c.wanted and c.process is None and now >= c.spawn_after:
                 self.spawn(c)
-        if self.status != "draining":
+        if not self.phase.stopping:
             return None
-        front = self.child("front")
-        if front.alive():
-            if now > self._front_deadline:
-                log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
-                os.kill(front.process.pid, signal.SIGKILL)
-            return None
-        if not self.ring.draining:
+        if self.phase is Phase.STOPPING_FRONT:
+            front = self.child("front")
+            if front.alive():
+                if now > self._front_deadline:
+                    log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
+                    os.kill(front.process.pid, signal.SIGKILL)
+                return None
             failpoint("supervisor.drain")
             self.ring.draining = True
+            self.phase = Phase.DRAINING
         if any(c.alive() or c.wanted for c in self.writers):
             if self.database_connected():
                 self._offline_since = None
@@ -462,7 +459,7 @@ class Supervisor:
         return any(alive) and all(bool(w["connected"][i]) for i, a in enumerate(alive) if a)
 
     def begin_drain(self) -> None:
-        self.status = "draining"
+        self.phase = Phase.STOPPING_FRONT
         self.notifier.notify("STOPPING=1", "STATUS=draining: writing everything accepted")
         now = time.monotonic()
         self._stop_deadline = now + self.config.drain_seconds
@@ -492,47 +489,28 @@ class Supervisor:
 
     # -- periodic work ------------------------------------------------------------
 
-    def remember(self, what: str) -> None:
-        self.recent.append((dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), what))
-
-    def notice_changes(self) -> None:
-        """Remember database up/down and spool on/off transitions, and refused senders (for `ingestor top`)."""
-        connected = self.database_connected()
-        if connected and self._was_connected is False:
-            self.remember("database reachable again")
-        elif not connected and self._was_connected:
-            self.remember("database unreachable")
-        if connected or self._was_connected is not None:  # writers still connecting at start are no outage
-            self._was_connected = connected
-        spooling = int(self.counters.front["spool_events"]) > 0
-        if spooling != self._was_spooling:
-            self.remember("ring full: spooling to disk" if spooling else "spool drained")
-        self._was_spooling = spooling
-        refused, (noted, at) = int(self.counters.front["refused_clients"]), self._refused_noted
-        if refused > noted and time.monotonic() - at >= REFUSED_NOTE_EVERY_S:
-            self.remember(f"{refused - noted} CURVE handshake(s) refused: unknown key or no CURVE (see the log)")
-            self._refused_noted = (refused, time.monotonic())
-
-    def tick(self) -> None:
+    def tick(self) -> Figures:
+        """The loop's periodic work; returns fresh figures."""
         now = time.monotonic()
-        self.notice_changes()
-        persisted = int(self.counters.writers["persisted"].sum())
-        self._rate_samples.append((now, persisted))
+        figures = self.snapshot()
+        self.recent.notice(figures)
+        self._rate_samples.append((now, figures.persisted))
         while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
             self._rate_samples.popleft()
         if now - self._last_rate_log >= RATE_LOG_EVERY_S:
             self._last_rate_log = now
-            s = self.snapshot()
+            s = figures
             log.info("[RATE] %.1f events/s; %d persisted, %d pending, %d invalid, ring %d/%d",
                      s.events_per_s, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
-            self.notifier.notify(f"STATUS={self.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
+            self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
                                  f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
             self.maintain_partitions()
-        if self.config.run_seconds and self.status == "running" and time.time() - self.started >= self.config.run_seconds:
+        if self.config.run_seconds and self.phase is Phase.RUNNING and time.time() - self.started >= self.config.run_seconds:
             log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
             self.begin_drain()
+        return figures
 
     def watchdog(self) -> None:
         """Ping systemd's watchdog (WatchdogSec=) from the loop: a hung loop stops the pings."""
@@ -544,13 +522,9 @@ class Supervisor:
 
     def maintain_partitions(self) -> None:
         """Create the coming day partitions; with --retention-days, drop the expired ones."""
+        cfg = self.config
         try:
-            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
-                schema.set_search_path(conn, self.config.schema)
-                schema.ensure_partitions(conn, self.config.partitions_ahead)
-                if self.config.retention_days:
-                    today = dt.datetime.now(dt.timezone.utc).date()
-                    schema.drop_partitions_before(conn, today - dt.timedelta(days=self.config.retention_days))
+            schema.maintain_partitions(self.dsn, cfg.schema, cfg.partitions_ahead, cfg.retention_days)
         except psycopg.Error as e:
             log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
 
@@ -564,9 +538,9 @@ class Supervisor:
 
     def snapshot(self) -> Figures:
         """The figures of docs/operations.md#stats, from the shared counters (the defaults while starting)."""
-        f = Figures(status=self.status, uptime_s=round(time.time() - self.started, 1),
+        f = Figures(status=self.phase.status, uptime_s=round(time.time() - self.started, 1),
                     ring_capacity=self.config.ring_capacity,
-                    recent_events=[RecentEvent(t, e) for t, e in self.recent])
+                    recent_events=self.recent.list())
         if self.counters is None:
             return f
         f.ring_capacity, f.ring_used = self.ring.capacity, self.ring.used()
@@ -602,15 +576,11 @@ class Supervisor:
         if self.stats_sock is not None:
             self.stats_sock.close(linger=0)
         self.zmq.term()
-        if self.counters is not None:
-            self.counters.unlink()
-            self.counters.close()
-        if self.acks is not None:
-            self.acks.unlink()
-            self.acks.close()
+        for block in (self.counters, self.acks, self.ring):
+            if block is not None:  # the owner destroys its blocks once every child is gone
+                block.unlink()
+                block.close()
         if self.ring is not None:
-            self.ring.unlink()
-            self.ring.close()
             leftovers.forget(self.config.data_dir)  # the semaphores go with the ring's last reference
         if self.embedded is not None:
             self.embedded.stop()
@@ -619,39 +589,6 @@ class Supervisor:
         for fd in (self._wakeup_r, self._wakeup_w):
             if fd >= 0:
                 os.close(fd)
-
-
-# FATAL messages of a server that is there but cannot take connections yet.
-_TRANSIENT_FATAL = (
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "the database system is not yet accepting connections",
-    "the database system is not accepting connections",
-    "sorry, too many clients already",
-    "remaining connection slots are reserved",
-)
-
-
-# Answers that only a change of configuration mends. libpq's own "no password
-# supplied" comes without FATAL: the server asked for a password and none was
-# configured (a missing password file), a refusal like a wrong password.
-_REFUSALS = ("FATAL", "certificate", "SSL", "no password supplied", "invalid connection option", "invalid sslmode")
-
-
-def connection_error_is_transient(e: psycopg.OperationalError) -> bool:
-    """True when a failed connection may succeed later without anyone changing the configuration.
-
-    libpq gives no SQLSTATE for failed connections (``e.sqlstate`` is None),
-    so the message decides: no server answer (refused, timeout, DNS) or a
-    FATAL from a server not ready yet is transient; any other FATAL (a
-    refusal: password, role, database, pg_hba) and certificate or SSL
-    failures are not.
-    """
-    text = str(e)
-    if any(m in text for m in _TRANSIENT_FATAL):
-        return True
-    return not any(m in text for m in _REFUSALS)
 
 
 @contextmanager

@@ -1,0 +1,54 @@
+"""The structure docs/architecture.md promises: no import cycle in the package, no function longer than a screen."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ingestor"
+SCREEN_LINES = 60  # a function a reader sees whole, docstring included
+
+
+def imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at the top or inside a function."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.glob("*.py"):
+        name = path.stem
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    graph[name].add(node.module.split(".")[0])
+                else:
+                    graph[name] |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ingestor."):
+                graph[name].add(node.module.split(".")[1])
+    return {m: {d for d in deps if (PACKAGE / f"{d}.py").exists()} for m, deps in graph.items()}
+
+
+def test_the_package_imports_have_no_cycle():
+    graph = imports()
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path + [module, dep])
+            if dep not in state:
+                visit(dep, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > SCREEN_LINES:
+                    long.append(f"{path.name}:{node.name} ({lines} lines)")
+    assert not long, long
