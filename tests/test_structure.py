@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ingestor"
@@ -52,3 +53,19 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > SCREEN_LINES:
                     long.append(f"{path.name}:{node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_the_docs_name_only_tests_that_exist():
+    root = PACKAGE.parent
+    tests = set()
+    for path in (root / "tests").glob("test_*.py"):
+        tests |= set(re.findall(r"def (test_\w+)", path.read_text()))
+    missing = []
+    for doc in ("README.md", "docs/operations.md", "docs/architecture.md", "docs/PROTOCOL.md", "bench/README.md"):
+        for name in set(re.findall(r"(test_\w+)(…?)", (root / doc).read_text())):
+            name, abbreviated = name
+            modules = {p.stem for p in (root / "tests").glob("*.py")} | {p.stem for p in (root / "bench").glob("*.py")}
+            if name in tests or name in modules or (abbreviated and any(t.startswith(name) for t in tests)):
+                continue
+            missing.append(f"{doc}: {name}")
+    assert not missing, missing
