@@ -127,9 +127,11 @@ def wait_persisted(stats_ep: str, n: int, timeout_s: float = 600) -> dict:
     raise SystemExit(f"only {s['persisted']} of {n} persisted in {timeout_s} s")
 
 
-def sender(bind: str, n: int, rate: float, seq_start: int, duration: float = 0) -> subprocess.Popen:
+def sender(bind: str, n: int, rate: float, seq_start: int, duration: float = 0,
+           events_per_frame: int = 100) -> subprocess.Popen:
     args = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--endpoint", bind, "--scales", str(SCALES),
-            "--rate", str(rate), "--seq-start", str(seq_start), "--start-ms", str(START_MS)]
+            "--rate", str(rate), "--seq-start", str(seq_start), "--start-ms", str(START_MS),
+            "--events-per-frame", str(events_per_frame)]
     args += ["--events", str(n)] if n else []
     args += ["--duration", str(duration)] if duration else []
     return subprocess.Popen(args, stdout=subprocess.PIPE, cwd=ROOT)

@@ -9,6 +9,7 @@ import time
 import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ingestor import protocol
 from ingestor.protocol import MAX_EVENTS_PER_FRAME, RecordBuilder, decode_frame
 
 NOW_US = time.time_ns() // 1000
@@ -133,3 +134,30 @@ def _utf8(b: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+column_value = st.one_of(  # the values the column way takes, and the ones that send it to the per-event way
+    st.none(), st.text(max_size=70), st.integers(-(2**63), 2**64 - 1), st.floats(), st.sampled_from(["", "\x00", "é" * 33]),
+)
+column_event = st.fixed_dictionaries(
+    {"scale_id": st.integers(1, 2**31 - 1), "seq": st.integers(0, 2**63 - 1),
+     "ts": st.one_of(st.integers(-(2**62), NOW_MS + 2 * DAY_MS), st.just("2026-11-25T10:00:00+01:00"))},
+    optional={f"data_{k}": column_value for k in range(1, 6)},
+)
+
+
+@SETTINGS
+@given(events=st.lists(column_event, min_size=8, max_size=40), shared=st.booleans())
+def test_the_column_way_and_the_per_event_way_accept_the_same_events_into_the_same_records(events, shared):
+    if shared:  # whole columns of one kind: the column way's common case
+        events = [{**e, "ts": NOW_MS - e["seq"] % 1000, "data_1": f"{e['seq'] % 1000}.5 kg", "data_2": None,
+                   "data_3": "stable", "data_4": e["scale_id"] % 50} for e in events]
+    frame = msgspec.msgpack.encode(events)
+    fast = decode(frame)
+    protocol.FAST_PATH_MIN_EVENTS, before = 10**9, protocol.FAST_PATH_MIN_EVENTS
+    try:
+        slow = decode(frame)
+    finally:
+        protocol.FAST_PATH_MIN_EVENTS = before
+    assert fast[0] == slow[0] and fast[1].tobytes() == slow[1].tobytes()
+    assert [(r.kind, r.reason, r.index) for r in fast[2]] == [(r.kind, r.reason, r.index) for r in slow[2]]
