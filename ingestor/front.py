@@ -109,6 +109,7 @@ class Front:
             log.info("Front listening on %s (PULL)%s%s", self.bind,
                      f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "",
                      ", CURVE" if self.curve is not None else "")
+            self.counters["listening"] = 1
             poller = zmq.Poller()
             poller.register(pull, zmq.POLLIN)
             while not self.stopping():

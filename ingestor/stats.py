@@ -49,6 +49,7 @@ FRONT_DTYPE = np.dtype(
         ("front_pending", "<i8"),  # held_events + spool_events, stored at once (the front's share of pending)
         ("spool_in_ring", "<i8"),  # records of spool blocks already in the ring, their blocks not yet dropped
         ("lost", "<i8"),  # accepted events that could be kept nowhere (logged at ERROR with their number)
+        ("listening", "<i8"),  # 1 once a front has bound its endpoints (the service is then "running")
     ]
 )
 

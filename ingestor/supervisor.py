@@ -79,7 +79,7 @@ _ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator"}
 class Phase(enum.Enum):
     """Where the service is in its life (the stats' ``status`` is :attr:`status`)."""
 
-    STARTING = enum.auto()  # PostgreSQL awaited and migrated; no child yet
+    STARTING = enum.auto()  # PostgreSQL awaited and migrated, children started; until the front listens
     RUNNING = enum.auto()
     STOPPING_FRONT = enum.auto()  # graceful stop 1: simulator and front place what they hold and exit
     DRAINING = enum.auto()  # graceful stop 2: the ring's draining flag is set, writers write their lanes out
@@ -151,10 +151,6 @@ class Supervisor:
         try:
             if not self.boot():
                 return 0
-            self.phase = Phase.RUNNING
-            log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
-                     len(self.writers), self.ring.capacity, self.config.stats_endpoint)
-            self.notifier.notify("READY=1", f"STATUS=running: {len(self.writers)} writer(s), 0 events/s")
             while True:
                 self.sleep()
                 code = self.handle_signals()
@@ -536,8 +532,17 @@ class Supervisor:
         (t0, p0), (t1, p1) = self._rate_samples[0], self._rate_samples[-1]
         return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
 
+    def notice_ready(self) -> None:
+        """Starting → running once the front listens: then senders' frames are read (systemd READY=1)."""
+        if self.phase is Phase.STARTING and self.counters is not None and self.counters.front["listening"]:
+            self.phase = Phase.RUNNING
+            log.info("Ingestor running: %d writer(s), ring of %d slots, stats on %s",
+                     len(self.writers), self.ring.capacity, self.config.stats_endpoint)
+            self.notifier.notify("READY=1", f"STATUS=running: {len(self.writers)} writer(s), 0 events/s")
+
     def snapshot(self) -> Figures:
         """The figures of docs/operations.md#stats, from the shared counters (the defaults while starting)."""
+        self.notice_ready()  # here: a stats request sees "running" the moment the front listens
         f = Figures(status=self.phase.status, uptime_s=round(time.time() - self.started, 1),
                     ring_capacity=self.config.ring_capacity,
                     recent_events=self.recent.list())
