@@ -32,6 +32,7 @@ import msgspec
 import zmq
 
 from .errors import IngestorError
+from .security import apply_client
 
 MAX_EVENTS_PER_FRAME = 1000  # docs/PROTOCOL.md §2: an array frame holds at most 1,000 events
 MAX_TOKEN_BYTES = 64  # §5
@@ -105,9 +106,7 @@ class Sender:
         self._sock = self._ctx.socket(zmq.DEALER if acked else zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, SNDHWM)
         if curve is not None:
-            self._sock.curve_serverkey = curve.server_public
-            self._sock.curve_publickey = curve.public
-            self._sock.curve_secretkey = curve.secret
+            apply_client(self._sock, *curve)
         self._sock.connect(endpoint)
         # a token unique to this sender: its replies cannot be confused with an earlier run's
         self._prefix = os.urandom(8)
@@ -119,9 +118,8 @@ class Sender:
 
     # -- sending ------------------------------------------------------------------
 
-    def frames(self, events: Iterable[Mapping[str, Any] | msgspec.Struct]) -> list[bytes]:
+    def frames(self, events: Sequence[Mapping[str, Any] | msgspec.Struct]) -> list[bytes]:
         """``events`` encoded as array frames of at most ``events_per_frame`` events each."""
-        events = list(events)
         step = self.events_per_frame
         return [self._encode(events[i : i + step]) for i in range(0, len(events), step)]
 
@@ -130,7 +128,7 @@ class Sender:
 
         Blocks while ZeroMQ's send queue is full (the ingestor pushes back).
         """
-        events = list(events)
+        events = events if isinstance(events, list) else list(events)
         if not events:
             return None
         token = self._send(self.frames(events), token)

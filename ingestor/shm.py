@@ -47,10 +47,14 @@ class SharedBlock:
 
     @staticmethod
     def _allocate(size: int) -> SharedMemory:
-        """A new zeroed, untracked block of ``size`` bytes."""
+        """A new zeroed, untracked block of ``size`` bytes.
+
+        A new POSIX shared-memory object is zero-filled by ``ftruncate``, so
+        nothing is written here: writing would touch (and commit) every page
+        of the ring up front.
+        """
         shm = SharedMemory(create=True, size=size)
         untrack(shm)
-        shm.buf[:] = b"\0" * shm.size
         return shm
 
     @staticmethod
