@@ -6,7 +6,7 @@
 Builds the bench plant's events as ring records, then on a throwaway
 PostgreSQL runs the writer's statements over them in batches of 5,000, one
 kind of statement per fresh database: the binary COPY alone, the dedup claim
-alone (``ingestor_seen``), the UPSERT of the latest states alone, and all of
+alone (``ingestor.claims``: seq runs per scale), the UPSERT of the latest states alone, and all of
 them with the checkpoint in one transaction per batch (what a writer does).
 For each it prints wall seconds and the CPU seconds of the PostgreSQL
 backend that ran them (psutil on ``pg_backend_pid()``), per 200,000 events.
@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import msgspec  # noqa: E402
 
 from ingestor import copy_payload  # noqa: E402
-from ingestor.copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray  # noqa: E402
+from ingestor.claims import Claims  # noqa: E402
 from ingestor.protocol import RecordBuilder, decode_frame  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
-from ingestor.writer import CHECKPOINT_SQL, DEDUP_SQL, UPSERT_SQL, upsert_params  # noqa: E402
+from ingestor.writer import CHECKPOINT_SQL, UPSERT_SQL, upsert_params  # noqa: E402
 from throughput import SCALES, fresh_db, throwaway_server  # noqa: E402
 
 BATCH = 5000
@@ -53,21 +53,22 @@ def run(dsn: str, recs, statements: list[str]) -> tuple[float, float]:
         copy_payload.register_dumpers(conn)
         backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         conn.commit()
+        claims = Claims()
         cpu0 = sum(backend.cpu_times()[:2])
         t0 = time.perf_counter()
         for at in range(0, len(recs), BATCH):
             batch = recs[at : at + BATCH]
             with conn.transaction(), conn.cursor() as cur:
                 if "dedup" in statements:
-                    cur.execute(DEDUP_SQL, (BinaryArray(batch["scale_id"], INT4_ARRAY_OID),
-                                            BinaryArray(batch["seq"], INT8_ARRAY_OID)))
+                    claims.claim(cur, batch["scale_id"], batch["seq"])
                 if "copy" in statements:
                     with cur.copy(copy_payload.COPY_SQL) as copy:
                         copy.write(copy_payload.build(batch, time.time_ns() // 1000))
                 if "upsert" in statements:
                     cur.execute(UPSERT_SQL, upsert_params(batch))
                 if "checkpoint" in statements:
-                    cur.execute(CHECKPOINT_SQL, (0, "bench", at + len(batch), at + len(batch), 0))
+                    cur.execute(CHECKPOINT_SQL, (0, "bench", at + len(batch), at + len(batch), 0, 0))
+            claims.committed()
         wall = time.perf_counter() - t0
         cpu = sum(backend.cpu_times()[:2]) - cpu0
     return wall, cpu
@@ -86,7 +87,7 @@ def main() -> int:
     try:
         for name, statements in [
             ("COPY (binary) alone", ["copy"]),
-            ("dedup claim alone (INSERT … ON CONFLICT DO NOTHING)", ["dedup"]),
+            ("dedup claim alone (seq runs: lock + UPDATE per scale)", ["dedup"]),
             ("UPSERT of the latest state per scale alone", ["upsert"]),
             ("all four: dedup + COPY + UPSERT + checkpoint (a writer's transaction)",
              ["dedup", "copy", "upsert", "checkpoint"]),

@@ -2,10 +2,9 @@
 
 Each batch is written in one transaction holding four statements:
 
-0. an INSERT … ON CONFLICT DO NOTHING of the batch's (scale_id, seq) keys
-   into ``ingestor_seen``; when it inserted fewer rows than the batch holds,
-   a SELECT of the rows this transaction inserted names the new keys; the
-   other records are duplicates (docs/PROTOCOL.md §4), counted, not written;
+0. the dedup claim of the batch's (scale_id, seq) keys (:mod:`ingestor.claims`:
+   about one row per scale touched); the records already claimed are
+   duplicates (docs/PROTOCOL.md §4), counted, not written;
 1. ``COPY weighing_logs (...) FROM STDIN (FORMAT BINARY)`` of every record
    (payload from :mod:`ingestor.copy_payload`);
 2. one UPSERT of ``scale_current_states`` over the batch's latest record per
@@ -43,6 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
+from .claims import Claims
 from .children import WriterArgs
 from .deadletter import DeadLetterWriter
 from .failpoints import failpoint
@@ -82,34 +82,6 @@ ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED
     persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, failed = EXCLUDED.failed,
     updated_at = EXCLUDED.updated_at
 """
-
-# Claims the batch's keys (docs/PROTOCOL.md §4 dedup); its row count says how many were new.
-DEDUP_SQL = """
-INSERT INTO ingestor_seen (scale_id, seq)
-SELECT * FROM unnest(%b::int4[], %b::int8[])
-ON CONFLICT DO NOTHING
-"""
-
-# Only when some keys were not new: which of them this transaction claimed
-# (rows it inserted carry its transaction id as xmin; the claim runs in the
-# top-level transaction, never in a savepoint).
-FRESH_SQL = """
-SELECT s.scale_id, s.seq
-FROM ingestor_seen s JOIN unnest(%b::int4[], %b::int8[]) AS k(scale_id, seq) USING (scale_id, seq)
-WHERE s.xmin = pg_current_xact_id()::xid
-"""
-
-
-def fresh_mask(records: np.ndarray, fresh: list[tuple[int, int]]) -> np.ndarray:
-    """Bool array, one per record: its (scale_id, seq) is in ``fresh`` and this is its first occurrence."""
-    left = set(fresh)
-    keep = np.zeros(len(records), bool)
-    for i, key in enumerate(zip(records["scale_id"].tolist(), records["seq"].tolist())):
-        if key in left:
-            left.discard(key)
-            keep[i] = True
-    return keep
-
 
 def latest_per_scale(records: np.ndarray) -> np.ndarray:
     """Indices into ``records`` of each scale's greatest (measured_us, seq) record, one per scale."""
@@ -179,6 +151,7 @@ class Writer:
             # with a fresh, immediate attempt.
             reconnect_timeout=RETRY_MAX_S,
         )
+        self.claims = Claims()
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)
 
@@ -236,14 +209,8 @@ class Writer:
             try:
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        keys = (BinaryArray(records["scale_id"], INT4_ARRAY_OID),
-                                BinaryArray(records["seq"], INT8_ARRAY_OID))
                         failpoint("writer.dedup", conn)
-                        cur.execute(DEDUP_SQL, keys)
-                        if cur.rowcount == len(records):  # the usual case: all new, nothing to fetch
-                            fresh = np.ones(len(records), bool)
-                        else:
-                            fresh = fresh_mask(records, cur.execute(FRESH_SQL, keys).fetchall())
+                        fresh = self.claims.claim(cur, records["scale_id"], records["seq"])
                         new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
@@ -260,6 +227,7 @@ class Writer:
                 if _sqlstate(e)[:2] in DATA_ERROR_CLASSES:
                     raise _DataError(e) from e
                 raise
+        self.claims.committed()
         self._committed(records, persisted, duplicates, fresh)
 
     def _committed(self, records: np.ndarray, persisted: int, duplicates: int, fresh: np.ndarray) -> None:

@@ -25,7 +25,8 @@ $$;
 
 GRANT SELECT, INSERT ON weighing_logs TO ingestor_writer;                 -- COPY of the history
 GRANT SELECT, INSERT, UPDATE ON scale_current_states TO ingestor_writer;  -- UPSERT of the latest state
-GRANT SELECT, INSERT ON ingestor_seen TO ingestor_writer;                 -- dedup claims
+GRANT SELECT, INSERT, UPDATE ON ingestor_claims TO ingestor_writer;       -- dedup claims: heads
+GRANT SELECT, INSERT ON ingestor_claim_runs TO ingestor_writer;           -- dedup claims: runs behind gaps
 GRANT SELECT, INSERT, UPDATE ON ingestor_checkpoints TO ingestor_writer;  -- lane checkpoints
 GRANT SELECT ON ingestor_schema_migrations TO ingestor_writer;            -- "is the schema up to date?"
 GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;

@@ -31,7 +31,7 @@ def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(s
         assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 20
         with psycopg.connect(role_dsn, autocommit=True) as as_role:
             assert as_role.execute("SELECT ingestor_ensure_partitions(10)").fetchone()[0] >= 1  # as the owner
-            for statement in ("DELETE FROM weighing_logs", "TRUNCATE scale_current_states", "DROP TABLE ingestor_seen",
+            for statement in ("DELETE FROM weighing_logs", "TRUNCATE scale_current_states", "DROP TABLE ingestor_claims",
                               "CREATE TABLE intruder (x int)", "UPDATE weighing_logs SET seq = 0"):
                 with pytest.raises(errors.InsufficientPrivilege):
                     as_role.execute(statement)

@@ -26,21 +26,26 @@ def test_partitions_are_created_the_given_days_ahead(conn):
     assert f"weighing_logs_p{today + dt.timedelta(days=21):%Y%m%d}" not in names
 
 
-def test_retention_drops_whole_old_days_with_their_rows_and_dedup_keys_and_keeps_the_rest(conn):
+def test_retention_drops_whole_old_days_with_their_rows_and_their_dedup_claims_and_keeps_the_rest(conn):
     conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
                  "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
-    conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at) VALUES "
-                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00'), (2, 1, '2020-01-01 11:00+00', '2020-01-01 11:00+00'), "
-                 "(1, 2, now(), now()), (3, 1, '1999-01-01 00:00+00', '1999-01-01 00:00+00')")  # the last one: default partition
-    conn.execute("INSERT INTO ingestor_seen VALUES (1, 1), (2, 1), (1, 2), (3, 1)")
+    old, now = "'2020-01-01 10:00+00'", "now()"
+    rows = [(1, q, old) for q in range(0, 10)] + [(1, q, now) for q in range(10, 15)] + [(2, 1, old)] + \
+        [(3, 1, "'1999-01-01 00:00+00'")] + [(4, q, old) for q in (5, 6, 7, 11)] + [(4, 10, now), (4, 12, now)]
+    conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at) VALUES " +
+                 ", ".join(f"({s}, {q}, {t}, {t})" for s, q, t in rows))  # scale 3's row: default partition
+    conn.execute("INSERT INTO ingestor_claims VALUES (1, 0, 14), (2, 1, 1), (3, 1, 1), (4, 10, 12)")
+    conn.execute("INSERT INTO ingestor_claim_runs VALUES (4, 0, 7)")  # scale 4: 0..4 stored earlier, since dropped
     before = partitions(conn)
     assert schema.drop_partitions_before(conn, dt.date(2020, 1, 1)) == 0  # the cutoff day itself is kept
     assert schema.drop_partitions_before(conn, dt.datetime.now(dt.timezone.utc).date()) == 1
     assert partitions(conn) == [p for p in before if p != "weighing_logs_p20200101"]
     assert conn.execute("SELECT array_agg((scale_id, seq) ORDER BY scale_id, seq)::text FROM weighing_logs").fetchone()[0] == \
-        '{"(1,2)","(3,1)"}'
-    assert conn.execute("SELECT array_agg((scale_id, seq) ORDER BY scale_id, seq)::text FROM ingestor_seen").fetchone()[0] == \
-        '{"(1,2)","(3,1)"}'
+        '{"(1,10)","(1,11)","(1,12)","(1,13)","(1,14)","(3,1)","(4,10)","(4,12)"}'
+    # the dropped day's seqs are no longer claimed: dedup reaches as far back as the history
+    assert conn.execute("SELECT * FROM ingestor_claims ORDER BY 1").fetchall() == \
+        [(1, 10, 14), (2, None, None), (3, 1, 1), (4, 12, 12)]
+    assert conn.execute("SELECT * FROM ingestor_claim_runs ORDER BY 1, 2").fetchall() == [(4, 0, 4), (4, 10, 10)]
 
 
 @pytest.mark.slow
