@@ -70,13 +70,13 @@ def test_resent_keys_are_duplicates_in_one_batch_across_batches_and_for_another_
 
 def test_gaps_leave_runs_behind_and_late_events_fill_them_once(db):
     claims = Claims()
-    assert all(claim(db, claims, [(1, q) for q in range(0, 10)]))
+    assert all(claim(db, claims, [(1, q) for q in range(10)]))
     assert all(claim(db, claims, [(1, q) for q in range(20, 30)]))  # gap 10..19
     assert all(claim(db, claims, [(1, q) for q in (40, 41, 35)]))  # gaps inside one batch
     assert stored(db) == ([(1, 40, 41)], [(1, 0, 9), (1, 20, 29), (1, 35, 35)])
     late = [(1, q) for q in (9, 10, 11, 19, 20, 34, 35, 36, 39, 42)]
     assert claim(db, claims, late) == [False, True, True, True, False, True, False, True, True, True]
-    assert claimed_keys(db) == {(1, q) for q in [*range(0, 12), 19, *range(20, 30), *range(34, 37), *range(39, 43)]}
+    assert claimed_keys(db) == {(1, q) for q in [*range(12), 19, *range(20, 30), *range(34, 37), *range(39, 43)]}
     assert claim(db, claims, late) == [False] * len(late)
 
 
