@@ -13,20 +13,25 @@ is what the lane holds; a writer releases a record only after the
 transaction holding it has committed, so a crashed writer's records are still
 there for its successor.
 
-Memory ordering: a producer writes its records, stores ``head``, then posts
-the lane's ``data`` semaphore; a consumer waits on that semaphore before
-reading ``head``. A semaphore post/wait is a full barrier on every platform
-(edge boxes are often ARM), and, unlike a lock, a consumer killed in the
-middle cannot leave it held. ``space`` works the same way the other round.
+Memory ordering: a producer writes its records, then stores ``head``; a
+consumer about to sleep stores ``want``, the position it waits for, and the
+producer posts the lane's ``data`` semaphore when a put reaches it (one
+wakeup per batch, not per put). A semaphore post/wait is a full barrier on
+every platform (edge boxes are often ARM), so records are written before a
+woken consumer reads ``head``; a consumer killed in the middle cannot leave a
+semaphore held. Between storing ``want`` and reading ``head`` neither side
+has a store-load barrier, so a wakeup can be missed: the consumer's timed
+wait (WAIT_SLICE_S at most) bounds what that costs. ``space`` is posted on
+every release.
 
 Block layout (one ``multiprocessing.shared_memory`` block, little-endian)::
 
     offset 0                 header, 64 bytes: magic b"SCALERNG", layout
                              version u32, lanes u32, lane_capacity u64,
                              record size u64, draining u64, ring id 16 bytes
-    64 + 128*i               lane i: head u64 at +0, tail u64 at +64
-                             (separate cache lines: the producer stores head,
-                             the consumer stores tail)
+    64 + 128*i               lane i: head u64 at +0, tail u64 at +64,
+                             want u64 at +72 (separate cache lines: the
+                             producer stores head, the consumer tail and want)
     64 + 128*lanes (aligned) slots: lanes x lane_capacity records
 
 The supervisor creates and unlinks the block (it outlives crashed children);
@@ -52,6 +57,7 @@ LAYOUT_VERSION = 1
 _HEADER = 64
 _LANE_STRIDE = 128
 _LANE_WORDS = _LANE_STRIDE // 8
+_WANT = 9  # word index of a lane's want, beside tail (word 8)
 # How long one wait on a semaphore lasts before the caller re-checks its stop
 # condition: short enough for a prompt shutdown, long enough to cost nothing.
 WAIT_SLICE_S = 0.1
@@ -227,7 +233,8 @@ class Lane:
         if n > first:  # wrap around
             self._slots[: n - first] = records[first:n]
         self._pos[0] = head + n  # publish only after the content is written
-        self._data.release()
+        if head < int(self._pos[_WANT]) <= head + n:  # the consumer waits for this many: wake it once
+            self._data.release()
         return n
 
     def put_all(self, records: np.ndarray, keep_waiting: Callable[[], bool] = lambda: True) -> int:
@@ -251,14 +258,23 @@ class Lane:
 
     # -- consumer -------------------------------------------------------
 
-    def wait_batch(self, max_records: int, timeout_s: float, keep_waiting: Callable[[], bool]) -> int:
+    def wait_batch(self, max_records: int, interval_s: float, last_start: float,
+                   keep_waiting: Callable[[], bool]) -> int:
         """Wait until a batch is ready and return its size (at most ``max_records``).
 
-        A batch is ready when ``max_records`` records are held, or when the
-        oldest held record was received ``timeout_s`` ago (the batch timeout
-        counts from the first event's arrival, not from when we looked).
-        Once ``keep_waiting`` returns False (draining), whatever is held is
-        ready at once, and 0 is returned when nothing is.
+        Group commit: a batch is ready when ``max_records`` records are held, or
+        when records are held and ``interval_s`` has passed since ``last_start``
+        (``time.monotonic()`` when the caller's previous batch began). So a
+        writer idle for ``interval_s`` takes a first event at once, a busy one
+        takes everything that arrived while it committed, and no record waits
+        more than ``interval_s`` for its batch to begin. Once ``keep_waiting``
+        returns False (draining), whatever is held is ready at once, and 0 is
+        returned when nothing is.
+
+        The producer wakes us only when the lane reaches the count we wait for
+        (``want``), not on every put. Without a store-load barrier between
+        ``want`` and ``head`` a wakeup can be missed (ring module doc): it then
+        costs at most WAIT_SLICE_S, or the rest of ``interval_s``.
         """
         while True:
             n = self.used()
@@ -266,16 +282,14 @@ class Lane:
                 return max_records
             if n and not keep_waiting():
                 return n
-            if n:
-                oldest_ns = int(self._slots[self.tail % self.capacity]["received_ns"])
-                left = oldest_ns / 1e9 + timeout_s - time.time()
-                if left <= 0:
-                    return n
+            if not n and not keep_waiting():
+                return 0
+            left = last_start + interval_s - time.monotonic() if n else WAIT_SLICE_S
+            if n and left <= 0:
+                return n
+            self._pos[_WANT] = self.tail + (max_records if n else 1)
+            if self.used() == n:  # nothing arrived between the look and the store
                 self._data.acquire(timeout=min(left, WAIT_SLICE_S))
-            else:
-                if not keep_waiting():
-                    return 0
-                self._data.acquire(timeout=WAIT_SLICE_S)
 
     def peek(self, n: int) -> np.ndarray:
         """Copy of the ``n`` oldest held records (they stay in the lane until :meth:`release`)."""

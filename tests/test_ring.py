@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 
 import numpy as np
@@ -63,16 +64,41 @@ def test_release_more_than_held_raises(ring):
         ring.lanes[0].release(1)
 
 
-def test_wait_batch_returns_full_batch_at_once_and_partial_after_timeout(ring):
+def test_wait_batch_returns_a_full_batch_at_once_and_a_partial_one_interval_after_the_last_began(ring):
     lane = ring.lanes[0]
     lane.put(records(0, 8))
-    assert lane.wait_batch(4, 10.0, lambda: True) == 4
+    assert lane.wait_batch(4, 10.0, time.monotonic(), lambda: True) == 4
     lane.release(8)
     lane.put(records(8, 2))
     t0 = time.monotonic()
-    assert lane.wait_batch(4, 0.2, lambda: True) == 2
-    assert time.monotonic() - t0 < 1.0
-    assert lane.wait_batch(4, 0.2, lambda: False) == 2  # records held: returned regardless
+    assert lane.wait_batch(4, 10.0, t0 - 10.0, lambda: True) == 2  # idle for the interval: at once
+    assert time.monotonic() - t0 < 0.05
+    assert lane.wait_batch(4, 0.2, t0, lambda: True) == 2  # the last batch began just now: waits
+    assert 0.19 < time.monotonic() - t0 < 1.0
+    assert lane.wait_batch(4, 10.0, time.monotonic(), lambda: False) == 2  # draining: returned regardless
+
+
+def test_a_waiting_consumer_is_woken_when_the_lane_reaches_the_count_it_waits_for(ring):
+    lane = ring.lanes[0]
+    woke: list[float] = []
+
+    def consume() -> None:
+        woke.append(lane.wait_batch(1, 10.0, 0.0, lambda: True))  # empty lane: waits for one record
+        t0 = time.monotonic()
+        woke.append(lane.wait_batch(4, 5.0, t0, lambda: True))  # holds 1, waits for 4
+        woke.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.05)
+    lane.put(records(0, 1))
+    time.sleep(0.05)
+    lane.put(records(1, 2))  # 3 held: below 4, no wakeup
+    time.sleep(0.05)
+    lane.put(records(3, 1))
+    t.join(5)
+    assert woke[:2] == [1, 4]
+    assert woke[2] < 1.0  # woken by the 4th record, long before the 5 s interval
 
 
 def _producer(handles, n):
@@ -92,7 +118,7 @@ def test_records_cross_processes_in_order_through_a_small_lane(ring):
     lane, got = ring.lanes[0], []
     deadline = time.monotonic() + 30
     while len(got) < n and time.monotonic() < deadline:
-        k = lane.wait_batch(8, 0.01, lambda: True)
+        k = lane.wait_batch(8, 0.01, 0.0, lambda: True)
         if k:
             got += lane.peek(k)["seq"].tolist()
             lane.release(k)
