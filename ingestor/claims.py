@@ -66,21 +66,24 @@ INSERT_RUNS_SQL = "INSERT INTO ingestor_claim_runs SELECT * FROM unnest(%b::int4
 class Claims:
     """Claims batches of keys for one connection's transactions (one per writer process).
 
-    :meth:`claim` runs inside the caller's transaction; call :meth:`committed`
-    after it commits. The object remembers which scales have their row, so a
-    known scale costs no INSERT.
+    In the caller's transaction: :meth:`claim` locks and reads, :meth:`write`
+    stores the new runs; call :meth:`committed` after the commit. The object remembers
+    which scales have their row, so a known scale costs no INSERT.
     """
 
     def __init__(self) -> None:
         self._known: set[int] = set()
         self._pending: list[int] = []
+        self._heads: list[tuple[int, int, int]] = []
+        self._runs: list[tuple[int, int, int]] = []
 
     def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """Claim the keys; return a bool array, True where the event is new.
 
         ``scale_ids`` (int32) and ``seqs`` (int64) have one entry per event. An
         event is new when its key was never claimed before and it is the key's
-        first occurrence in the batch. Raises what psycopg raises; the caller's
+        first occurrence in the batch. The claim holds once :meth:`write` ran
+        in the same transaction. Raises what psycopg raises; the caller's
         transaction then rolls back, claiming nothing.
         """
         keys = _Keys(scale_ids, seqs)
@@ -89,15 +92,18 @@ class Claims:
         if unknown:
             cur.execute(ENSURE_SQL, (BinaryArray(np.array(unknown, np.int32), INT4_ARRAY_OID),))
         heads = self._lock(cur, keys.scales)
-        dup, head_updates, run_inserts = _merge(cur, keys, heads)
-        if head_updates:
-            cur.execute(HEADS_SQL, _columns(head_updates))
-        if run_inserts:
-            cur.execute(INSERT_RUNS_SQL, _columns(run_inserts))
+        dup, self._heads, self._runs = _merge(cur, keys, heads)
         self._pending = unknown
         fresh = np.zeros(len(scale_ids), bool)
         fresh[keys.index[~dup]] = True
         return fresh
+
+    def write(self, cur: psycopg.Cursor) -> None:
+        """Store the runs of the last :meth:`claim` (its scales' rows are locked: no waits)."""
+        if self._heads:
+            cur.execute(HEADS_SQL, _columns(self._heads))
+        if self._runs:
+            cur.execute(INSERT_RUNS_SQL, _columns(self._runs))
 
     def committed(self) -> None:
         """The transaction of the last :meth:`claim` committed: its new scales' rows exist."""

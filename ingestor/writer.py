@@ -132,7 +132,7 @@ class Writer:
         self.acks = acks
         self.ring_id = ring_id
         self.batch_size = batch_size
-        self.batch_timeout_s = batch_timeout_ms / 1000
+        self.batch_interval_s = batch_timeout_ms / 1000
         self.counters = counters
         self.dead_letters = dead_letters
         self.draining = draining
@@ -161,13 +161,15 @@ class Writer:
         self.pool.open(wait=False)
         try:
             self._retrying(self._recover)
+            last_start = time.monotonic() - self.batch_interval_s
             while True:
-                n = self.lane.wait_batch(self.batch_size, self.batch_timeout_s, lambda: not self.draining())
+                n = self.lane.wait_batch(self.batch_size, self.batch_interval_s, last_start, lambda: not self.draining())
                 if n == 0:
                     if self.draining() and self.lane.used() == 0:
                         log.info("Lane %d drained; writer exiting", self.lane.index)
                         return
                     continue
+                last_start = time.monotonic()
                 self.write_batch(self.lane.peek(n))
         finally:
             self.pool.close()
@@ -211,6 +213,7 @@ class Writer:
                     with conn.cursor() as cur:
                         failpoint("writer.dedup", conn)
                         fresh = self.claims.claim(cur, records["scale_id"], records["seq"])
+                        self.claims.write(cur)
                         new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)
