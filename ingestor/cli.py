@@ -35,7 +35,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--ack-bind", help="ROUTER endpoint of acked mode (docs/PROTOCOL.md §5), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
     o("--batch-size", help="events per COPY batch at most (default: 5000)")
-    o("--batch-timeout-ms", help="a batch closes this long after its first event arrived (default: 200)")
+    o("--batch-timeout-ms", help="a writer starts at most one commit per this many ms unless its batch is full; no event waits longer for its commit to begin (default: 40)")
     o("--ring-capacity", help="slots in the shared-memory ring, all lanes together (default: 65536)")
     o("--max-frame-bytes", help="larger ZeroMQ frames are refused (default: 1048576)")
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "

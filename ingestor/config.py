@@ -52,7 +52,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ack_bind: Annotated[str, msgspec.Meta(pattern=_ENDPOINT_OR_OFF)] = "tcp://0.0.0.0:5556"
     writers: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
-    batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 200
+    batch_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 40
     ring_capacity: Annotated[int, msgspec.Meta(ge=64, le=1 << 26)] = 65536
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 30)] = 1 << 20
     data_dir: str = msgspec.field(default_factory=default_data_dir)

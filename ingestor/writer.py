@@ -161,7 +161,7 @@ class Writer:
         self.pool.open(wait=False)
         try:
             self._retrying(self._recover)
-            last_start = time.monotonic() - self.batch_interval_s
+            last_start = time.monotonic()  # the interval counts from the writer's start too
             while True:
                 n = self.lane.wait_batch(self.batch_size, self.batch_interval_s, last_start, lambda: not self.draining())
                 if n == 0:
