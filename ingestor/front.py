@@ -4,7 +4,7 @@ The loop: move what the spool holds into the ring while there is room; wait
 for a message, drain what else is queued (up to :data:`MAX_BATCH_BYTES`),
 decode every frame of the batch into one
 :class:`~ingestor.protocol.RecordBuilder`, dead-letter the invalid events,
-and place the valid records into their lanes (``scale_id % lanes``).
+and place the valid records into the ring's lanes.
 
 Placing, ring first and then the spool, is :mod:`ingestor.placement`; while
 it waits for room the front reads nothing, so the sockets' receive

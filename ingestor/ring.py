@@ -1,10 +1,10 @@
 """The shared-memory ring between the front (producer) and the writers (consumers).
 
 The ring is split into *lanes*, one per writer; the front routes each
-measurement to lane ``scale_id % lanes``. Each lane is a single-producer,
-single-consumer ring of fixed-size slots, so no slot is ever contended, the
-writers of two lanes never touch the same scale (their UPSERTs cannot
-deadlock), and one scale's events stay in arrival order.
+measurement to a lane (by ``scale_id % lanes``, or a low rate's all to lane
+0: :meth:`ingestor.placement.Placement._split`). Each lane is a
+single-producer, single-consumer ring of fixed-size slots, so no slot is ever
+contended and a lane's records stay in arrival order.
 
 Positions are absolute 64-bit counters: ``head`` counts records ever
 published into a lane, ``tail`` counts records released by its writer, and a

@@ -15,8 +15,9 @@ Each batch is written in one transaction holding four statements:
 Only after the commit are the records released from the ring. A writer
 killed anywhere leaves its records in the lane; its successor reads the
 checkpoint and releases what was already committed, so nothing is written
-twice or lost. Lanes hold disjoint sets of scales, so two writers never
-UPSERT the same row and cannot deadlock.
+twice or lost. Two writers (of one instance or several) holding the same
+scale take turns on it: the claim locks a batch's scales in ``scale_id``
+order before anything else, so they cannot deadlock.
 
 Errors are classified by SQLSTATE class (PostgreSQL docs, Appendix A):
 a data error (class 22 or 23) is isolated by bisecting the batch, so only

@@ -62,6 +62,18 @@ def test_records_go_to_their_lanes_in_arrival_order_while_the_ring_has_room(plac
     assert lane0["seq"].tolist() == sorted(lane0["seq"].tolist()) and len(lane0) + len(lane1) == 10
 
 
+def test_a_trickle_goes_whole_to_lane_0_and_a_burst_by_scale(placement_factory):
+    """One writer commits a low rate's events (half the transactions); a burst spreads over the writers."""
+    from ingestor.placement import TRICKLE_RECORDS
+
+    p = placement_factory(lanes=2, lane_capacity=4 * TRICKLE_RECORDS)
+    p.place(records(5))
+    assert [lane.used() for lane in p.ring.lanes] == [5, 0]
+    p.place(records(TRICKLE_RECORDS, start=5))
+    lane1 = p.ring.lanes[1].peek(p.ring.lanes[1].used())
+    assert p.ring.lanes[0].used() == 5 + TRICKLE_RECORDS // 2 and set(lane1["scale_id"] % 2) == {1}
+
+
 def test_a_ring_whose_writers_free_nothing_spills_the_rest_to_the_spool_and_refills_in_order(placement_factory):
     p = placement_factory(lanes=1, lane_capacity=8)
     p.place(records(20))  # 8 fit; the writer frees nothing: the other 12 spill after spill_after_s
