@@ -51,12 +51,6 @@ POLL_MS = 100  # how often an idle front looks at its stop flag
 SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
-# At a low rate every frame would cost a wakeup (a poll, a decode, a ring put of
-# one record). After a cycle that found fewer than TRICKLE_MESSAGES messages the
-# front sleeps TRICKLE_PAUSE_S, so the next cycle serves what arrived meanwhile:
-# at 300 frames/s that is ~3 frames per cycle for at most 10 ms of latency.
-TRICKLE_MESSAGES = 16
-TRICKLE_PAUSE_S = 0.01
 MAX_TOKEN_BYTES = 64  # docs/PROTOCOL.md §5
 # Frames over --max-frame-bytes are refused here, counted and dead-lettered.
 # ZMQ_MAXMSGSIZE is the hard ceiling above that: libzmq drops the sender's
@@ -128,19 +122,14 @@ class Front:
                 timeout = SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else POLL_MS
                 ready = dict(poller.poll(timeout))
                 gather = SPOOL_GATHER_S if spooling else 0.0
-                received = 0
                 if pull in ready:
                     messages = _receive(pull, gather)
                     failpoint("front.after_receive")
                     self.accept(messages)
-                    received += len(messages)
                 if router is not None and router in ready:
                     messages = _receive(router, gather)
                     failpoint("front.after_receive")
                     self.accept(messages, acked=True)
-                    received += len(messages)
-                if 0 < received < TRICKLE_MESSAGES and not spooling:
-                    time.sleep(TRICKLE_PAUSE_S)
             self.placement.stop()
         finally:
             pull.close(linger=0)

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 SPILL_AFTER_S = 0.5  # a full ring whose writers free nothing for this long spills to the spool
 SPOOL_RETRY_S = 1.0  # after a failed spool write, how long before the disk is tried again
 SPACE_WAIT_S = 0.05  # one wait for ring space when ring and spool are full
-# A placement this small goes to one lane (:meth:`Placement._split`): 64 records is a front
-# cycle at ~6,400 events/s with its 10 ms trickle pause, far below what one writer commits.
+# A placement this small goes to one lane (:meth:`Placement._split`): a front cycle takes
+# what arrived since the last, so fewer than 64 records means a rate one writer commits with ease.
 TRICKLE_RECORDS = 64
 
 
