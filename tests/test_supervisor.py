@@ -75,9 +75,14 @@ def test_whole_tree_sigkill_keeps_the_spool_and_replays_it_before_new_frames(ser
     # docs/PROTOCOL.md §4 fire-and-forget: the ring (shared memory) dies with the tree, the spool does not
     spooled = {(sc, q) for sc, q, _ in rows if q < 300}
     assert len(spooled) >= before["spool_events"]
+    replayed_scales = 0
     for scale in range(1, 11):  # the replayed (older) events went before the new frames' events
         ids = {q: i for sc, q, i in rows if sc == scale}
-        assert max(i for q, i in ids.items() if q < 300) < min(i for q, i in ids.items() if q >= 300)
+        older = [i for q, i in ids.items() if q < 300]  # none when all of a scale's were in the ring
+        if older:
+            replayed_scales += 1
+            assert max(older) < min(i for q, i in ids.items() if q >= 300)
+    assert replayed_scales > 0
     assert again.terminate() == 0
 
 
