@@ -146,3 +146,15 @@ def test_migration_006_turns_every_ingestor_seen_key_into_runs(pg_server):
     finally:
         with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_scale_row_deleted_by_hand_is_made_again_and_said(db, caplog):
+    """The writer remembers which scales have their row; one deleted behind its back is recreated, with a warning."""
+    claims = Claims()
+    assert claim(db, claims, [(1, 0), (2, 0)]) == [True, True]
+    db.execute("DELETE FROM ingestor_claims WHERE scale_id = 2")
+    db.commit()
+    with caplog.at_level("WARNING", logger="ingestor.claims"):
+        assert claim(db, claims, [(1, 0), (1, 1), (2, 1)]) == [False, True, True]
+    assert "1 scale row(s) missing (first scale 2)" in caplog.text
+    assert stored(db) == ([(1, 0, 1), (2, 1, 1)], [])
