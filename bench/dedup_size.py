@@ -66,7 +66,6 @@ def run(dsn: str, events: int, lost: float, layout: str) -> dict:
             with conn.transaction(), conn.cursor() as cur:
                 if layout == "runs":
                     claims.claim(cur, scale_ids, seqs)
-                    claims.write(cur)
                 else:
                     cur.execute(OLD_CLAIM, (BinaryArray(scale_ids, INT4_ARRAY_OID), BinaryArray(seqs, INT8_ARRAY_OID)))
             claims.committed()

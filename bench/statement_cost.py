@@ -61,7 +61,6 @@ def run(dsn: str, recs, statements: list[str]) -> tuple[float, float]:
             with conn.transaction(), conn.cursor() as cur:
                 if "dedup" in statements:
                     claims.claim(cur, batch["scale_id"], batch["seq"])
-                    claims.write(cur)
                 if "copy" in statements:
                     with cur.copy(copy_payload.COPY_SQL) as copy:
                         copy.write(copy_payload.build(batch, time.time_ns() // 1000))

@@ -66,24 +66,21 @@ INSERT_RUNS_SQL = "INSERT INTO ingestor_claim_runs SELECT * FROM unnest(%b::int4
 class Claims:
     """Claims batches of keys for one connection's transactions (one per writer process).
 
-    In the caller's transaction: :meth:`claim` locks and reads, :meth:`write`
-    stores the new runs; call :meth:`committed` after the commit. The object remembers
-    which scales have their row, so a known scale costs no INSERT.
+    :meth:`claim` runs in the caller's transaction; call :meth:`committed` after
+    the commit. The object remembers which scales have their row, so a known
+    scale costs no INSERT.
     """
 
     def __init__(self) -> None:
         self._known: set[int] = set()
         self._pending: list[int] = []
-        self._heads: list[tuple[int, int, int]] = []
-        self._runs: list[tuple[int, int, int]] = []
 
     def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """Claim the keys; return a bool array, True where the event is new.
 
         ``scale_ids`` (int32) and ``seqs`` (int64) have one entry per event. An
         event is new when its key was never claimed before and it is the key's
-        first occurrence in the batch. The claim holds once :meth:`write` ran
-        in the same transaction. Raises what psycopg raises; the caller's
+        first occurrence in the batch. Raises what psycopg raises; the caller's
         transaction then rolls back, claiming nothing.
         """
         keys = _Keys(scale_ids, seqs)
@@ -92,18 +89,15 @@ class Claims:
         if unknown:
             cur.execute(ENSURE_SQL, (BinaryArray(np.array(unknown, np.int32), INT4_ARRAY_OID),))
         heads = self._lock(cur, keys.scales)
-        dup, self._heads, self._runs = _merge(cur, keys, heads)
+        dup, head_updates, run_inserts = _merge(cur, keys, heads)
+        if head_updates:  # the rows are locked by now: no waits
+            cur.execute(HEADS_SQL, _columns(head_updates))
+        if run_inserts:
+            cur.execute(INSERT_RUNS_SQL, _columns(run_inserts))
         self._pending = unknown
         fresh = np.zeros(len(scale_ids), bool)
         fresh[keys.index[~dup]] = True
         return fresh
-
-    def write(self, cur: psycopg.Cursor) -> None:
-        """Store the runs of the last :meth:`claim` (its scales' rows are locked: no waits)."""
-        if self._heads:
-            cur.execute(HEADS_SQL, _columns(self._heads))
-        if self._runs:
-            cur.execute(INSERT_RUNS_SQL, _columns(self._runs))
 
     def committed(self) -> None:
         """The transaction of the last :meth:`claim` committed: its new scales' rows exist."""
@@ -138,13 +132,13 @@ class _Keys:
         distinct = np.ones(len(order), bool)
         distinct[1:] = (s[1:] != s[:-1]) | (q[1:] != q[:-1])
         self.index = order[distinct]
-        self.scale_ids, self.seqs = s[distinct], q[distinct]
+        scale_ids, self.seqs = s[distinct], q[distinct]
         n = len(self.seqs)
         new_scale = np.ones(n, bool)
-        new_scale[1:] = self.scale_ids[1:] != self.scale_ids[:-1]
+        new_scale[1:] = scale_ids[1:] != scale_ids[:-1]
         breaks = new_scale.copy()
         breaks[1:] |= self.seqs[1:] - 1 != self.seqs[:-1]
-        self.scales = self.scale_ids[new_scale].astype(np.int32)
+        self.scales = scale_ids[new_scale].astype(np.int32)
         self.run_start = np.flatnonzero(breaks)
         self.run_end = np.append(self.run_start[1:], n) - 1
         self.run_scale = np.cumsum(new_scale)[self.run_start] - 1

@@ -216,7 +216,6 @@ class Writer:
                     with conn.cursor() as cur:
                         failpoint("writer.dedup", conn)
                         fresh = self.claims.claim(cur, records["scale_id"], records["seq"])
-                        self.claims.write(cur)
                         new = records[fresh]
                         persisted = int(self.counters["persisted"]) + len(new)
                         duplicates = int(self.counters["duplicates"]) + len(records) - len(new)

@@ -23,7 +23,6 @@ def connect(dsn: str) -> psycopg.Connection:
 def claim(conn: psycopg.Connection, claims: Claims, keys: list[tuple[int, int]]) -> list[bool]:
     with conn.transaction(), conn.cursor() as cur:
         fresh = claims.claim(cur, np.array([k[0] for k in keys], np.int32), np.array([k[1] for k in keys], np.int64))
-        claims.write(cur)
     claims.committed()
     return fresh.tolist()
 
