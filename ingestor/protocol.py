@@ -96,7 +96,8 @@ RECORD_DTYPE = np.dtype(
 )
 
 
-# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a string.
+# Invalid UTF-8 in a string: msgspec before 0.23 raises UnicodeDecodeError, 0.23 a
+# DecodeError ("Invalid UTF-8 encoded string"), like an undecodable frame.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError)
 _BAD_EVENT = (msgspec.DecodeError, UnicodeDecodeError, msgspec.ValidationError)
 
@@ -323,6 +324,11 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
         # one bad event (or bad UTF-8 in one event's string) must not sink its array
         return _decode_one_by_one(frame, json, into, now_us)
     except _UNDECODABLE as e:
+        # an array whose events can still be told apart (bad UTF-8 in one event's string
+        # with msgspec 0.23): only the bad events are invalid
+        raws = _raw_events(frame, json)
+        if raws is not None:
+            return _judge_each(raws, json, into, now_us)
         if json and frame[:1] == b"[":
             split = _split_json_array(frame)
             if split is not None:  # e.g. a lone surrogate escape in one event: only that one is invalid
@@ -351,12 +357,19 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
 
 def _decode_one_by_one(frame: bytes, json: bool, into: RecordBuilder, now_us: int) -> tuple[int, list[Rejected]]:
     """Slow path for a frame msgspec rejected as a whole: judge each event alone."""
-    try:
-        raws = [bytes(raw) for raw in _RAW_LIST_DECODERS[json].decode(frame)]
-    except _BAD_EVENT:  # not an array (or not decodable as one): one event
+    raws = _raw_events(frame, json)
+    if raws is None:  # not an array (or not decodable as one): one event
         rejected = _judge(frame, None, json, into, now_us)
         return 1, [rejected] if rejected else []
     return _judge_each(raws, json, into, now_us)
+
+
+def _raw_events(frame: bytes, json: bool) -> list[bytes] | None:
+    """Each event's own bytes when ``frame`` is an array, else None."""
+    try:
+        return [bytes(raw) for raw in _RAW_LIST_DECODERS[json].decode(frame)]
+    except _BAD_EVENT:
+        return None
 
 
 def _judge_each(raws: list[bytes], json: bool, into: RecordBuilder, now_us: int) -> tuple[int, list[Rejected]]:
@@ -373,11 +386,11 @@ def _judge_each(raws: list[bytes], json: bool, into: RecordBuilder, now_us: int)
 def split_events(frame: bytes) -> list[bytes]:
     """Each event's own bytes of ``frame`` (an array frame), or ``[frame]`` when it is one event or undecodable."""
     json = _is_json(frame)
-    try:
-        return [bytes(raw) for raw in _RAW_LIST_DECODERS[json].decode(frame)]
-    except _BAD_EVENT:
+    raws = _raw_events(frame, json)
+    if raws is None:
         split = _split_json_array(frame) if json and frame[:1] == b"[" else None
         return split if split is not None else [frame]
+    return raws
 
 
 def _split_json_array(frame: bytes) -> list[bytes] | None:
