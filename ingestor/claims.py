@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -63,17 +64,43 @@ WHERE c.scale_id = u.scale_id
 INSERT_RUNS_SQL = "INSERT INTO ingestor_claim_runs SELECT * FROM unnest(%b::int4[], %b::int8[], %b::int8[])"
 
 
+class Runs(NamedTuple):
+    """A batch whose keys are one run of consecutive seqs per scale, as migration 007's function takes it."""
+
+    index: np.ndarray  #: position in the batch of each distinct key's first occurrence (int64)
+    new_scales: BinaryArray | None  #: int4[] of the scales without a known claims row, or None
+    scales: BinaryArray  #: int4[], one per scale, ascending
+    first: BinaryArray  #: int8[], each scale's lowest seq in the batch
+    last: BinaryArray  #: int8[], each scale's highest seq in the batch
+
+
 class Claims:
     """Claims batches of keys for one connection's transactions (one per writer process).
 
     :meth:`claim` runs in the caller's transaction; call :meth:`committed` after
     the commit. The object remembers which scales have their row, so a known
-    scale costs no INSERT.
+    scale costs no INSERT. :meth:`runs` prepares a batch for the one-statement
+    path of small batches (migration 007), which claims in the database.
     """
 
     def __init__(self) -> None:
         self._known: set[int] = set()
         self._pending: list[int] = []
+
+    def runs(self, scale_ids: np.ndarray, seqs: np.ndarray) -> Runs | None:
+        """The batch as one run per scale, or None when a scale's keys have a gap (the general path's case).
+
+        Call :meth:`committed` once the statement that took the runs returned
+        (whatever it returned: its new scales' rows are made either way).
+        """
+        keys = _Keys(scale_ids, seqs)
+        if len(keys.run_start) != len(keys.scales):
+            return None
+        unknown = [s for s in keys.scales.tolist() if s not in self._known]
+        self._pending = unknown
+        return Runs(keys.index, BinaryArray(np.array(unknown, np.int32), INT4_ARRAY_OID) if unknown else None,
+                    BinaryArray(keys.scales, INT4_ARRAY_OID), BinaryArray(keys.seqs[keys.run_start], INT8_ARRAY_OID),
+                    BinaryArray(keys.seqs[keys.run_end], INT8_ARRAY_OID))
 
     def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """Claim the keys; return a bool array, True where the event is new.
@@ -100,7 +127,7 @@ class Claims:
         return fresh
 
     def committed(self) -> None:
-        """The transaction of the last :meth:`claim` committed: its new scales' rows exist."""
+        """The transaction of the last :meth:`claim` (or :meth:`runs`) committed: its new scales' rows exist."""
         self._known.update(self._pending)
         self._pending = []
 

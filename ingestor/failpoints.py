@@ -57,6 +57,7 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "front.after_place": (PROCESS, "front: a received batch placed in the ring or the spool"),
     "front.refill": (PROCESS, "front: a spool block put into the ring, not yet dropped from the spool"),
     "writer.dedup": (DB, "writer: before the dedup claim of a batch"),
+    "writer.small_batch": (DB, "writer: before the one statement that writes a small batch (migration 007)"),
     "writer.copy": (DB, "writer: before the COPY into weighing_logs"),
     "writer.upsert": (DB, "writer: before the UPSERT of scale_current_states"),
     "writer.checkpoint": (DB, "writer: before the lane checkpoint, the transaction's last statement"),

@@ -52,7 +52,7 @@ def test_migrate_is_idempotent(dsn, conn):
     second = ingestor("migrate", "--dsn", dsn)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert "0 migration(s) applied now" in second.stdout
-    assert conn.execute("SELECT array_agg(version) FROM ingestor_schema_migrations").fetchone()[0] == [1, 2, 3, 4, 5, 6]
+    assert conn.execute("SELECT array_agg(version) FROM ingestor_schema_migrations").fetchone()[0] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_config_layers_file_then_environment_then_flags(tmp_path):
