@@ -2,9 +2,11 @@
 """Where the time goes at full speed: py-spy profiles of the front and a writer.
 
     python bench/profile.py --writers 2 --seconds 10
+    python bench/profile.py --rate 300 --events-per-frame 1 --seconds 20   # the plant's rate
 
 Starts a throwaway PostgreSQL and ``ingestor run``, feeds it at full speed
-from a separate sender (bench/loadgen.py), and while it runs records the
+from a separate sender (bench/loadgen.py; --rate events/s, 0 = as fast as it
+can, in frames of --events-per-frame), and while it runs records the
 front and writer 0 with py-spy (``pip install py-spy``; needs ptrace, so
 root or ``kernel.yama.ptrace_scope=0``). Writes their collapsed stacks
 (``bench/results/profile-<role>.txt``, for speedscope or flamegraph.pl) and
@@ -61,6 +63,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--writers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=0.0, help="events/s; 0: full speed")
+    p.add_argument("--events-per-frame", type=int, default=100)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
@@ -72,7 +76,7 @@ def main() -> int:
         writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
         front = next(c.pid for c in psutil.Process(proc.pid).children()
                      if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline()))
-        send = sender(bind, 0, 0, 0, a.seconds + 6)
+        send = sender(bind, 0, a.rate, 0, a.seconds + 6, a.events_per_frame)
         time.sleep(3)  # past start-up
         targets = {"front": front, "writer-0": writers[0]}
         jobs = []
@@ -86,7 +90,7 @@ def main() -> int:
         proc.wait(120)
     finally:
         server.stop()
-    print(f"full speed, {a.writers} writers: {s['events_per_s']:,.0f} events/s over the last 10 s, "
+    print(f"{f'{a.rate:g} events/s' if a.rate else 'full speed'}, {a.writers} writers: {s['events_per_s']:,.0f} events/s over the last 10 s, "
           f"batches of {s['average_batch_size']:.0f} in {s['average_batch_ms']:.0f} ms\n")
     for role, root in (("front", "Front.run"), ("writer-0", "Writer.run")):
         print(f"== {role}: share of its main thread's samples (inclusive)")
