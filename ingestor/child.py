@@ -27,11 +27,13 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s[%(process)d] %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s {instance}%(processName)s[%(process)d] %(message)s"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+def setup_logging(level: str, instance: str | None = None) -> None:
+    """Log lines to stderr; with ``instance`` (``--instance``), each line names it, as ``NAME/processName[pid]``."""
+    fmt = LOG_FORMAT.format(instance=f"{instance}/".replace("%", "%%") if instance else "")
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
 
 class StopFlag:
@@ -48,14 +50,14 @@ class StopFlag:
         self.requested = True
 
 
-def main(args: ChildArgs, log_level: str) -> None:
+def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
     """Run the child that ``args`` describes (its type names the role); exits the process.
 
     Exit codes: EXIT_OK when the role's run returns, EXIT_BOOT_ERROR for a
     BootError (the supervisor halts), 1 for any other exception (logged with
     its traceback; the supervisor restarts the child).
     """
-    setup_logging(log_level)
+    setup_logging(log_level, instance)
     stop = StopFlag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, stop.handle)

@@ -74,6 +74,7 @@ class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
 
     shared: SharedBlocks
     index: int  #: the ring lane this writer owns, 0 .. lanes-1
+    instance: str  #: --instance: with ``index``, the key of this lane's checkpoint row
     dsn: str
     schema: str
     batch_size: int  #: events per transaction at most
@@ -83,7 +84,7 @@ class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_config(cls, config: Config, shared: SharedBlocks, index: int, dsn: str) -> WriterArgs:
         return cls(
-            shared=shared, index=index, dsn=dsn, schema=config.schema, batch_size=config.batch_size,
+            shared=shared, index=index, instance=config.instance, dsn=dsn, schema=config.schema, batch_size=config.batch_size,
             batch_timeout_ms=config.batch_timeout_ms, dead_letters=DeadLetterArgs.from_config(config),
         )
 

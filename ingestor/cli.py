@@ -31,6 +31,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--config", metavar="FILE", help="TOML file with any of these options (keys as below, with _ for -)")
     o("--dsn", help="libpq connection string or URI; none anywhere: start an embedded PostgreSQL under --data-dir")
     o("--schema", help="database schema of the tables (default: public)")
+    o("--instance", help="this service's name, unique among the ingestors writing one database: it keys their "
+                         "recovery state and is in stats, /metrics and every log line (default: the host name)")
     o("--bind", help="PULL endpoint senders connect to (default: tcp://0.0.0.0:5555)")
     o("--ack-bind", help="ROUTER endpoint of acked mode (docs/PROTOCOL.md §5), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
@@ -153,7 +155,7 @@ def _load_config(args: argparse.Namespace) -> tuple[config_mod.Config, dict[str,
 
 def cmd_run(args: argparse.Namespace) -> int:
     config, _ = _load_config(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.instance)
     for name in config_mod.unknown_environment():
         logging.getLogger("ingestor").warning("Ignoring %s: no such option (options: ingestor config show)", name)
     from .supervisor import Supervisor

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -26,11 +27,13 @@ _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _ENDPOINT = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+)$"
 _ENDPOINT_OR_OFF = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+|off|none|)$"
 _HOST_PORT_OR_OFF = r"^(.+:\d{1,5}|off|none|)$"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _PATTERN_RULES = {
     _IDENTIFIER: "a PostgreSQL identifier (letters, digits, _; up to 63 characters)",
     _ENDPOINT: "a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME",
     _ENDPOINT_OR_OFF: "a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH) or off",
     _HOST_PORT_OR_OFF: "HOST:PORT or off",
+    _NAME: "a name of letters, digits, '.', '_' and '-', starting with a letter or digit, up to 63 characters",
 }
 
 
@@ -43,10 +46,16 @@ def default_data_dir() -> str:
     return "/var/lib/ingestor" if os.geteuid() == 0 else "ingestor-data"
 
 
+def default_instance() -> str:
+    """The host name (``socket.gethostname()``): one ingestor per box needs no --instance."""
+    return socket.gethostname()
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every option of ``ingestor run`` (docs/operations.md#options-of-ingestor-run lists them)."""
 
     dsn: str | None = None
+    instance: Annotated[str, msgspec.Meta(pattern=_NAME)] = msgspec.field(default_factory=default_instance)
     schema: Annotated[str, msgspec.Meta(pattern=_IDENTIFIER)] = "public"
     bind: Annotated[str, msgspec.Meta(pattern=_ENDPOINT)] = "tcp://0.0.0.0:5555"
     ack_bind: Annotated[str, msgspec.Meta(pattern=_ENDPOINT_OR_OFF)] = "tcp://0.0.0.0:5556"

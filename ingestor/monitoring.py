@@ -57,6 +57,11 @@ class _Collector:
         s = self._snapshot()
         if s is None:
             return
+        # the instance as an info metric's label: Prometheus gives the label "instance" to the scrape target
+        info = GaugeMetricFamily(f"{PREFIX}_info", "Always 1; ingestor_instance is --instance.",
+                                 labels=["ingestor_instance"])
+        info.add_metric([s.instance], 1)
+        yield info
         for key, doc in COUNTERS:
             c = CounterMetricFamily(f"{PREFIX}_{key}", doc)
             c.add_metric([], getattr(s, key))

@@ -224,6 +224,7 @@ class Figures(msgspec.Struct, kw_only=True):
     ``ingestor_<name>_total``. Counts are events unless named otherwise.
     """
 
+    instance: str = ""  #: --instance (docs/operations.md#scaling-out-and-failover)
     status: Literal["starting", "running", "draining"] = "starting"
     uptime_s: float = 0.0
     received_frames: Annotated[int, _counter("Frames received (ZeroMQ message parts).")] = 0

@@ -321,7 +321,7 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         process = self.ctx.Process(
-            target=child.main, args=(c.args, self.config.log_level), name=c.name, daemon=False
+            target=child.main, args=(c.args, self.config.log_level, self.config.instance), name=c.name, daemon=False
         )
         with _signals_blocked():
             process.start()
@@ -543,7 +543,7 @@ class Supervisor:
     def snapshot(self) -> Figures:
         """The figures of docs/operations.md#stats, from the shared counters (the defaults while starting)."""
         self.notice_ready()  # here: a stats request sees "running" the moment the front listens
-        f = Figures(status=self.phase.status, uptime_s=round(time.time() - self.started, 1),
+        f = Figures(instance=self.config.instance, status=self.phase.status, uptime_s=round(time.time() - self.started, 1),
                     ring_capacity=self.config.ring_capacity,
                     recent_events=self.recent.list())
         if self.counters is None:

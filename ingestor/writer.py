@@ -15,7 +15,8 @@ in one transaction holding four statements:
 2. one UPSERT of ``scale_current_states`` over the batch's latest record per
    scale, which only replaces a stored state older by (``measured_at``,
    ``seq``) (docs/PROTOCOL.md §4: a late, older event never overwrites a newer state);
-3. the lane's checkpoint: the ring position after this batch.
+3. the lane's checkpoint: the ring position after this batch, in the row of
+   (``--instance``, lane), so ingestors sharing a database keep apart.
 
 Only after the commit are the records released from the ring. A writer
 killed anywhere leaves its records in the lane; its successor reads the
@@ -86,15 +87,15 @@ WHERE (EXCLUDED.measured_at, EXCLUDED.seq) > (s.measured_at, s.seq)
 """
 
 CHECKPOINT_SQL = """
-INSERT INTO ingestor_checkpoints (lane, ring_id, position, persisted, duplicates, failed, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, now())
-ON CONFLICT (lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED.position,
+INSERT INTO ingestor_checkpoints (instance, lane, ring_id, position, persisted, duplicates, failed, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, now())
+ON CONFLICT (instance, lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position = EXCLUDED.position,
     persisted = EXCLUDED.persisted, duplicates = EXCLUDED.duplicates, failed = EXCLUDED.failed,
     updated_at = EXCLUDED.updated_at
 """
 
 WRITE_SMALL_BATCH_SQL = (
-    "SELECT ingestor_write_small_batch(%s, %s, %s, %s, %s, %s, %b, %b, %b, %b, %b, %b, %b, %s, %s, %s, %s, %s, %s)"
+    "SELECT ingestor_write_small_batch(%s, %s, %s, %s, %s, %s, %s, %b, %b, %b, %b, %b, %b, %b, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -133,6 +134,7 @@ class Writer:
         self,
         *,
         lane: Lane,
+        instance: str,
         ring_id: str,
         dsn: str,
         schema: str,
@@ -144,6 +146,7 @@ class Writer:
         acks: AckTable | None = None,
     ) -> None:
         self.lane = lane
+        self.instance = instance
         self.acks = acks
         self.ring_id = ring_id
         self.batch_size = batch_size
@@ -254,7 +257,7 @@ class Writer:
         persisted, duplicates, _ = counts = self._counts(records, fresh)
         failpoint("writer.small_batch", conn)
         written = conn.execute(WRITE_SMALL_BATCH_SQL, (
-            self.lane.index, self.ring_id, position, persisted, duplicates, int(self.counters["failed"]),
+            self.instance, self.lane.index, self.ring_id, position, persisted, duplicates, int(self.counters["failed"]),
             runs.new_scales, runs.scales, runs.first, runs.last,
             BinaryArray(new["scale_id"], INT4_ARRAY_OID), BinaryArray(new["seq"], INT8_ARRAY_OID),
             BinaryArray(new["measured_us"], INT8_ARRAY_OID), created_us,
@@ -277,7 +280,7 @@ class Writer:
                 failpoint("writer.upsert", conn)
                 cur.execute(UPSERT_SQL, upsert_params(new))
             failpoint("writer.checkpoint", conn)
-            cur.execute(CHECKPOINT_SQL, (self.lane.index, self.ring_id, position, persisted, duplicates,
+            cur.execute(CHECKPOINT_SQL, (self.instance, self.lane.index, self.ring_id, position, persisted, duplicates,
                                          int(self.counters["failed"])))
         return counts
 
@@ -313,7 +316,7 @@ class Writer:
         c = self.counters
         # failed goes into the checkpoint with the position: a successor of a writer
         # killed after this commit restores it (the identity of docs/operations.md#stats), as it does persisted
-        checkpoint = (self.lane.index, self.ring_id, position, int(c["persisted"]), int(c["duplicates"]),
+        checkpoint = (self.instance, self.lane.index, self.ring_id, position, int(c["persisted"]), int(c["duplicates"]),
                       int(c["failed"]) + 1)
 
         def advance() -> None:
@@ -336,8 +339,9 @@ class Writer:
         """Release what a crashed predecessor committed but did not release."""
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             row = conn.execute(
-                "SELECT ring_id, position, persisted, duplicates, failed FROM ingestor_checkpoints WHERE lane = %s",
-                (self.lane.index,),
+                "SELECT ring_id, position, persisted, duplicates, failed FROM ingestor_checkpoints "
+                "WHERE instance = %s AND lane = %s",
+                (self.instance, self.lane.index),
             ).fetchone()
             conn.commit()
         if row is None or row[0] != self.ring_id:
@@ -447,7 +451,7 @@ def _write(args: WriterArgs, ring: Ring, counters: Counters, acks: AckTable) -> 
     mine["pid"] = os.getpid()
     parent = os.getppid()
     Writer(
-        lane=ring.lanes[args.index], ring_id=args.shared.ring.ring_id, dsn=args.dsn, schema=args.schema,
+        lane=ring.lanes[args.index], instance=args.instance, ring_id=args.shared.ring.ring_id, dsn=args.dsn, schema=args.schema,
         batch_size=args.batch_size, batch_timeout_ms=args.batch_timeout_ms, counters=mine,
         dead_letters=DeadLetterWriter(args.dead_letters.directory, f"writer-{args.index}", args.dead_letters.max_bytes),
         draining=lambda: ring.draining or os.getppid() != parent, acks=acks,

@@ -31,6 +31,6 @@ GRANT SELECT, INSERT, UPDATE ON ingestor_checkpoints TO ingestor_writer;  -- lan
 GRANT SELECT ON ingestor_schema_migrations TO ingestor_writer;            -- "is the schema up to date?"
 GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;
 GRANT EXECUTE ON FUNCTION ingestor_drop_partitions_before(date) TO ingestor_writer;
-GRANT EXECUTE ON FUNCTION ingestor_write_small_batch(integer, text, bigint, bigint, bigint, bigint, integer[], integer[],
+GRANT EXECUTE ON FUNCTION ingestor_write_small_batch(text, integer, text, bigint, bigint, bigint, bigint, integer[], integer[],
     bigint[], bigint[], integer[], bigint[], bigint[], bigint, text[], text[], text[], text[], text[])
-    TO ingestor_writer;                                                    -- a small batch in one statement (007)
+    TO ingestor_writer;                                                    -- a small batch in one statement (007, 008)

@@ -24,7 +24,7 @@ def ring(ring_factory):
 def make_writer(ring, dsn, tmp_path, ring_id=None):
     counters = np.zeros((), WRITER_DTYPE)
     return Writer(
-        lane=ring.lanes[0], ring_id=ring_id or ring.spec.ring_id, dsn=dsn, schema="public", batch_size=1000,
+        lane=ring.lanes[0], instance="test", ring_id=ring_id or ring.spec.ring_id, dsn=dsn, schema="public", batch_size=1000,
         batch_timeout_ms=50, counters=counters, dead_letters=DeadLetterWriter(tmp_path / "dl", "writer-0"),
         draining=lambda: True,
     )
@@ -102,7 +102,7 @@ def test_resent_events_are_counted_as_duplicates_and_stored_once(ring, dsn, conn
 
 
 def checkpoint(conn) -> int:
-    return conn.execute("SELECT position FROM ingestor_checkpoints WHERE lane = 0").fetchone()[0]
+    return conn.execute("SELECT position FROM ingestor_checkpoints WHERE instance = 'test' AND lane = 0").fetchone()[0]
 
 
 def test_checkpoint_after_a_bisect_is_the_lane_position_so_a_successor_releases_nothing_unwritten(

@@ -1,0 +1,192 @@
+"""A PostgreSQL primary with a streaming standby, promoted mid-stream (docs/operations.md#scaling-out-and-failover).
+
+The service runs on a libpq multi-host DSN with ``target_session_attrs=read-write``:
+after the primary dies its writers reconnect to whichever server accepts writes.
+Synchronous replication: nothing acknowledged is lost, nothing is doubled.
+Asynchronous: the commits the promoted standby lacks are detected, counted
+(``lost_after_commit``), logged as ``LOST n`` and turn ``/health`` red.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+import msgspec
+import psycopg
+import pytest
+
+from ingestor import schema
+from ingestor.client import Sender
+from ingestor.embedded_pg import EmbeddedPostgres
+
+from .checker import identity_holds, logged_losses
+from .fix_pg import TEST_SETTINGS
+
+pytestmark = pytest.mark.slow
+START_MS = 1_700_000_000_000
+SCALES, PER_FRAME = 20, 200  # a frame over placement.TRICKLE_RECORDS: both lanes get each frame's scales
+
+
+class Replicated:
+    """A primary and a streaming standby made from it by ``pg_basebackup``, both from the machine's binaries."""
+
+    def __init__(self, synchronous: bool) -> None:
+        # synchronous_commit stays on: an immediate stop is the primary's crash
+        settings = {k: v for k, v in TEST_SETTINGS.items() if k != "synchronous_commit"}
+        self.dirs = [tempfile.mkdtemp(prefix="ingestor-failover-pg-") for _ in range(2)]
+        for d in self.dirs:
+            os.chmod(d, 0o755)  # reachable by the postgres user when the tests run as root
+        self.primary = EmbeddedPostgres(self.dirs[0], settings={
+            **settings, **({"synchronous_standby_names": "'*'"} if synchronous else {})})
+        self.standby = EmbeddedPostgres(self.dirs[1], settings=settings)
+        self.primary.start()
+        schema.migrate(self.primary.dsn)
+        password = self.primary.passfile.read_text().strip().rsplit(":", 1)[1]
+        self.standby.data_dir.mkdir(exist_ok=True)
+        self.standby._chown(self.standby.data_dir)
+        # -R writes standby.signal and primary_conninfo (with this password) into the copy
+        self.primary._run("pg_basebackup", "-d", f"host=127.0.0.1 port={self.primary.port} user=postgres "
+                          f"password={password}", "-D", str(self.standby.pgdata), "-X", "stream", "-R", "-c", "fast")
+        shutil.copy(self.primary.passfile, self.standby.passfile)
+        self.standby.start()
+        self.dsn = (f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port} user=postgres "
+                    f"dbname=postgres passfile={self.primary.passfile} target_session_attrs=read-write connect_timeout=2")
+
+    def standby_count(self) -> int:
+        with psycopg.connect(self.standby.dsn, autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM weighing_logs").fetchone()[0]
+
+    def wait_standby_has(self, n: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (have := self.standby_count()) != n:
+            assert time.monotonic() < deadline, f"the standby has {have} rows, not {n}"
+            time.sleep(0.1)
+
+    def hold_back_standby(self) -> None:
+        """Stop the standby's WAL receiver: from now on it receives nothing (it stays a standby)."""
+        with psycopg.connect(self.standby.dsn, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET primary_conninfo = ''")
+            c.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
+                assert time.monotonic() < deadline, "the standby's WAL receiver did not stop"
+                time.sleep(0.1)
+
+    def fail_over(self) -> float:
+        """Crash the primary, promote the standby; return the monotonic time of the crash."""
+        crashed = time.monotonic()
+        self.primary.stop("immediate")
+        self.standby._run("pg_ctl", "promote", "-D", str(self.standby.pgdata), "-w")
+        return crashed
+
+    def close(self) -> None:
+        for server in (self.primary, self.standby):
+            server.stop("immediate")
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def replicated(request) -> Iterator[Replicated]:
+    servers = Replicated(synchronous=request.param == "sync")
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+def frames(first_seq: int, count: int) -> list[bytes]:
+    """``count`` events per scale over SCALES scales, seqs ``first_seq`` … ``first_seq + count - 1``, PER_FRAME a frame."""
+    events = [{"scale_id": scale, "seq": seq, "ts": START_MS + seq, "data_1": f"{seq}"}
+              for seq in range(first_seq, first_seq + count) for scale in range(1, SCALES + 1)]
+    return [msgspec.msgpack.encode(events[i:i + PER_FRAME]) for i in range(0, len(events), PER_FRAME)]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.mark.parametrize("replicated", ["async"], indirect=True)
+def test_async_failover_counts_logs_and_reports_the_commits_the_promoted_standby_lacks(replicated, service_factory):
+    svc = service_factory("--dsn", replicated.dsn, "--writers", "2", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    svc.send(*frames(1, 50))  # 1,000 events the standby will have
+    svc.wait_for(lambda s: s["persisted"] == 1000)
+    replicated.wait_standby_has(1000)
+    replicated.hold_back_standby()
+    svc.send(*frames(51, 100))  # 2,000 committed (and released) on the primary alone
+    svc.wait_for(lambda s: s["persisted"] == 3000 and s["pending"] == 0)
+    replicated.fail_over()
+    assert replicated.standby_count() == 1000
+    svc.send(*frames(151, 50))  # both lanes write again: their new connections reach the promoted standby
+
+    s = svc.wait_for(lambda s: s["persisted"] == 4000 and s["pending"] == 0 and s["lost_after_commit"] == 2000)
+    with psycopg.connect(replicated.standby.dsn, autocommit=True) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT (scale_id, seq)), min(seq), max(seq) FROM weighing_logs "
+                         "WHERE seq > 50").fetchone() == (1000, 1000, 151, 200)
+        assert c.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 2000
+    # counted once, beside the identity (the events were persisted, then the database lost them)
+    assert s["lost"] == 0 and identity_holds(s), s
+    out = svc.output()
+    assert logged_losses(out) == 2000, out[-3000:]
+    assert "an asynchronous standby promoted" in out
+    status, body = get(f"http://{svc.http}/health")
+    assert status == 503 and "2000 committed events are missing" in json.loads(body)["reason"], body
+    assert "ingestor_lost_after_commit_total 2000.0" in get(f"http://{svc.http}/metrics")[1].decode()
+    # counted once: more writes after the loss leave the count alone
+    svc.send(*frames(201, 10))
+    s = svc.wait_for(lambda s: s["persisted"] == 4200 and s["pending"] == 0)
+    assert s["lost_after_commit"] == 2000
+    assert svc.terminate() == 0
+
+
+@pytest.mark.parametrize("replicated", ["sync"], indirect=True)
+def test_sync_failover_mid_stream_keeps_every_acknowledged_event_once(replicated, service_factory):
+    svc = service_factory("--dsn", replicated.dsn, "--writers", "2", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    messages = frames(1, 200)  # 4,000 events in 20 messages
+    replies: dict = {}
+    first_half_done = threading.Event()
+
+    def send() -> None:
+        with Sender(svc.ack_bind, acked=True, resend_after_s=3) as sender:
+            for i, frame in enumerate(messages):
+                sender.send_frames([frame], token=b"m%d" % i)
+                if i == len(messages) // 2:
+                    sender.wait(60)
+                    first_half_done.set()
+                time.sleep(0.05)
+            replies.update(sender.wait(120))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert first_half_done.wait(60)
+    written = svc.stats()
+    crashed = replicated.fail_over()
+    promoted = time.monotonic()
+    # the failover time: primary killed → the first commit on the new primary (events keep coming meanwhile)
+    svc.wait_for(lambda s: s["persisted"] + s["duplicates"] > written["persisted"] + written["duplicates"])
+    print(f"\nfailover: promoted {promoted - crashed:.1f} s after the crash, first commit {time.monotonic() - crashed:.1f} s")
+    sender.join()
+    s = svc.wait_for(lambda s: s["pending"] == 0)
+    assert len(replies) == len(messages) and all(r.error is None for r in replies.values())
+    with psycopg.connect(replicated.standby.dsn, autocommit=True) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (4000, 4000)
+        latest = c.execute("SELECT min(seq), max(seq), count(*) FROM scale_current_states").fetchone()
+    assert latest == (200, 200, SCALES)
+    assert s["lost_after_commit"] == 0 and s["lost"] == 0 and identity_holds(s), s
+    assert s["persisted"] + s["duplicates"] >= 4000
+    assert get(f"http://{svc.http}/health")[0] == 200
+    assert svc.terminate() == 0
