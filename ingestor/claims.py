@@ -126,6 +126,11 @@ class Claims:
         fresh[keys.index[~dup]] = True
         return fresh
 
+    def forget(self) -> None:
+        """Forget which scales have their row: the next claim makes sure of each again (a new server after failover)."""
+        self._known = set()
+        self._pending = []
+
     def committed(self) -> None:
         """The transaction of the last :meth:`claim` (or :meth:`runs`) committed: its new scales' rows exist."""
         self._known.update(self._pending)

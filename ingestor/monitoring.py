@@ -14,8 +14,9 @@ Endpoints:
 ``/health``
     200 ``{"status": "ok"}`` while reading and committing; 503 with
     ``{"status": "unhealthy", "reason": ...}`` when the database is
-    unreachable, no writer is alive, or nothing has been committed for
-    longer than ``stall_seconds`` while events are pending.
+    unreachable, no writer is alive, committed events went missing from the
+    database (``lost_after_commit``: until a restart), or nothing has been
+    committed for longer than ``stall_seconds`` while events are pending.
 ``/api/v1/monitoring/persistence/metrics`` and ``…/health``
     ScaleHub's JSON shapes and field names, so existing dashboards
     keep working.
@@ -124,6 +125,9 @@ def health(s: Figures | None, stall_seconds: float, now: float | None = None) ->
         return False, "no writer is alive"
     if not s.database_connected:
         return False, "the database is unreachable"
+    if s.lost_after_commit:
+        return False, (f"{s.lost_after_commit} committed events are missing from the database after a failover "
+                       "(see the log's LOST lines; a restart clears this)")
     if s.pending and s.last_persisted_at:
         now = now if now is not None else time.time()
         idle = now - dt.datetime.fromisoformat(s.last_persisted_at).timestamp()

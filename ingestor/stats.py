@@ -71,6 +71,7 @@ WRITER_DTYPE = np.dtype(
         ("connected", "<i8"),
         ("dead_letters_dropped", "<i8"),
         ("dead_letter_errors", "<i8"),  # dead letters that could not be written (logged whole instead)
+        ("lost_after_commit", "<i8"),  # committed, then missing from the database (a failover)
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
         ("batch_size_hist", "<i8", (len(BATCH_SIZE_BOUNDS) + 1,)),  # events per committed batch
         ("batch_ms_hist", "<i8", (len(BATCH_MS_BOUNDS) + 1,)),  # ms per committed batch
@@ -115,6 +116,7 @@ class Counters(SharedBlock):
                      "ack_replies", "ack_expired", "refused_clients"):
             setattr(f, name, int(c[name]))
         f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
+        f.lost_after_commit = int(w["lost_after_commit"].sum())
         f.dead_letter_errors = int(c["dead_letter_errors"]) + int(w["dead_letter_errors"].sum())
         f.dead_letters_dropped = int(c["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum())
         f.pending = f.ring_used + int(c["front_pending"])
@@ -234,6 +236,8 @@ class Figures(msgspec.Struct, kw_only=True):
     persisted: Annotated[int, _counter("Events committed to weighing_logs.")] = 0
     failed: Annotated[int, _counter("Events PostgreSQL rejected at write, dead-lettered.")] = 0
     lost: Annotated[int, _counter("Accepted events that could be kept nowhere (each loss logged at ERROR).")] = 0
+    lost_after_commit: Annotated[int, _counter(
+        "Persisted events the database lacked afterwards: a failover to a standby without them (logged at ERROR).")] = 0
     pending: int = 0  #: accepted, not yet written: ring, spool, the front's hands
     ring_capacity: int = 0
     ring_used: int = 0

@@ -47,8 +47,9 @@ def render(s: Figures | None, endpoint: str, error: str | None = None) -> Panel:
     head.add_row("pending", f"{s.pending:,}", "invalid", f"{s.invalid:,}")
     head.add_row("duplicates", f"{s.duplicates:,}", "failed", f"{s.failed:,}")
     head.add_row("refused frames", f"{s.refused_frames:,}", "refused senders", f"{s.refused_clients:,}")
-    if s.lost:
-        head.add_row(Text("LOST", style="bold red"), Text(f"{s.lost:,}", style="bold red"), "", "")
+    if s.lost or s.lost_after_commit:
+        head.add_row(Text("LOST", style="bold red"), Text(f"{s.lost:,}", style="bold red"),
+                     Text("lost after commit", style="bold red"), Text(f"{s.lost_after_commit:,}", style="bold red"))
     head.add_row("batch", f"{s.average_batch_size:,.0f} events / {s.average_batch_ms:.0f} ms",
                  "latency p50 / p99", f"{lat.p50:g} / {lat.p99:g} ms" if lat.p50 is not None else "none yet")
 

@@ -25,6 +25,13 @@ twice or lost. Two writers (of one instance or several) holding the same
 scale take turns on it: the claim locks a batch's scales in ``scale_id``
 order before anything else, so they cannot deadlock.
 
+Every new connection is checked against the last commit the writer saw
+acknowledged: a server whose checkpoint for the lane is behind it (an
+asynchronous standby promoted before it received the last commits) lacks
+events the writer released, and perhaps acknowledged. They cannot be brought
+back; they are counted (``lost_after_commit``), logged at ERROR as ``LOST n``
+and turn ``/health`` red (docs/operations.md#scaling-out-and-failover).
+
 Errors are classified by SQLSTATE class (PostgreSQL docs, Appendix A):
 a data error (class 22 or 23) is isolated by bisecting the batch, so only
 the rejected records are dead-lettered, with PostgreSQL's message and
@@ -160,7 +167,7 @@ class Writer:
             max_size=1,
             open=False,
             name=f"writer-{lane.index}",
-            configure=lambda conn: _configure(conn, schema),
+            configure=lambda conn: self._configure(conn, schema),
             # A round trip per batch to test a connection that just worked costs
             # ~100 µs of CPU a transaction; after a failure it is tested first.
             check=lambda conn: ConnectionPool.check_connection(conn) if self._failures else None,
@@ -174,6 +181,9 @@ class Writer:
         self.claims = Claims()
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)
+        # (position, persisted) of the lane's last checkpoint a server acknowledged; None before any,
+        # or once a loss against it is counted
+        self._acknowledged: tuple[int, int] | None = None
 
     # -- the loop -----------------------------------------------------------
 
@@ -295,6 +305,7 @@ class Writer:
         c["last_commit_ns"] = now_ns
         c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
         self.lane.release(len(records))
+        self._acknowledged = (self.lane.tail, persisted)
         failpoint("writer.after_release")
 
     def _reject(self, records: np.ndarray, first: int, error: psycopg.Error) -> None:
@@ -331,6 +342,7 @@ class Writer:
             self.acks.count(self.lane.index, records[:1]["tag"], failed=True)
         c["failed"] = checkpoint[-1]
         self.lane.release(1)
+        self._acknowledged = (position, int(c["persisted"]))
         log.warning("Dead-lettered scale %d seq %d: SQLSTATE %s %s", r["scale_id"], r["seq"], state, message)
 
     # -- recovery and retries ---------------------------------------------
@@ -347,6 +359,7 @@ class Writer:
         if row is None or row[0] != self.ring_id:
             return
         _, position, persisted, duplicates, failed = row
+        self._acknowledged = (position, persisted)
         self.counters["persisted"] = persisted
         self.counters["duplicates"] = duplicates
         self.counters["failed"] = failed
@@ -400,6 +413,53 @@ class Writer:
             return
 
 
+    # -- each new connection ------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection, schema: str) -> None:
+        """Prepare a new connection (the pool's ``configure``), and check its server kept our commits."""
+        copy_payload.register_dumpers(conn)
+        set_search_path(conn, schema)
+        conn.commit()
+        # A small batch is one statement: autocommit spares it BEGIN and COMMIT, two
+        # round trips; the general path opens its transaction itself.
+        conn.autocommit = True
+        self._check_commits_kept(conn)
+
+    def _check_commits_kept(self, conn: psycopg.Connection) -> None:
+        """Count and log the committed events this connection's server lacks (an asynchronous failover).
+
+        Runs in the pool's thread. Reading our last acknowledged checkpoint
+        *before* the server's makes a race with a commit harmless: the server
+        then holds that checkpoint or a later one.
+        """
+        # The new server may be another one: its claim rows are learnt again.
+        self.claims.forget()
+        acknowledged = self._acknowledged
+        if acknowledged is None:
+            return
+        position, persisted = acknowledged
+        row = conn.execute(
+            "SELECT ring_id, position, persisted FROM ingestor_checkpoints WHERE instance = %s AND lane = %s",
+            (self.instance, self.lane.index),
+        ).fetchone()
+        if row is not None and row[0] == self.ring_id and row[1] >= position:
+            return
+        # This run's checkpoints count from 0: a server without any of them lacks them all.
+        kept_position, kept = (row[1], row[2]) if row is not None and row[0] == self.ring_id else (None, 0)
+        missing = persisted - kept
+        self._acknowledged = None  # counted once; the next commit sets it again
+        self.counters["lost_after_commit"] += missing
+        info = conn.info
+        log.error(
+            "LOST %d committed events: the database at %s:%s lacks lane %d's commits after ring position %s, "
+            "up to %d (an asynchronous standby promoted before it received them?); they were released from the "
+            "ring (and answered, those sent in acked mode) and cannot be written again "
+            "(counted in stats 'lost_after_commit')",
+            missing, info.host, info.port, self.lane.index, kept_position if kept_position is not None else "0",
+            position,
+        )
+
+
 class _DataError(Exception):
     """PostgreSQL rejected the data of a batch (SQLSTATE class 22 or 23)."""
 
@@ -412,14 +472,6 @@ def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (psycopg.OperationalError, PoolTimeout)) or _sqlstate(e)[:2] in ("08", "57")
 
 
-
-def _configure(conn: psycopg.Connection, schema: str) -> None:
-    copy_payload.register_dumpers(conn)
-    set_search_path(conn, schema)
-    conn.commit()
-    # A small batch is one statement: autocommit spares it BEGIN and COMMIT, two
-    # round trips; the general path opens its transaction itself.
-    conn.autocommit = True
 
 
 def _record_json(r: np.void) -> bytes:

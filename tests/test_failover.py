@@ -10,9 +10,6 @@ Asynchronous: the commits the promoted standby lacks are detected, counted
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -23,75 +20,14 @@ import msgspec
 import psycopg
 import pytest
 
-from ingestor import schema
 from ingestor.client import Sender
-from ingestor.embedded_pg import EmbeddedPostgres
 
 from .checker import identity_holds, logged_losses
-from .fix_pg import TEST_SETTINGS
+from .replication import Replicated
 
 pytestmark = pytest.mark.slow
 START_MS = 1_700_000_000_000
 SCALES, PER_FRAME = 20, 200  # a frame over placement.TRICKLE_RECORDS: both lanes get each frame's scales
-
-
-class Replicated:
-    """A primary and a streaming standby made from it by ``pg_basebackup``, both from the machine's binaries."""
-
-    def __init__(self, synchronous: bool) -> None:
-        # synchronous_commit stays on: an immediate stop is the primary's crash
-        settings = {k: v for k, v in TEST_SETTINGS.items() if k != "synchronous_commit"}
-        self.dirs = [tempfile.mkdtemp(prefix="ingestor-failover-pg-") for _ in range(2)]
-        for d in self.dirs:
-            os.chmod(d, 0o755)  # reachable by the postgres user when the tests run as root
-        self.primary = EmbeddedPostgres(self.dirs[0], settings={
-            **settings, **({"synchronous_standby_names": "'*'"} if synchronous else {})})
-        self.standby = EmbeddedPostgres(self.dirs[1], settings=settings)
-        self.primary.start()
-        schema.migrate(self.primary.dsn)
-        password = self.primary.passfile.read_text().strip().rsplit(":", 1)[1]
-        self.standby.data_dir.mkdir(exist_ok=True)
-        self.standby._chown(self.standby.data_dir)
-        # -R writes standby.signal and primary_conninfo (with this password) into the copy
-        self.primary._run("pg_basebackup", "-d", f"host=127.0.0.1 port={self.primary.port} user=postgres "
-                          f"password={password}", "-D", str(self.standby.pgdata), "-X", "stream", "-R", "-c", "fast")
-        shutil.copy(self.primary.passfile, self.standby.passfile)
-        self.standby.start()
-        self.dsn = (f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port} user=postgres "
-                    f"dbname=postgres passfile={self.primary.passfile} target_session_attrs=read-write connect_timeout=2")
-
-    def standby_count(self) -> int:
-        with psycopg.connect(self.standby.dsn, autocommit=True) as c:
-            return c.execute("SELECT count(*) FROM weighing_logs").fetchone()[0]
-
-    def wait_standby_has(self, n: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (have := self.standby_count()) != n:
-            assert time.monotonic() < deadline, f"the standby has {have} rows, not {n}"
-            time.sleep(0.1)
-
-    def hold_back_standby(self) -> None:
-        """Stop the standby's WAL receiver: from now on it receives nothing (it stays a standby)."""
-        with psycopg.connect(self.standby.dsn, autocommit=True) as c:
-            c.execute("ALTER SYSTEM SET primary_conninfo = ''")
-            c.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 30
-            while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
-                assert time.monotonic() < deadline, "the standby's WAL receiver did not stop"
-                time.sleep(0.1)
-
-    def fail_over(self) -> float:
-        """Crash the primary, promote the standby; return the monotonic time of the crash."""
-        crashed = time.monotonic()
-        self.primary.stop("immediate")
-        self.standby._run("pg_ctl", "promote", "-D", str(self.standby.pgdata), "-w")
-        return crashed
-
-    def close(self) -> None:
-        for server in (self.primary, self.standby):
-            server.stop("immediate")
-        for d in self.dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
