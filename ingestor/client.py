@@ -38,6 +38,7 @@ MAX_EVENTS_PER_FRAME = 1000  # docs/PROTOCOL.md §2: an array frame holds at mos
 MAX_TOKEN_BYTES = 64  # §5
 SNDHWM = 1000  # messages queued here before send() blocks (back-pressure, §4)
 CLOSE_LINGER_S = 10.0  # how long close() lets queued fire-and-forget messages reach the ingestor
+RETRY_SEND_S = 0.1  # a re-send ZeroMQ could not queue (no ingestor connected, queue full) is tried again after this
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -70,10 +71,15 @@ _REPLY = msgspec.msgpack.Decoder(Reply)
 
 
 class Sender:
-    """Sends measurements to one ingestor endpoint; use as a context manager or call :meth:`close`.
+    """Sends measurements to an ingestor, or several; use as a context manager or call :meth:`close`.
 
     ``endpoint``: a ZeroMQ address, the PULL endpoint (default port 5555)
-    or, with ``acked=True``, the ROUTER endpoint (default port 5556).
+    or, with ``acked=True``, the ROUTER endpoint (default port 5556); or a
+    list of them, one per ingestor (docs/operations.md#scaling-out-and-failover):
+    ZeroMQ then spreads the messages over the ingestors it is connected to
+    and leaves out one whose connection is down (``ZMQ_IMMEDIATE``), and a
+    re-sent acked message goes to one that answers; with none connected,
+    :meth:`send` blocks until one is.
     ``events_per_frame``: 1..1,000. ``fmt``: "msgpack" or "json".
     ``resend_after_s``: acked messages without a reply are re-sent this
     often while :meth:`wait` runs. Raises ValueError for a value out of range.
@@ -81,7 +87,7 @@ class Sender:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         acked: bool = False,
         events_per_frame: int = MAX_EVENTS_PER_FRAME,
@@ -96,6 +102,9 @@ class Sender:
             raise ValueError(f"fmt must be 'msgpack' or 'json', got {fmt!r}")
         if resend_after_s <= 0:
             raise ValueError(f"resend_after_s must be > 0, got {resend_after_s!r}")
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise ValueError("no endpoint given")
         self.endpoint = endpoint
         self.acked = acked
         self.events_per_frame = events_per_frame
@@ -105,9 +114,14 @@ class Sender:
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER if acked else zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        if len(endpoints) > 1:
+            # Queue only to connected ingestors: a message queued to one that died waits for
+            # its return (or a re-send), while the others could have taken it.
+            self._sock.setsockopt(zmq.IMMEDIATE, 1)
         if curve is not None:
             apply_client(self._sock, *curve)
-        self._sock.connect(endpoint)
+        for e in endpoints:
+            self._sock.connect(e)
         # a token unique to this sender: its replies cannot be confused with an earlier run's
         self._prefix = os.urandom(8)
         self._numbers = itertools.count()
@@ -115,6 +129,7 @@ class Sender:
         self.replies: dict[bytes, Reply] = {}  #: every reply received, by token
         self.events_sent = 0  #: events handed to ZeroMQ, re-sends not counted
         self.messages_sent = 0  #: messages handed to ZeroMQ, re-sends not counted
+        self.messages_resent = 0  #: acked messages re-sent for want of a reply (each time)
 
     # -- sending ------------------------------------------------------------------
 
@@ -206,8 +221,13 @@ class Sender:
         now = time.monotonic()
         for token, (frames, sent_at) in list(self._unanswered.items()):
             if now - sent_at >= self.resend_after_s:
-                self._sock.send_multipart([token, *frames])
+                try:  # never block wait(): with no ingestor to take it, try again in RETRY_SEND_S
+                    self._sock.send_multipart([token, *frames], zmq.NOBLOCK)
+                except zmq.Again:
+                    self._unanswered[token] = (frames, now - self.resend_after_s + RETRY_SEND_S)
+                    return
                 self._unanswered[token] = (frames, now)
+                self.messages_resent += 1
 
     def _next_resend_in(self) -> float:
         if not self._unanswered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import msgspec
 import pytest
@@ -77,6 +78,8 @@ def test_wait_raises_unanswered_naming_the_tokens_and_keeps_them(router):
 def test_values_out_of_range_are_refused_with_their_value():
     with pytest.raises(ValueError, match="events_per_frame must be 1..1000, got 0"):
         Sender("tcp://127.0.0.1:1", events_per_frame=0)
+    with pytest.raises(ValueError, match="no endpoint given"):
+        Sender([])
     with Sender("tcp://127.0.0.1:1", acked=True) as sender:
         with pytest.raises(ValueError, match="token of 65 bytes is over 64"):
             sender.send(events(1, range(1)), token=b"x" * 65)
@@ -112,3 +115,16 @@ def test_fire_and_forget_sender_delivers_everything_before_close_returns(service
     s = svc.wait_for(lambda s: s["persisted"] >= 1000 and s["pending"] == 0)
     assert s["received_frames"] == 10 * 15 and s["persisted"] == 1000  # 100 events: 14 frames of 7, 1 of 2
     assert conn.execute("SELECT data_1->>'val' FROM weighing_logs WHERE seq = 999").fetchone() == ("999.5 kg",)
+
+
+def test_wait_with_no_ingestor_connected_keeps_its_deadline():
+    # Two endpoints (ZMQ_IMMEDIATE), neither up: a re-send cannot be queued; wait() must not block on it.
+    with Sender(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], acked=True, resend_after_s=0.2) as sender:
+        with pytest.raises(zmq.Again):  # nothing connected: ZeroMQ takes no message
+            sender._sock.send_multipart([b"probe", b"x"], zmq.NOBLOCK)
+        sender._unanswered[b"t"] = ([b"frame"], 0.0)  # as if sent long ago (send() itself would block here)
+        t0 = time.monotonic()
+        with pytest.raises(Unanswered):
+            sender.wait(0.5)
+        assert time.monotonic() - t0 < 2
+        assert sender.messages_resent == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import urllib.request
 
@@ -87,3 +89,36 @@ def test_two_instances_with_writers_killed_after_commit_each_count_their_own_eve
         == [("plant-a",), ("plant-b",)]
     for svc in services.values():
         assert svc.terminate() == 0
+
+
+def test_a_sender_on_two_instances_loses_no_acknowledged_event_when_one_is_sigkilled_mid_stream(
+        service_factory, dsn, conn):
+    # Both instances get messages of the same 20 scales (ZeroMQ spreads them), so their writers
+    # claim the same scales at once: one lock order, no deadlock. One whole process tree is
+    # SIGKILLed mid-stream: what it held unanswered is re-sent, and the other stores it.
+    a = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_INSTANCE": "plant-a"})
+    b = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_INSTANCE": "plant-b"})
+    a.wait_ready()
+    for w in b.wait_ready()["writers"]:  # frozen: what b takes stays unanswered until it dies
+        os.kill(w["pid"], signal.SIGSTOP)
+    frames = messages(1)  # 40 messages of 50 events, seqs +1 per scale
+    with Sender([a.ack_bind, b.ack_bind], acked=True, resend_after_s=2) as sender:
+        for i, frame in enumerate(frames):
+            sender.send_frames([frame], token=b"m%d" % i)
+            sender.poll(0.02)  # paced: both connections are up before the first half is sent
+            if i == len(frames) // 2:
+                b.kill_tree()
+        replies = sender.wait(120)
+        assert sender.messages_resent > 0  # b died holding unanswered messages
+    assert len(replies) == MESSAGES
+    assert all(r.accepted + r.duplicates == PER_MESSAGE and r.error is None for r in replies.values())
+    s = a.wait_for(lambda s: s["pending"] == 0)
+    assert s["acked_messages"] > 0 and identity_holds(s), s
+    total = MESSAGES * PER_MESSAGE
+    assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() \
+        == (total, total)
+    # each scale's latest state is its greatest seq
+    assert conn.execute("SELECT count(*) FROM scale_current_states s JOIN (SELECT scale_id, max(seq) m FROM "
+                        "weighing_logs GROUP BY 1) h USING (scale_id) WHERE s.seq = h.m").fetchone()[0] == SCALES
+    assert "40P01" not in a.output() and "deadlock" not in a.output().lower()
+    assert a.terminate() == 0
