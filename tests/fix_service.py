@@ -44,6 +44,7 @@ class Service:
         self.stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.http = f"127.0.0.1:{free_port()}"
         self.dead_letter_dir = workdir / "dead-letters"
+        self.data_dir = workdir / "data"
         self.log = next(p for k in range(100) if not (p := workdir / f"service{k or ''}.log").exists())
         cmd = [
             sys.executable, "-m", "ingestor.cli", "run", "--bind", self.bind, "--ack-bind", self.ack_bind,
@@ -120,11 +121,17 @@ class Service:
 
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator:
-    """Start services with ``service_factory("--dsn", dsn, ...)``; all are killed at teardown."""
+    """Start services with ``service_factory("--dsn", dsn, ...)``; all are killed at teardown.
+
+    ``box="name"`` gives the service directories of its own (``tmp_path/name``: data, spool,
+    dead letters), as a second edge box would have; by default every service shares ``tmp_path``.
+    """
     started: list[Service] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Service:
-        svc = Service(list(args), tmp_path, env)
+    def start(*args: str, env: dict[str, str] | None = None, box: str | None = None) -> Service:
+        workdir = tmp_path / box if box else tmp_path
+        workdir.mkdir(exist_ok=True)
+        svc = Service(list(args), workdir, env)
         started.append(svc)
         return svc
 

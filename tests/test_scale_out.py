@@ -10,7 +10,7 @@ import urllib.request
 import msgspec
 import pytest
 
-from ingestor import failpoints
+from ingestor import failpoints, leftovers
 from ingestor.client import Sender
 
 from .checker import identity_holds
@@ -42,7 +42,7 @@ def test_two_instances_with_writers_killed_after_commit_each_count_their_own_eve
     for name, first_scale in (("plant-a", 1), ("plant-b", 101)):
         state = tmp_path / f"failpoints-{name}"
         state.mkdir()
-        services[name] = service_factory("--dsn", dsn, "--writers", "2", env={
+        services[name] = service_factory("--dsn", dsn, "--writers", "2", box=name, env={
             "INGESTOR_INSTANCE": name, failpoints.ENV: "writer.after_commit=1*kill",
             failpoints.STATE_ENV: str(state)})
     for svc in services.values():
@@ -96,8 +96,8 @@ def test_a_sender_on_two_instances_loses_no_acknowledged_event_when_one_is_sigki
     # Both instances get messages of the same 20 scales (ZeroMQ spreads them), so their writers
     # claim the same scales at once: one lock order, no deadlock. One whole process tree is
     # SIGKILLed mid-stream: what it held unanswered is re-sent, and the other stores it.
-    a = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_INSTANCE": "plant-a"})
-    b = service_factory("--dsn", dsn, "--writers", "2", env={"INGESTOR_INSTANCE": "plant-b"})
+    a = service_factory("--dsn", dsn, "--writers", "2", box="plant-a", env={"INGESTOR_INSTANCE": "plant-a"})
+    b = service_factory("--dsn", dsn, "--writers", "2", box="plant-b", env={"INGESTOR_INSTANCE": "plant-b"})
     a.wait_ready()
     for w in b.wait_ready()["writers"]:  # frozen: what b takes stays unanswered until it dies
         os.kill(w["pid"], signal.SIGSTOP)
@@ -108,6 +108,7 @@ def test_a_sender_on_two_instances_loses_no_acknowledged_event_when_one_is_sigki
             sender.poll(0.02)  # paced: both connections are up before the first half is sent
             if i == len(frames) // 2:
                 b.kill_tree()
+                leftovers.remove_stale(b.data_dir)  # what b's next start would remove
         replies = sender.wait(120)
         assert sender.messages_resent > 0  # b died holding unanswered messages
     assert len(replies) == MESSAGES
