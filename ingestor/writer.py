@@ -25,6 +25,12 @@ twice or lost. Two writers (of one instance or several) holding the same
 scale take turns on it: the claim locks a batch's scales in ``scale_id``
 order before anything else, so they cannot deadlock.
 
+A batch holding acked records commits with ``synchronous_commit = on``
+(whatever the role's setting): its replies are sent after the commit, so
+with a synchronous standby they wait for the standby too, and a failover
+never loses an acknowledged event. Fire-and-forget batches commit with the
+role's setting.
+
 Every new connection is checked against the last commit the writer saw
 acknowledged: a server whose checkpoint for the lane is behind it (an
 asynchronous standby promoted before it received the last commits) lacks
@@ -184,6 +190,7 @@ class Writer:
         # (position, persisted) of the lane's last checkpoint a server acknowledged; None before any,
         # or once a loss against it is counted
         self._acknowledged: tuple[int, int] | None = None
+        self._synchronous = False  # the connection's synchronous_commit is "on" (set for acked batches)
 
     # -- the loop -----------------------------------------------------------
 
@@ -240,6 +247,7 @@ class Writer:
         with self.pool.connection(timeout=RETRY_MAX_S) as conn:
             try:
                 failpoint("writer.dedup", conn)
+                self._set_synchronous_commit(conn, bool(records["tag"].any()))
                 written = self._write_small(conn, records, position, created_us) if len(records) <= SMALL_BATCH else None
                 if written is None:
                     written = self._write_general(conn, records, position, created_us)
@@ -249,6 +257,20 @@ class Writer:
                 raise
         self.claims.committed()
         self._committed(records, *written)
+
+    def _set_synchronous_commit(self, conn: psycopg.Connection, acked: bool) -> None:
+        """``synchronous_commit = on`` while the batch holds acked records; the role's own setting otherwise.
+
+        A reply says "committed" (docs/PROTOCOL.md §5): not before the WAL is
+        flushed, whatever the server's default, and with a synchronous standby
+        (``synchronous_standby_names``) not before the standby has it, so a
+        failover never loses an acknowledged event. Fire-and-forget batches
+        keep the role's setting (``local`` or ``off`` for speed). One SET per
+        change of kind, not per batch: a plant's senders are mostly of one kind.
+        """
+        if acked != self._synchronous:
+            conn.execute("SET synchronous_commit = on" if acked else "RESET synchronous_commit")
+            self._synchronous = acked
 
     def _counts(self, records: np.ndarray, fresh: np.ndarray) -> tuple[int, int, np.ndarray]:
         """(persisted, duplicates) as they are once ``records`` commit with ``fresh`` new, and ``fresh``."""
@@ -423,6 +445,7 @@ class Writer:
         # A small batch is one statement: autocommit spares it BEGIN and COMMIT, two
         # round trips; the general path opens its transaction itself.
         conn.autocommit = True
+        self._synchronous = False  # a new session: the role's own synchronous_commit
         self._check_commits_kept(conn)
 
     def _check_commits_kept(self, conn: psycopg.Connection) -> None:

@@ -126,3 +126,30 @@ def test_sync_failover_mid_stream_keeps_every_acknowledged_event_once(replicated
     assert s["persisted"] + s["duplicates"] >= 4000
     assert get(f"http://{svc.http}/health")[0] == 200
     assert svc.terminate() == 0
+
+
+@pytest.mark.parametrize("replicated", ["sync"], indirect=True)
+def test_acked_events_wait_for_the_synchronous_standby_and_fire_and_forget_ones_do_not(replicated, service_factory):
+    # The recipe of docs/operations.md#scaling-out-and-failover: a synchronous standby, and the
+    # ingestor's role at synchronous_commit = local so that fire-and-forget batches do not wait for it.
+    with psycopg.connect(replicated.primary.dsn, autocommit=True) as c:
+        c.execute("ALTER ROLE postgres SET synchronous_commit = local")
+    svc = service_factory("--dsn", replicated.dsn, "--writers", "2", "--batch-timeout-ms", "20")
+    svc.wait_ready()
+    replicated.hold_back_standby()
+    svc.send(*frames(1, 50))  # 1,000 fire-and-forget events: committed on the primary alone
+    svc.wait_for(lambda s: s["persisted"] == 1000 and s["pending"] == 0)
+    with Sender(svc.ack_bind, acked=True, resend_after_s=120) as sender:
+        for i, frame in enumerate(frames(51, 50)):  # 1,000 acked events in 5 messages
+            sender.send_frames([frame], token=b"m%d" % i)
+        assert sender.poll(3) == {}  # their COMMITs wait for the standby: nothing is answered
+        replicated.fail_over()
+        replies = sender.wait(60)  # written again on the promoted standby, then answered
+    assert len(replies) == 5 and all(r.accepted == PER_FRAME and r.error is None for r in replies.values()), replies
+    s = svc.wait_for(lambda s: s["pending"] == 0 and s["lost_after_commit"] == 1000)
+    with psycopg.connect(replicated.standby.dsn, autocommit=True) as c:
+        # every acknowledged event; none of the fire-and-forget ones the standby never received
+        assert c.execute("SELECT count(*), count(DISTINCT (scale_id, seq)), min(seq), max(seq) FROM weighing_logs") \
+            .fetchone() == (1000, 1000, 51, 100)
+    assert logged_losses(svc.output()) == 1000 and identity_holds(s), s
+    assert svc.terminate() == 0
