@@ -76,6 +76,22 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
 
+def _add_central_commands(sub: argparse._SubParsersAction) -> None:
+    """``ingestor central setup|status`` (docs/operations.md#every-plant-into-one-central-database)."""
+    ce = sub.add_parser("central", help="every plant into one central database (PostgreSQL logical replication)")
+    ce_sub = ce.add_subparsers(dest="action", required=True)
+    su = ce_sub.add_parser("setup", help="publish an edge's schema and subscribe to it on the central server "
+                                         "(idempotent; run it daily: it also makes the central day partitions)")
+    su.add_argument("--edge-dsn", required=True, help="the edge's database, as reached from here")
+    su.add_argument("--central-dsn", required=True, help="the central database")
+    su.add_argument("--publisher-dsn", help="the edge's database as the central server reaches it, with a password "
+                                            "it can read (default: --edge-dsn)")
+    su.add_argument("--schema", required=True, help="the edge's schema (its --schema), the same on the central server")
+    cs = ce_sub.add_parser("status", help="the central copy's lag, read on the edge")
+    cs.add_argument("--edge-dsn", required=True, help="the edge's database")
+    cs.add_argument("--schema", required=True, help="the edge's schema")
+
+
 def _add_dead_letter_commands(sub: argparse._SubParsersAction) -> None:
     """``ingestor dead-letters list|replay``."""
     dl = sub.add_parser("dead-letters", help="inspect or replay dead letters")
@@ -133,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(ar)
 
     _add_dead_letter_commands(sub)
+
+    _add_central_commands(sub)
 
     ks = sub.add_parser("keys", help="CURVE key pairs for the service and its senders")
     ks_sub = ks.add_subparsers(dest="action", required=True)
@@ -225,6 +243,27 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_central(args: argparse.Namespace) -> int:
+    from . import central
+
+    setup_logging("info")
+    if args.action == "setup":
+        published, subscribed = _database(
+            lambda: central.setup(args.edge_dsn, args.central_dsn, args.schema, args.publisher_dsn))
+        name = central.name_of(args.schema)
+        print(f"publication {name} on the edge: {'created' if published else 'already there'}; "
+              f"subscription {name} on the central server: {'created' if subscribed else 'already there'}")
+        return 0
+    state = _database(lambda: central.lag(args.edge_dsn, args.schema))
+    if state is None:
+        print(f"no replication slot {central.name_of(args.schema)} on the edge: run 'ingestor central setup' first",
+              file=sys.stderr)
+        return 1
+    lag = "unknown yet" if state.lag_bytes is None else f"{state.lag_bytes} bytes of WAL"
+    print(f"{state.slot}: {'streaming' if state.active else 'central server not connected'}, lag {lag}")
+    return 0
+
+
 def cmd_rebuild_state(args: argparse.Namespace) -> int:
     from . import schema
 
@@ -299,6 +338,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "rebuild-state": cmd_rebuild_state,
     "partitions": cmd_partitions,
+    "central": cmd_central,
     "dead-letters": cmd_dead_letters,
     "keys": cmd_keys,
     "config": cmd_config,

@@ -81,6 +81,9 @@ class _Collector:
             ("average_batch_size_events", "Events per committed batch, on average.", s.average_batch_size),
             ("average_batch_duration_seconds", "Duration of a committed batch, on average.", s.average_batch_ms / 1000),
         )
+        if s.central_lag_bytes is not None:  # only where a central server subscribes to this edge
+            gauges += (("central_lag_bytes", "WAL bytes the central server has not confirmed yet.",
+                        s.central_lag_bytes),)
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
             g.add_metric([], value)

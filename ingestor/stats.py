@@ -259,6 +259,9 @@ class Figures(msgspec.Struct, kw_only=True):
     batch_us_total: int = 0  #: wall time of every committed batch together, µs
     last_persisted_at: str | None = None  #: RFC 3339, UTC
     database_connected: bool = False
+    #: WAL bytes the central server has not confirmed (docs/operations.md#every-plant-into-one-central-database);
+    #: None without a subscription to this schema
+    central_lag_bytes: int | None = None
     latency_ms: Latency = msgspec.field(default_factory=Latency)
     recent_events: list[RecentEvent] = []
     writers: list[WriterFigures] = []

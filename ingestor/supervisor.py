@@ -43,7 +43,7 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import child, children, database, leftovers, schema, security
+from . import central, child, children, database, leftovers, schema, security
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .config import Config
@@ -130,6 +130,7 @@ class Supervisor:
         self.counters: Counters | None = None
         self.acks: AckTable | None = None
         self.monitoring: Monitoring | None = None
+        self.central_lag: central.LagWatch | None = None
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = config.dsn
         self.zmq = zmq.Context()
@@ -246,6 +247,8 @@ class Supervisor:
             self.spawn(c)
         if cfg.retention_days:
             self.maintain_partitions()  # expired partitions go at start too, not an hour later
+        self.central_lag = central.LagWatch(self.dsn, cfg.schema)
+        self.central_lag.start()
         return True
 
     def bind_monitoring(self) -> None:
@@ -551,6 +554,8 @@ class Supervisor:
         f.ring_capacity, f.ring_used = self.ring.capacity, self.ring.used()
         f.events_per_s = self.events_per_s()
         f.database_connected = self.database_connected()
+        if self.central_lag is not None and (lag := self.central_lag.latest) is not None:
+            f.central_lag_bytes = lag.lag_bytes
         f.writers = [WriterFigures(pid=c.process.pid if c.alive() else 0, alive=c.alive(), restarts=c.restarts,
                                    persisted=0, batches=0, last_batch_ms=0.0) for c in self.writers]
         return self.counters.read_into(f)
@@ -578,6 +583,8 @@ class Supervisor:
             log.info("Final counts: %s", " ".join(f"{k}={getattr(s, k)}" for k in FINAL_COUNTS))
         if self.monitoring is not None:
             self.monitoring.stop()
+        if self.central_lag is not None:
+            self.central_lag.stop()
         if self.stats_sock is not None:
             self.stats_sock.close(linger=0)
         self.zmq.term()

@@ -1,0 +1,124 @@
+"""Every plant into one central database, by PostgreSQL's logical replication (docs/operations.md#every-plant-into-one-central-database).
+
+Each edge keeps its own PostgreSQL as the durable buffer, with its tables in
+a schema of its own (``--schema plant_17``). The edge *publishes*
+``weighing_logs`` (through its partitioned root, ``publish_via_partition_root``)
+and ``scale_current_states``; the central server *subscribes*, into tables of
+the same schema made by the same migrations. PostgreSQL does the rest: the
+subscription's replication slot on the edge keeps the WAL the central server
+has not confirmed, so a WAN outage delays the central copy and never the
+edge, and the copy resumes where it stopped, each row once.
+
+Only inserts and updates are published: the edge's retention (dropping old
+day partitions) and any TRUNCATE stay on the edge, and the central server
+keeps the whole history. Both objects are named ``ingestor_<schema>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from . import schema as schema_mod
+from .errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10
+LAG_EVERY_S = 10.0  # how often a running service reads its central copy's lag
+PUBLISHED = ("weighing_logs", "scale_current_states")
+
+
+def name_of(schema: str) -> str:
+    """The publication's, subscription's and replication slot's name for ``schema`` (at most 63 bytes)."""
+    return f"ingestor_{schema}"[:63]
+
+
+class Lag(NamedTuple):
+    """The central copy of one edge schema, as the edge's replication slot tells it."""
+
+    slot: str
+    active: bool  #: the central server is connected and streaming
+    lag_bytes: int | None  #: WAL the central server has not confirmed; None before its first confirmation
+
+
+def setup(edge_dsn: str, central_dsn: str, schema: str, publisher_dsn: str | None = None,
+          partitions_ahead: int = schema_mod.PARTITIONS_AHEAD) -> tuple[bool, bool]:
+    """Publish ``schema`` on the edge and subscribe to it on the central server; idempotent.
+
+    ``publisher_dsn``: how the *central server* reaches the edge (default
+    ``edge_dsn``): its host must be the edge's address as the central
+    server sees it, and its password readable there (in the string, or the
+    central server's own password file). Also migrates ``schema`` on the
+    central server and creates its day partitions (run it daily there, as
+    ``ingestor run`` does hourly on the edge). Returns (publication created,
+    subscription created). Raises DatabaseError when the edge's
+    ``wal_level`` is not ``logical``; psycopg.Error for what PostgreSQL refuses.
+    """
+    name = name_of(schema)
+    with psycopg.connect(edge_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as edge:
+        level = edge.execute("SHOW wal_level").fetchone()[0]
+        if level != "logical":
+            raise DatabaseError(
+                f"the edge's wal_level is {level!r}; logical replication needs 'logical': "
+                "ALTER SYSTEM SET wal_level = logical, then restart the edge's PostgreSQL")
+        published = edge.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone() is None
+        if published:
+            edge.execute(sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update', publish_via_partition_root = true)"
+            ).format(sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(schema, t) for t in PUBLISHED)))
+            log.info("Edge: publication %s of %s created", name, ", ".join(f"{schema}.{t}" for t in PUBLISHED))
+    schema_mod.migrate(central_dsn, schema, partitions_ahead)
+    with psycopg.connect(central_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as central:
+        subscribed = central.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone() is None
+        if subscribed:
+            # CREATE SUBSCRIPTION runs outside a transaction block (autocommit) and copies what
+            # the edge already holds before it streams the rest.
+            central.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}").format(
+                sql.Identifier(name), sql.Literal(publisher_dsn or edge_dsn), sql.Identifier(name)))
+            log.info("Central: subscription %s created", name)
+    return published, subscribed
+
+
+def lag(edge_dsn: str, schema: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Lag | None:
+    """The central copy's lag, read on the edge; None when the edge has no such replication slot.
+
+    Raises psycopg.Error when the edge's database cannot be reached.
+    """
+    with psycopg.connect(edge_dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as edge:
+        row = edge.execute(
+            "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "FROM pg_replication_slots WHERE slot_name = %s", (name_of(schema),)).fetchone()
+    return Lag(*row) if row else None
+
+
+class LagWatch(threading.Thread):
+    """Reads the central copy's lag every LAG_EVERY_S in a daemon thread, for the stats (``central_lag_bytes``).
+
+    A thread, not the supervisor's loop: a connection attempt to a database
+    that went away may take seconds, and the loop must keep answering
+    signals and stats. :attr:`latest` is None while there is no
+    subscription (or the database is unreachable).
+    """
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        super().__init__(name="central-lag", daemon=True)
+        self.dsn, self.schema = dsn, schema
+        self.latest: Lag | None = None
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.latest = lag(self.dsn, self.schema, connect_timeout_s=2)
+            except psycopg.Error as e:
+                self.latest = None
+                log.debug("Central copy's lag unknown: %s", e)
+            self._stop.wait(LAG_EVERY_S)
+
+    def stop(self) -> None:
+        self._stop.set()
