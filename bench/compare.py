@@ -315,6 +315,16 @@ def main() -> int:
     return 0
 
 
+def save_results(out: Path, stem: str, results: dict, lines: list[str]) -> None:
+    """Print the Markdown table ``lines`` and write ``out/STEM.json`` (``results``) and ``out/STEM.md``."""
+    table = "\n".join(lines)
+    print("\n" + table + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(f"wrote {out}/{stem}.json and .md")
+
+
 def machine(server: EmbeddedPostgres) -> str:
     """This machine in one line: architecture, cores, memory, Python, PostgreSQL."""
     return (f"{platform.machine()}, {os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "

@@ -21,7 +21,6 @@ and writes ``bench/results/profiles-<date>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import RESULTS, machine, run_ingestor  # noqa: E402
+from compare import RESULTS, machine, run_ingestor, save_results  # noqa: E402
 from throughput import copy_baseline, fresh_db, throwaway_server  # noqa: E402
 
 PROFILES = ROOT / "examples" / "profiles"
@@ -82,15 +81,10 @@ def main() -> int:
         _, paced_rss = ingestor_figures(paced)
         lines.append(f"| {name} | {full['events_per_s']:,} | {full['events_per_s'] / copy_rate:.2f} | {full['p99_ms']} "
                      f"| {paced['p50_ms']} | {paced['p99_ms']} | {cpu} | {rss} / {paced_rss} |")
-    table = "\n".join(lines)
-    print("\n" + table + "\n")
-    a.out.mkdir(parents=True, exist_ok=True)
     for r in results["profiles"].values():  # the CDF data is in compare's files; keep these small
         for run in (r["full"], r["paced"]):
             run.pop("latency_histogram", None)
-    (a.out / f"profiles-{date}.json").write_text(json.dumps(results, indent=1))
-    (a.out / f"profiles-{date}.md").write_text(table + "\n")
-    print(f"wrote {a.out}/profiles-{date}.json and .md")
+    save_results(a.out, f"profiles-{date}", results, lines)
     return 0
 
 

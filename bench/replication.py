@@ -21,7 +21,6 @@ writes ``bench/results/replication-<date>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import RESULTS, Sampler, machine, postgres_procs, run_ingestor  # noqa: E402
+from compare import RESULTS, Sampler, machine, postgres_procs, run_ingestor, save_results  # noqa: E402
 from tests.replication import Replicated  # noqa: E402
 from throughput import copy_baseline, fresh_db, throwaway_server  # noqa: E402
 
@@ -92,12 +91,7 @@ def main() -> int:
         vs_base = f"{full['events_per_s'] / base:.2f}" if base else ""
         lines.append(f"| {setup} | {copy:,} | {full['events_per_s']:,} | {full['events_per_s'] / copy:.2f} | {vs_base} "
                      f"| {paced['p50_ms']} / {paced['p99_ms']} | {pg_cpu} |")
-    table = "\n".join(lines)
-    print("\n" + table + "\n")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"replication-{date}.json").write_text(json.dumps(results, indent=1))
-    (a.out / f"replication-{date}.md").write_text(table + "\n")
-    print(f"wrote {a.out}/replication-{date}.json and .md")
+    save_results(a.out, f"replication-{date}", results, lines)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import RESULTS, machine  # noqa: E402
+from compare import RESULTS, machine, save_results  # noqa: E402
 from ingestor import central, stats  # noqa: E402
 from tests.replication import Replicated  # noqa: E402
 from throughput import copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
@@ -187,12 +186,7 @@ def main() -> int:
     lines += ["", "Failover at 300 events/s (synchronous standby), seconds after the primary's kill:", "",
               "| run | standby promoted | first commit on it |", "|---|---:|---:|"]
     lines += [f"| {k + 1} | {f['promoted_s']} | {f['first_commit_s']} |" for k, f in enumerate(results["failovers"])]
-    table = "\n".join(lines)
-    print("\n" + table + "\n")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"scale-out-{date}.json").write_text(json.dumps(results, indent=1))
-    (a.out / f"scale-out-{date}.md").write_text(table + "\n")
-    print(f"wrote {a.out}/scale-out-{date}.json and .md")
+    save_results(a.out, f"scale-out-{date}", results, lines)
     return 0
 
 
