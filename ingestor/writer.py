@@ -473,13 +473,17 @@ class Writer:
         self._acknowledged = None  # counted once; the next commit sets it again
         self.counters["lost_after_commit"] += missing
         info = conn.info
+        # Another run's row: a server without any commit of this run, or another service
+        # writing this database under the same --instance name (overwriting our rows).
+        other = (f"; it holds the checkpoint of another run ({row[0]}): is another service writing this "
+                 f"database with --instance {self.instance}?") if row is not None and row[0] != self.ring_id else ""
         log.error(
             "LOST %d committed events: the database at %s:%s lacks lane %d's commits after ring position %s, "
             "up to %d (an asynchronous standby promoted before it received them?); they were released from the "
             "ring (and answered, those sent in acked mode) and cannot be written again "
-            "(counted in stats 'lost_after_commit')",
+            "(counted in stats 'lost_after_commit')%s",
             missing, info.host, info.port, self.lane.index, kept_position if kept_position is not None else "0",
-            position,
+            position, other,
         )
 
 
