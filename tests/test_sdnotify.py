@@ -87,3 +87,23 @@ def test_the_unit_file_passes_systemd_analyze_verify_and_is_hardened(tmp_path):
                               capture_output=True, text=True, timeout=60)
     exposure = float(re.search(r"Overall exposure level for ingestor.service: ([\d.]+)", security.stdout).group(1))
     assert exposure <= 3.0, security.stdout[-2000:]
+
+
+def test_the_central_setup_timer_and_its_service_pass_systemd_analyze_verify(tmp_path):
+    require_command("systemd-analyze")
+    program = shutil.which("ingestor") or os.path.join(os.path.dirname(sys.executable), "ingestor")
+    for name in ("ingestor-central.service", "ingestor-central.timer"):
+        text = (UNIT.parent / name).read_text().replace("/opt/scale-ingestor/.venv/bin/ingestor", program)
+        (tmp_path / name).write_text(text)
+    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "ingestor-central.timer"),
+                             str(tmp_path / "ingestor-central.service")], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    service = (tmp_path / "ingestor-central.service").read_text()
+    for line in ("Type=oneshot", "User=ingestor", "EnvironmentFile=/etc/ingestor/central.env", "ProtectSystem=strict",
+                 "--edge-dsn ${INGESTOR_EDGE_DSN}", "--schema ${INGESTOR_SCHEMA}"):
+        assert line in service, line
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(tmp_path / "ingestor-central.service")],
+                              capture_output=True, text=True, timeout=60)
+    exposure = float(re.search(r"Overall exposure level for ingestor-central.service: ([\d.]+)",
+                               security.stdout).group(1))
+    assert exposure <= 3.0, security.stdout[-2000:]
