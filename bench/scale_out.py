@@ -84,10 +84,10 @@ def central_lag(workdir: Path, seconds: float) -> dict:
                       f"host=127.0.0.1 port={edge.port} user=postgres dbname=postgres password={password}")
         send = sender(bind, 0, 300, 0, seconds, events_per_frame=1)
         lag_bytes, age_ms = [], []
-        with psycopg.connect(hub.dsn, autocommit=True) as c:
+        with psycopg.connect(hub.dsn, autocommit=True) as c, psycopg.connect(edge.dsn, autocommit=True) as e:
             time.sleep(2)  # the subscription's first copy and connection
             while send.poll() is None:
-                b = central.lag(edge.dsn, "plant_1")
+                b = central.read_lag(e, "plant_1")
                 if b is not None and b.lag_bytes is not None:
                     lag_bytes.append(b.lag_bytes)
                 age = c.execute("SELECT extract(epoch FROM now() - max(created_at)) * 1000 "
@@ -120,7 +120,7 @@ def failover(workdir: Path) -> dict:
         killed = time.time()
         pair.primary.stop("immediate")
         dead = time.time()  # a commit stamped after this one was made on the new primary
-        pair.standby._run("pg_ctl", "promote", "-D", str(pair.standby.pgdata), "-w")
+        pair.promote()
         promoted = time.time()
         while True:
             last = stats.query(stats_ep)["last_persisted_at"]

@@ -84,15 +84,20 @@ def setup(edge_dsn: str, central_dsn: str, schema: str, publisher_dsn: str | Non
     return published, subscribed
 
 
-def lag(edge_dsn: str, schema: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> Lag | None:
+def lag(edge_dsn: str, schema: str) -> Lag | None:
     """The central copy's lag, read on the edge; None when the edge has no such replication slot.
 
     Raises psycopg.Error when the edge's database cannot be reached.
     """
-    with psycopg.connect(edge_dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as edge:
-        row = edge.execute(
-            "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-            "FROM pg_replication_slots WHERE slot_name = %s", (name_of(schema),)).fetchone()
+    with psycopg.connect(edge_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as edge:
+        return read_lag(edge, schema)
+
+
+def read_lag(edge: psycopg.Connection, schema: str) -> Lag | None:
+    """:func:`lag` on an open (autocommit) connection to the edge."""
+    row = edge.execute(
+        "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = %s", (name_of(schema),)).fetchone()
     return Lag(*row) if row else None
 
 
@@ -112,13 +117,21 @@ class LagWatch(threading.Thread):
         self._stop = threading.Event()
 
     def run(self) -> None:
+        conn: psycopg.Connection | None = None  # kept between reads; opened again after an error
         while not self._stop.is_set():
             try:
-                self.latest = lag(self.dsn, self.schema, connect_timeout_s=2)
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                self.latest = read_lag(conn, self.schema)
             except psycopg.Error as e:
                 self.latest = None
                 log.debug("Central copy's lag unknown: %s", e)
+                if conn is not None:
+                    conn.close()
+                    conn = None
             self._stop.wait(LAG_EVERY_S)
+        if conn is not None:
+            conn.close()
 
     def stop(self) -> None:
         self._stop.set()

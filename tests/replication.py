@@ -81,8 +81,12 @@ class Replicated:
         """Crash the primary, promote the standby; return the monotonic time of the crash."""
         crashed = time.monotonic()
         self.primary.stop("immediate")
-        self.standby._run("pg_ctl", "promote", "-D", str(self.standby.pgdata), "-w")
+        self.promote()
         return crashed
+
+    def promote(self) -> None:
+        """Promote the standby (``pg_ctl promote``, waiting until it takes writes)."""
+        self.standby._run("pg_ctl", "promote", "-D", str(self.standby.pgdata), "-w")
 
     def close(self) -> None:
         for server in (self.primary, self.standby):
