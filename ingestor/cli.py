@@ -143,10 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
     pt_sub = pt.add_subparsers(dest="action", required=True)
-    ar = pt_sub.add_parser("archive", help="export day partitions before DATE as gzip'd CSV (drops nothing)")
+    ar = pt_sub.add_parser("archive", help="archive day partitions before DATE to Parquet, verified (drops nothing)",
+                           description="Write each day partition wholly before DATE that has no archive yet to "
+                                       "TARGET/<partition>.parquet, read it back, verify rows and checksum, and record "
+                                       "it (docs/operations.md#the-archive-of-old-days). S3 credentials come from "
+                                       "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
     ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
-    ar.add_argument("--to", required=True, metavar="DIR", help="directory for <partition>.csv.gz files")
+    ar.add_argument("--to", required=True, metavar="TARGET", help="a directory, or s3://BUCKET/PREFIX")
+    ar.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                    help="URL of an S3-compatible store (default: $INGESTOR_ARCHIVE_ENDPOINT, else AWS)")
     _add_database_options(ar)
+    ls = pt_sub.add_parser("list", help="day partitions: rows, bytes in PostgreSQL, archived where and when")
+    ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per partition")
+    _add_database_options(ls)
 
     _add_dead_letter_commands(sub)
 
@@ -233,14 +243,25 @@ def _date(text: str):
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
-    from . import schema
+    from . import archive
 
     setup_logging("info")
-    done = _database(lambda: schema.archive_partitions(args.dsn, args.before, args.to, args.schema))
-    for path, rows in done:
-        print(f"{path}: {rows} rows")
-    print(f"archived {len(done)} partition(s) before {args.before}")
-    return 0
+    if args.action == "list":
+        states = _database(lambda: archive.partitions(args.dsn, args.schema, args.count))
+        if args.json:
+            for p in states:
+                print(json.dumps(p._asdict(), default=str))
+        else:
+            print(archive.format_partitions(states))
+        return 0
+    target = archive.Target(args.to, args.endpoint)
+    done, errors = _database(lambda: archive.archive_before(args.dsn, args.schema, target, args.before))
+    for a in done:
+        print(f"{a.location}: {a.rows} rows, {a.file_bytes} bytes (PostgreSQL: {a.table_bytes} bytes), verified")
+    print(f"archived {len(done)} partition(s) before {args.before}" + (f"; {len(errors)} failed" if errors else ""))
+    for e in errors:
+        print(f"ingestor partitions archive: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_central(args: argparse.Namespace) -> int:

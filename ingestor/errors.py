@@ -42,3 +42,7 @@ class StatsUnavailable(IngestorError):
 
 class SpoolError(IngestorError):
     """The on-disk spool cannot be written, or holds segments this version cannot replay."""
+
+
+class ArchiveError(IngestorError):
+    """A day partition could not be archived as it is (ingestor/archive.py); it stays in PostgreSQL."""

@@ -73,6 +73,10 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "spool.read": (IO, "spool: reading the oldest block to move it into the ring"),
     "spool.position": (IO, "spool: recording the read position"),
     "spool.unlink": (IO, "spool: deleting a segment read to its end"),
+    "archive.write": (IO, "archive: a row group written to the temporary Parquet file"),
+    "archive.verify": (IO, "archive: reading the temporary Parquet file back to verify it"),
+    "archive.move": (IO, "archive: the verified file about to be moved to its final name"),
+    "archive.record": (DB, "archive: the file in place, its row in ingestor_archives not yet written"),
     "supervisor.drain": (PROCESS, "supervisor: the front stopped, the writers about to be told to drain"),
     "supervisor.spool_leftovers": (IO, "supervisor: putting what the ring holds at stop in front of the spool"),
 }

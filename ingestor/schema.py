@@ -171,42 +171,6 @@ def day_partitions_before(conn: psycopg.Connection, cutoff: dt.date) -> list[tup
     return [(name, day) for name, day in days if day < cutoff]
 
 
-def archive_partitions(dsn: str, cutoff: dt.date, directory: str, schema: str = "public") -> list[tuple[str, int]]:
-    """Export each day partition wholly before ``cutoff`` to ``directory/<partition>.csv.gz``; return (file, rows).
-
-    CSV with a header row, ordered by ``id``, gzip-compressed, written to a
-    temporary name, fsync'd, then renamed, so a file with the final name is
-    complete. Nothing is dropped: ``--retention-days`` does that. Raises
-    psycopg.Error or OSError.
-    """
-    import gzip
-    import os
-    from pathlib import Path
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    done = []
-    with psycopg.connect(dsn) as conn:
-        set_search_path(conn, schema)
-        for name, _ in day_partitions_before(conn, cutoff):
-            path = out / f"{name}.csv.gz"
-            tmp = path.with_suffix(".gz.tmp")
-            query = sql.SQL("COPY (SELECT * FROM {} ORDER BY id) TO STDOUT (FORMAT csv, HEADER)").format(
-                sql.Identifier(name))
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
-                with conn.cursor().copy(query) as copy:
-                    for chunk in copy:
-                        gz.write(chunk)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
-            conn.commit()
-            log.info("Archived %s: %d rows to %s", name, rows, path)
-            done.append((str(path), rows))
-    return done
-
-
 def maintain_partitions(dsn: str, schema_name: str, partitions_ahead: int, retention_days: int) -> None:
     """Create the day partitions of today and ``partitions_ahead`` days ahead; with ``retention_days`` > 0,
     drop the partitions wholly older than that (docs/operations.md#using-an-existing-postgresql).

@@ -77,28 +77,6 @@ def test_rebuild_state_recomputes_latest_states_from_the_history(service_factory
     assert conn.execute("SELECT scale_id, seq, data_1 FROM scale_current_states ORDER BY 1").fetchall() == expected
 
 
-def test_archive_exports_old_day_partitions_as_gzipped_csv_and_drops_nothing(dsn, conn, tmp_path):
-    import csv
-    import gzip
-
-    conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
-                 "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
-    conn.execute("INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at, data_1) VALUES "
-                 "(1, 1, '2020-01-01 10:00+00', '2020-01-01 10:00+00', '{\"val\": \"1.5\"}'), "
-                 "(2, 7, '2020-01-01 11:00+00', '2020-01-01 11:00+00', NULL), (3, 1, now(), now(), NULL)")
-    r = subprocess.run([sys.executable, "-m", "ingestor.cli", "partitions", "archive", "--before", "2020-01-02",
-                        "--to", str(tmp_path / "archive"), "--dsn", dsn], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert "archived 1 partition(s) before 2020-01-02" in r.stdout
-    with gzip.open(tmp_path / "archive" / "weighing_logs_p20200101.csv.gz", "rt") as f:
-        rows = list(csv.DictReader(f))
-    assert [(x["scale_id"], x["seq"], x["data_1"]) for x in rows] == [("1", "1", '{"val": "1.5"}'), ("2", "7", "")]
-    assert "weighing_logs_p20200101" in partitions(conn)  # archiving drops nothing
-    bad = subprocess.run([sys.executable, "-m", "ingestor.cli", "partitions", "archive", "--before", "2020-13-01",
-                          "--to", str(tmp_path), "--dsn", dsn], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "invalid date '2020-13-01'" in bad.stderr
-
-
 @pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
 def test_database_not_in_utf8_is_refused_at_start_naming_database_and_encoding(pg_server, encoding, service_factory):
     # issue 10 #3: LATIN1 stored "°C" as "Â°C" in the history (not in the latest state);
