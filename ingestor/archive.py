@@ -203,19 +203,7 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
                 _remove_quietly(target, tmp)
                 raise
     if tmp is not None:
-        try:
-            got_rows, got_checksum = verify(target, tmp)
-            if (got_rows, got_checksum) != (rows, checksum):
-                raise ArchiveError(f"{partition}: the file read back from {target.location(tmp)} holds {got_rows} "
-                                   f"rows, checksum {got_checksum}; PostgreSQL {rows} rows, checksum {checksum}: "
-                                   "not archived")
-            failpoint("archive.move")
-            target.fs.move(target.path(tmp), target.path(name))
-            if target.local:
-                _fsync_directory(target.base)
-        except BaseException:
-            _remove_quietly(target, tmp)
-            raise
+        _verify_and_move(target, partition, tmp, name, rows, checksum)
     file_bytes = target.size(name) or 0
     failpoint("archive.record", conn)
     conn.execute(
@@ -229,6 +217,23 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
     log.info("Archived %s: %d rows, %d bytes in PostgreSQL, %d bytes of Parquet at %s (verified, %.1f s)",
              partition, rows, table_bytes, file_bytes, done.location, done.seconds)
     return done
+
+
+def _verify_and_move(target: Target, partition: str, tmp: str, name: str, rows: int, checksum: int) -> None:
+    """Step 3 and 4: read ``tmp`` back, compare, move it to ``name``; on any failure ``tmp`` is removed."""
+    try:
+        got_rows, got_checksum = verify(target, tmp)
+        if (got_rows, got_checksum) != (rows, checksum):
+            raise ArchiveError(f"{partition}: the file read back from {target.location(tmp)} holds {got_rows} "
+                               f"rows, checksum {got_checksum}; PostgreSQL {rows} rows, checksum {checksum}: "
+                               "not archived")
+        failpoint("archive.move")
+        target.fs.move(target.path(tmp), target.path(name))
+        if target.local:
+            _fsync_directory(target.base)
+    except BaseException:
+        _remove_quietly(target, tmp)
+        raise
 
 
 class _CopyReader(io.RawIOBase):

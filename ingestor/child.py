@@ -19,6 +19,7 @@ import signal
 import sys
 
 from .children import ChildArgs, FrontArgs, SimulatorArgs, WriterArgs
+from .lifecycle import LifecycleArgs
 from .errors import BootError
 
 # Named exit codes (gunicorn's WORKER_BOOT_ERROR idea): the supervisor halts
@@ -74,6 +75,9 @@ def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
             case SimulatorArgs():
                 from .simulator import run_simulator
                 run_simulator(args, stop)
+            case LifecycleArgs():
+                from .lifecycle import run_lifecycle
+                run_lifecycle(args, stop)
             case _:  # pragma: no cover - programming error
                 raise TypeError(f"no child role takes {type(args).__name__}")
     except BootError as e:

@@ -17,6 +17,7 @@ import zmq
 
 from .client import CurveKeys
 from .config import Config
+from .lifecycle import LifecycleArgs
 from .ring import RingSpec
 
 
@@ -103,11 +104,12 @@ class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
         return cls(endpoint=endpoint, scales=config.simulate_scales, rate=config.simulate_rate, curve=curve)
 
 
-ChildArgs = FrontArgs | WriterArgs | SimulatorArgs
+ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs
 
 
 def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:
-    """The children of a service: one writer per ring lane, the front, and the simulator when asked for.
+    """The children of a service: one writer per ring lane, the front, the simulator when asked for, and the
+    lifecycle child with --archive-after-days or --retention-days.
 
     ``server_public``: the service's CURVE public key when CURVE is on; the
     bundled simulator then gets a key pair of its own for this run, which
@@ -125,4 +127,6 @@ def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | 
     planned.append(FrontArgs.from_config(config, shared, front_curve))
     if config.simulate_scales:
         planned.append(SimulatorArgs.from_config(config, simulator_curve))
+    if LifecycleArgs.wanted(config):
+        planned.append(LifecycleArgs.from_config(config, dsn))
     return planned

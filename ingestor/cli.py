@@ -51,6 +51,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--partitions-ahead", help="days of weighing_logs partitions created ahead (default: 7)")
     o("--retention-days", help="drop day partitions older than this many days, hourly "
                                          "(default: 0 = keep everything)")
+    o("--archive-to", metavar="TARGET", help="archive day partitions to Parquet here: a directory or s3://BUCKET/PREFIX; "
+                                              "then --retention-days drops only verified archives (default: none)")
+    o("--archive-after-days", help="archive each day partition once it is this many days old, hourly "
+                                   "(default: 0 = only by 'ingestor partitions archive')")
+    o("--archive-endpoint", help="URL of an S3-compatible store for --archive-to s3://… (default: AWS); credentials "
+                                 "from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     o("--http-bind", help="HOST:PORT of /metrics, /health and ScaleHub's JSON monitoring endpoints, or 'off' "
                           "(default: 127.0.0.1:9108)")
     o("--stall-seconds", help="/health fails when nothing was committed this long while events "
@@ -74,6 +80,26 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
                         "password in a password file (PGPASSFILE), not here")
     p.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"),
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
+
+
+def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
+    """``ingestor partitions archive|list`` (docs/operations.md#the-archive-of-old-days)."""
+    pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
+    pt_sub = pt.add_subparsers(dest="action", required=True)
+    ar = pt_sub.add_parser("archive", help="archive day partitions before DATE to Parquet, verified (drops nothing)",
+                           description="Write each day partition wholly before DATE that has no archive yet to "
+                                       "TARGET/<partition>.parquet, read it back, verify rows and checksum, and record "
+                                       "it (docs/operations.md#the-archive-of-old-days). S3 credentials come from "
+                                       "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
+    ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
+    ar.add_argument("--to", required=True, metavar="TARGET", help="a directory, or s3://BUCKET/PREFIX")
+    ar.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                    help="URL of an S3-compatible store (default: $INGESTOR_ARCHIVE_ENDPOINT, else AWS)")
+    _add_database_options(ar)
+    ls = pt_sub.add_parser("list", help="day partitions: rows, bytes in PostgreSQL, archived where and when")
+    ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per partition")
+    _add_database_options(ls)
 
 
 def _add_central_commands(sub: argparse._SubParsersAction) -> None:
@@ -141,22 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rebuild-state", help="recompute scale_current_states from weighing_logs")
     _add_database_options(rb)
 
-    pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
-    pt_sub = pt.add_subparsers(dest="action", required=True)
-    ar = pt_sub.add_parser("archive", help="archive day partitions before DATE to Parquet, verified (drops nothing)",
-                           description="Write each day partition wholly before DATE that has no archive yet to "
-                                       "TARGET/<partition>.parquet, read it back, verify rows and checksum, and record "
-                                       "it (docs/operations.md#the-archive-of-old-days). S3 credentials come from "
-                                       "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
-    ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
-    ar.add_argument("--to", required=True, metavar="TARGET", help="a directory, or s3://BUCKET/PREFIX")
-    ar.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
-                    help="URL of an S3-compatible store (default: $INGESTOR_ARCHIVE_ENDPOINT, else AWS)")
-    _add_database_options(ar)
-    ls = pt_sub.add_parser("list", help="day partitions: rows, bytes in PostgreSQL, archived where and when")
-    ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
-    ls.add_argument("--json", action="store_true", help="one JSON object per partition")
-    _add_database_options(ls)
+    _add_partition_commands(sub)
 
     _add_dead_letter_commands(sub)
 

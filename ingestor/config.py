@@ -72,6 +72,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stats_endpoint: Annotated[str, msgspec.Meta(pattern=_ENDPOINT)] = "tcp://127.0.0.1:5557"
     partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=366)] = 7
     retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
+    archive_to: str | None = None  #: a directory or s3://BUCKET/PREFIX (ingestor/archive.py)
+    archive_endpoint: str = ""  #: an S3-compatible store's URL; empty: AWS
+    archive_after_days: Annotated[int, msgspec.Meta(ge=0)] = 0
     http_bind: Annotated[str, msgspec.Meta(pattern=_HOST_PORT_OR_OFF)] = "127.0.0.1:9108"
     stall_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -194,9 +197,28 @@ def load(
                           "CURVE needs the service's secret key and the directory of allowed client keys")
     if config.dsn:
         check_dsn(config.dsn, sources["dsn"])
+    _check_lifecycle(config, sources)
     for key in ("bind", "ack_bind", "stats_endpoint", "http_bind"):
         _check_port(key, getattr(config, key), sources[key])
     return config, sources
+
+
+def _check_lifecycle(config: Config, sources: Mapping[str, str]) -> None:
+    """ConfigError for archive options that cannot work together (docs/operations.md#the-archive-of-old-days)."""
+    if config.archive_after_days and not config.archive_to:
+        raise ConfigError(f"archive_after_days = {config.archive_after_days} (from {sources['archive_after_days']}) "
+                          "needs archive_to: where the archives go (a directory or s3://BUCKET/PREFIX)")
+    if config.archive_to and config.retention_days and config.archive_after_days > config.retention_days:
+        raise ConfigError(f"archive_after_days = {config.archive_after_days} (from {sources['archive_after_days']}) "
+                          f"must not exceed retention_days = {config.retention_days} (from {sources['retention_days']}): "
+                          "retention drops only archived days, so it would refuse every day")
+    if config.archive_to:
+        from .archive import Target
+
+        try:
+            Target(config.archive_to, config.archive_endpoint)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (from {sources['archive_to']})") from None
 
 
 def _check_port(key: str, value: str, source: str) -> None:

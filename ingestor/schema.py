@@ -171,15 +171,12 @@ def day_partitions_before(conn: psycopg.Connection, cutoff: dt.date) -> list[tup
     return [(name, day) for name, day in days if day < cutoff]
 
 
-def maintain_partitions(dsn: str, schema_name: str, partitions_ahead: int, retention_days: int) -> None:
-    """Create the day partitions of today and ``partitions_ahead`` days ahead; with ``retention_days`` > 0,
-    drop the partitions wholly older than that (docs/operations.md#using-an-existing-postgresql).
+def maintain_partitions(dsn: str, schema_name: str, partitions_ahead: int) -> None:
+    """Create the day partitions of today and ``partitions_ahead`` days ahead (the supervisor, hourly).
 
-    Raises psycopg.Error when the database cannot be reached or refuses.
+    Archive and retention are ingestor/lifecycle.py's. Raises psycopg.Error
+    when the database cannot be reached or refuses.
     """
     with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         set_search_path(conn, schema_name)
         ensure_partitions(conn, partitions_ahead)
-        if retention_days:
-            today = dt.datetime.now(dt.timezone.utc).date()
-            drop_partitions_before(conn, today - dt.timedelta(days=retention_days))

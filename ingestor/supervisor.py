@@ -46,6 +46,7 @@ import zmq
 from . import central, child, children, database, leftovers, schema, security
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
+from .lifecycle import LifecycleArgs
 from .config import Config
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
@@ -73,7 +74,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
 
-_ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator"}
+_ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator", LifecycleArgs: "lifecycle"}
 
 
 class Phase(enum.Enum):
@@ -245,8 +246,6 @@ class Supervisor:
         self.children = [Child(args) for args in children.plan(cfg, self.dsn, shared, server_public)]
         for c in self.children:
             self.spawn(c)
-        if cfg.retention_days:
-            self.maintain_partitions()  # expired partitions go at start too, not an hour later
         self.central_lag = central.LagWatch(self.dsn, cfg.schema)
         self.central_lag.start()
         return True
@@ -346,7 +345,7 @@ class Supervisor:
                 self.count_front_losses(pid)  # no successor will settle its count
             if code == 0:
                 log.info("%s (pid %d) exited", c.name, pid)
-                if c.role in ("front", "simulator") or self.phase.stopping:
+                if c.role in ("front", "simulator", "lifecycle") or self.phase.stopping:
                     c.wanted = False
                     continue
             if code == child.EXIT_BOOT_ERROR:
@@ -463,7 +462,7 @@ class Supervisor:
         now = time.monotonic()
         self._stop_deadline = now + self.config.drain_seconds
         self._front_deadline = now + FRONT_STOP_TIMEOUT_S
-        for role in ("simulator", "front"):
+        for role in ("simulator", "lifecycle", "front"):
             c = self.child(role)
             if c is None:
                 continue
@@ -520,10 +519,10 @@ class Supervisor:
             self.notifier.notify("WATCHDOG=1")
 
     def maintain_partitions(self) -> None:
-        """Create the coming day partitions; with --retention-days, drop the expired ones."""
+        """Create the coming day partitions (archive and retention are the lifecycle child's)."""
         cfg = self.config
         try:
-            schema.maintain_partitions(self.dsn, cfg.schema, cfg.partitions_ahead, cfg.retention_days)
+            schema.maintain_partitions(self.dsn, cfg.schema, cfg.partitions_ahead)
         except psycopg.Error as e:
             log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
 

@@ -29,8 +29,10 @@ GRANT SELECT, INSERT, UPDATE ON ingestor_claims TO ingestor_writer;       -- ded
 GRANT SELECT, INSERT ON ingestor_claim_runs TO ingestor_writer;           -- dedup claims: runs behind gaps
 GRANT SELECT, INSERT, UPDATE ON ingestor_checkpoints TO ingestor_writer;  -- lane checkpoints
 GRANT SELECT ON ingestor_schema_migrations TO ingestor_writer;            -- "is the schema up to date?"
+GRANT SELECT, INSERT, UPDATE ON ingestor_archives TO ingestor_writer;     -- the archive's record (009)
 GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;
 GRANT EXECUTE ON FUNCTION ingestor_drop_partitions_before(date) TO ingestor_writer;
+GRANT EXECUTE ON FUNCTION ingestor_drop_archived_partition(text) TO ingestor_writer;  -- retention with an archive (009)
 GRANT EXECUTE ON FUNCTION ingestor_write_small_batch(text, integer, text, bigint, bigint, bigint, bigint, integer[], integer[],
     bigint[], bigint[], integer[], bigint[], bigint[], bigint, text[], text[], text[], text[], text[])
     TO ingestor_writer;                                                    -- a small batch in one statement (007, 008)

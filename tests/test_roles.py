@@ -10,12 +10,17 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from ingestor import archive
+
+from .archive_fixtures import fill_day, partition_name, past_day
+
 ROLES_SQL = (Path(__file__).resolve().parent.parent / "sql" / "roles.sql").read_text()
 
 pytestmark = pytest.mark.slow
 
 
-def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(service_factory, dsn, conn, pg_server):
+def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(service_factory, dsn, conn, pg_server,
+                                                                                tmp_path):
     conn.execute("SET search_path TO public")
     conn.execute(ROLES_SQL)
     login = f"ingestor_{uuid.uuid4().hex[:8]}"
@@ -35,5 +40,11 @@ def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(s
                               "CREATE TABLE intruder (x int)", "UPDATE weighing_logs SET seq = 0"):
                 with pytest.raises(errors.InsufficientPrivilege):
                     as_role.execute(statement)
+        # the lifecycle as this role: archive a past day, then drop it (ingestor/lifecycle.py)
+        fill_day(conn, past_day(3))
+        target = archive.Target(str(tmp_path / "archive"))
+        done, errors_ = archive.archive_before(role_dsn, "public", target, past_day(1))
+        assert errors_ == [] and [a.rows for a in done] == [280]
+        assert archive.retire(role_dsn, "public", past_day(1), target).dropped == [(partition_name(past_day(3)), 280)]
     finally:
         conn.execute(f"DROP ROLE IF EXISTS {login}")

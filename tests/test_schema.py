@@ -49,17 +49,6 @@ def test_retention_drops_whole_old_days_with_their_rows_and_their_dedup_claims_a
 
 
 @pytest.mark.slow
-def test_service_with_retention_days_drops_expired_partitions_at_start(service_factory, dsn, conn):
-    conn.execute("CREATE TABLE weighing_logs_p20200101 PARTITION OF weighing_logs "
-                 "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')")
-    svc = service_factory("--dsn", dsn, "--writers", "1", "--retention-days", "30", "--partitions-ahead", "3")
-    svc.wait_ready()
-    assert "weighing_logs_p20200101" not in partitions(conn)
-    assert "Retention: dropped 1 daily partition(s)" in svc.output()
-    assert svc.terminate() == 0
-
-
-@pytest.mark.slow
 def test_rebuild_state_recomputes_latest_states_from_the_history(service_factory, dsn, conn):
     svc = service_factory("--dsn", dsn, "--writers", "2")
     svc.wait_ready()
