@@ -7,7 +7,8 @@ when it fails:
 1. **Read** (one REPEATABLE READ snapshot): the partition's row count and
    checksum (:data:`CHECKSUM_PG`), then its rows by ``COPY … TO STDOUT``,
    ordered by (scale_id, measured_at, seq).
-2. **Write** them to ``<partition>.parquet.tmp`` beside the final name: zstd,
+2. **Write** them to ``.<partition>.parquet.tmp`` beside the final name (the
+   leading dot hides it from pyarrow's and DuckDB's directory reads): zstd,
    typed columns (the data fields as their ``val`` strings, timestamps as
    UTC timestamps in µs), one row group per scale's day or per several small
    scales (at least :data:`ROW_GROUP_ROWS` rows), so a per-scale query
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import logging
 import os
@@ -80,11 +82,10 @@ _DUCK_CANON = "concat_ws('|', id, scale_id, seq, epoch_us(measured_at), epoch_us
     ", ".join(_DUCK_FIELD.format(c=c) for c in DATA))
 CHECKSUM_ARROW = (f"SELECT count(*), coalesce(sum(('0x' || left(md5({_DUCK_CANON}), 15))::BIGINT), 0) "
                   "FROM batches")
-ROWS_COPY = (
-    "COPY (SELECT id, scale_id, seq, {}, {}, {} FROM weighing_logs "
-    "WHERE created_at >= %(lo)s AND created_at < %(hi)s ORDER BY scale_id, measured_at, seq) "
-    "TO STDOUT (FORMAT csv)").format(_PG_US.format(c="measured_at"), _PG_US.format(c="created_at"),
-                                     ", ".join(f"{c}->>'val'" for c in DATA))
+ROWS_SELECT = "SELECT id, scale_id, seq, {}, {}, {} FROM weighing_logs".format(
+    _PG_US.format(c="measured_at"), _PG_US.format(c="created_at"), ", ".join(f"{c}->>'val'" for c in DATA))
+ROWS_COPY = (f"COPY ({ROWS_SELECT} WHERE created_at >= %(lo)s AND created_at < %(hi)s "
+             "ORDER BY scale_id, measured_at, seq) TO STDOUT (FORMAT csv)")
 
 
 def arrow_schema():
@@ -168,6 +169,10 @@ def file_name(partition: str) -> str:
     return f"{partition}.parquet"
 
 
+def temporary_name(partition: str) -> str:
+    return f".{partition}.parquet.tmp"
+
+
 def archive_partition(conn: psycopg.Connection, target: Target, partition: str, day: dt.date) -> Archived:
     """Archive the day partition ``partition`` (of UTC day ``day``) into ``target``; see the module's steps.
 
@@ -182,7 +187,7 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
     lo = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
     bounds = {"lo": lo, "hi": lo + dt.timedelta(days=1)}
     name = file_name(partition)
-    tmp = name + ".tmp"
+    tmp = temporary_name(partition)
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         rows, checksum, irregular = conn.execute(CHECKSUM_PG, bounds).fetchone()
@@ -198,7 +203,7 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
                     "checksum": str(checksum)}
             try:
                 with conn.cursor().copy(ROWS_COPY, bounds) as copy:
-                    _write(target, tmp, _csv_batches(copy), meta)
+                    _write(target, tmp, arrow_batches(copy), meta)
             except BaseException:
                 _remove_quietly(target, tmp)
                 raise
@@ -237,10 +242,10 @@ def _verify_and_move(target: Target, partition: str, tmp: str, name: str, rows: 
 
 
 class _CopyReader(io.RawIOBase):
-    """A readable file over a psycopg COPY TO STDOUT, for pyarrow's CSV reader."""
+    """A readable file over the chunks of a psycopg COPY TO STDOUT, for pyarrow's CSV reader."""
 
-    def __init__(self, copy: psycopg.Copy) -> None:
-        self._chunks = iter(copy)
+    def __init__(self, chunks: Iterator[memoryview]) -> None:
+        self._chunks = chunks
         self._left = memoryview(b"")
 
     def readable(self) -> bool:
@@ -258,8 +263,8 @@ class _CopyReader(io.RawIOBase):
         return n
 
 
-def _csv_batches(copy: psycopg.Copy) -> Iterator:
-    """Record batches of :func:`arrow_schema` from the CSV that ROWS_COPY streams.
+def arrow_batches(copy: psycopg.Copy) -> Iterator:
+    """Record batches of :func:`arrow_schema` from a ``COPY (ROWS_SELECT …) TO STDOUT (FORMAT csv)``.
 
     PostgreSQL's CSV writes NULL unquoted and empty and quoted (``""``), so
     a NULL data field and an empty ``val`` stay apart (PostgreSQL docs, COPY, "CSV Format").
@@ -267,10 +272,14 @@ def _csv_batches(copy: psycopg.Copy) -> Iterator:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    chunks = iter(copy)
+    first = next(chunks, None)
+    if first is None:  # no rows: pyarrow refuses an empty CSV
+        return
     schema = arrow_schema()
     types = {c: (pa.int64() if f.type == pa.timestamp("us", tz="UTC") else f.type) for c, f in zip(COLUMNS, schema)}
     reader = pacsv.open_csv(
-        io.BufferedReader(_CopyReader(copy), CSV_BLOCK_BYTES),
+        io.BufferedReader(_CopyReader(itertools.chain([first], chunks)), CSV_BLOCK_BYTES),
         read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=CSV_BLOCK_BYTES, use_threads=False),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,

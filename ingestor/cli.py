@@ -1,4 +1,4 @@
-"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, dead-letters, keys, config."""
+"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, history, dead-letters, central, keys, config."""
 
 from __future__ import annotations
 
@@ -169,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_partition_commands(sub)
 
+    hs = sub.add_parser("history", help="one scale's measurements across the archive and PostgreSQL, as CSV",
+                        description="Rows of one scale with SINCE <= measured_at < UNTIL: days still in PostgreSQL "
+                                    "from it, days retention dropped from their Parquet archives "
+                                    "(docs/operations.md#querying-the-archive). CSV with a header, or JSON lines.")
+    hs.add_argument("--scale", required=True, type=int, help="the scale_id")
+    hs.add_argument("--since", required=True, type=_moment, help="YYYY-MM-DD or an ISO 8601 time (UTC unless given)")
+    hs.add_argument("--until", type=_moment, default=None, help="exclusive end, as --since (default: now)")
+    hs.add_argument("--json", action="store_true", help="one JSON object per row instead of CSV")
+    hs.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
+    _add_database_options(hs)
+
     _add_dead_letter_commands(sub)
 
     _add_central_commands(sub)
@@ -251,6 +263,35 @@ def _date(text: str):
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid date {text!r}: expected YYYY-MM-DD") from None
+
+
+def _moment(text: str):
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: expected YYYY-MM-DD or ISO 8601") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from . import history
+
+    setup_logging("warning")
+    until = args.until or dt.datetime.now(dt.timezone.utc)
+    table = _database(lambda: history.history(args.dsn, args.schema, args.scale, args.since, until, args.endpoint))
+    if args.json:
+        for row in table.to_pylist():
+            print(json.dumps(row, default=str, ensure_ascii=False))
+    else:
+        import pyarrow.csv as pacsv
+
+        sys.stdout.flush()
+        pacsv.write_csv(table, sys.stdout.buffer)
+    return 0
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
@@ -370,6 +411,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "rebuild-state": cmd_rebuild_state,
     "partitions": cmd_partitions,
+    "history": cmd_history,
     "central": cmd_central,
     "dead-letters": cmd_dead_letters,
     "keys": cmd_keys,

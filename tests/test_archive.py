@@ -18,7 +18,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from ingestor import archive, failpoints
+from ingestor import archive, failpoints, history
 from ingestor.errors import ArchiveError, ConfigError
 
 from .archive_fixtures import fill_day, make_bucket, partition_name, past_day, rows_of_day, s3_server  # noqa: F401
@@ -65,7 +65,7 @@ def test_archive_round_trip_gives_back_every_row_and_value_and_drops_nothing(dsn
         assert groups.metadata.row_group(0).column(0).compression == "ZSTD"
     assert set(recorded(conn)) == {partition_name(d) for d in days}
     assert {partition_name(d) for d in days} <= live_partitions(conn)  # archiving drops nothing
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp"))
     again, _ = archive.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
     assert again == []  # archived once
 
@@ -103,8 +103,9 @@ ARCHIVE_CASES = [(name, action) for name, (actions, _) in failpoints.FAILPOINTS.
 @pytest.mark.parametrize("name,action", ARCHIVE_CASES, ids=[f"{n}={a}" for n, a in ARCHIVE_CASES])
 def test_failure_at_each_archive_step_keeps_the_partition_and_the_next_run_archives_it(name, action, dsn, conn,
                                                                                        tmp_path):
-    day = past_day(2)
+    day, next_day = past_day(3), past_day(2)  # the failure hits the first; the same run goes on with the second
     fill_day(conn, day)
+    fill_day(conn, next_day)
     out, state = tmp_path / "archive", tmp_path / "failpoints"
     state.mkdir()
     argv = ("partitions", "archive", "--before", str(past_day(1)), "--to", str(out), "--dsn", dsn)
@@ -112,15 +113,18 @@ def test_failure_at_each_archive_step_keeps_the_partition_and_the_next_run_archi
     r = cli(*argv, env=armed)
     assert failpoints.fired(name, state) == 1
     assert r.returncode == {"kill": -signal.SIGKILL, "disconnect": 2}.get(action, 1), r.stderr
-    assert action == "kill" or "failed; the partition stays in PostgreSQL" in r.stderr
+    assert action == "kill" or f"Archive of {partition_name(day)} to {out} failed; the partition stays" in r.stderr
     final = out / f"{partition_name(day)}.parquet"
     # the one step after which the file may be in place: recording it; then it is not recorded
     assert final.exists() == (name == "archive.record")
-    assert recorded(conn) == {} and partition_name(day) in live_partitions(conn)
+    went_on = action not in ("kill", "disconnect")
+    assert set(recorded(conn)) == ({partition_name(next_day)} if went_on else set())
+    assert {partition_name(day), partition_name(next_day)} <= live_partitions(conn)
     r = cli(*argv)
     assert r.returncode == 0, r.stderr
-    assert archived_rows(final) == [tuple(x) for x in rows_of_day(conn, day)]
-    assert set(recorded(conn)) == {partition_name(day)} and not list(out.glob("*.tmp"))
+    for d in (day, next_day):
+        assert archived_rows(out / f"{partition_name(d)}.parquet") == [tuple(x) for x in rows_of_day(conn, d)]
+    assert set(recorded(conn)) == {partition_name(day), partition_name(next_day)} and not list(out.glob(".*.tmp"))
 
 
 def test_a_file_of_another_plant_under_the_final_name_is_never_overwritten(dsn, conn, tmp_path):
@@ -193,7 +197,11 @@ def test_s3_target_archives_reads_back_and_retires_against_a_local_s3_server(dsn
     with target.fs.open_input_file(target.path(f"{partition_name(day)}.parquet")) as f:
         assert sorted(tuple(r.values()) for r in pq.read_table(f).to_pylist()) == [
             tuple(x) for x in rows_of_day(conn, day)]
+    expected = conn.execute("SELECT id FROM weighing_logs WHERE scale_id = 3 ORDER BY measured_at, seq").fetchall()
     assert archive.retire(dsn, "public", past_day(1), target).dropped == [(partition_name(day), 280)]
+    since = dt.datetime.combine(past_day(3), dt.time(), dt.timezone.utc)
+    rows = history.history(dsn, "public", 3, since, since + dt.timedelta(days=3), endpoint=s3_server)
+    assert rows.column("id").to_pylist() == [i for (i,) in expected] and len(expected) == 40  # read back from S3
 
 
 def test_failed_upload_to_s3_leaves_nothing_and_keeps_the_partition(dsn, conn, s3_server):  # noqa: F811
@@ -204,7 +212,7 @@ def test_failed_upload_to_s3_leaves_nothing_and_keeps_the_partition(dsn, conn, s
     assert r.returncode == 1 and "failed; the partition stays in PostgreSQL" in r.stderr
     assert recorded(conn) == {} and partition_name(day) in live_partitions(conn)
     target = archive.Target("s3://no-such-bucket/x", s3_server)
-    assert target.size(f"{partition_name(day)}.parquet.tmp") is None
+    assert target.size(archive.temporary_name(partition_name(day))) is None
     assert archive.retire(dsn, "public", past_day(1), target).refused[0][0] == partition_name(day)
 
 

@@ -46,7 +46,7 @@ def test_service_archives_days_past_the_age_then_drops_only_verified_archives(se
     log = svc.output()
     assert f"Archive of {partition_name(middle)} to {out} failed; the partition stays in PostgreSQL" in log
     assert f"Retention refused to drop {partition_name(middle)}: no verified archive" in log
-    assert (out / f"{partition_name(old)}.parquet").exists() and not list(out.glob("*.tmp"))
+    assert (out / f"{partition_name(old)}.parquet").exists() and not list(out.glob(".*.tmp"))
     assert svc.terminate() == 0
     assert "lifecycle" in svc.output() and "Traceback" not in svc.output()
 
@@ -60,7 +60,7 @@ def test_sigterm_mid_archive_stops_promptly_leaving_no_temporary_file_and_nothin
     svc = service_factory("--dsn", dsn, "--writers", "1", "--archive-to", str(out), "--archive-after-days", "1",
                           env={failpoints.ENV: "archive.write=1*sleep(30000)"})
     svc.wait_ready()
-    wait_until(lambda: list(out.glob("*.tmp")), svc)  # the file begun, its first row group held up
+    wait_until(lambda: list(out.glob(".*.tmp")), svc)  # the file begun, its first row group held up
     started = time.monotonic()
     assert svc.terminate() == 0
     assert time.monotonic() - started < 10
