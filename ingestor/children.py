@@ -128,5 +128,5 @@ def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | 
     if config.simulate_scales:
         planned.append(SimulatorArgs.from_config(config, simulator_curve))
     if LifecycleArgs.wanted(config):
-        planned.append(LifecycleArgs.from_config(config, dsn))
+        planned.append(LifecycleArgs.from_config(config, dsn, shared.counters, shared.ring.lanes))
     return planned

@@ -31,6 +31,7 @@ import psycopg
 
 from . import archive
 from .config import Config
+from .stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,15 @@ class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
     archive_endpoint: str
     archive_after_days: int  #: 0: archive only by hand ('ingestor partitions archive')
     retention_days: int  #: 0: drop nothing
+    counters: str = ""  #: name of the stats.Counters block to count in; empty: count nowhere
+    lanes: int = 0  #: the counters block's writer count (its shape)
     every_s: float = 3600.0
 
     @classmethod
-    def from_config(cls, config: Config, dsn: str) -> LifecycleArgs:
+    def from_config(cls, config: Config, dsn: str, counters: str = "", lanes: int = 0) -> LifecycleArgs:
         return cls(dsn=dsn, schema=config.schema, archive_to=config.archive_to, archive_endpoint=config.archive_endpoint,
-                   archive_after_days=config.archive_after_days, retention_days=config.retention_days)
+                   archive_after_days=config.archive_after_days, retention_days=config.retention_days,
+                   counters=counters, lanes=lanes)
 
     @staticmethod
     def wanted(config: Config) -> bool:
@@ -72,24 +76,38 @@ def run_lifecycle(args: LifecycleArgs, stop: Callable[[], bool]) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     target = archive.Target(args.archive_to, args.archive_endpoint) if args.archive_to else None
+    counters = Counters.attach(args.counters, args.lanes) if args.counters else None
     next_pass = 0.0
     try:
         while not stop():
             if time.monotonic() >= next_pass:
-                next_pass = time.monotonic() + (args.every_s if run_pass(args, target) else RETRY_AFTER_S)
+                ok = run_pass(args, target, counters)
+                next_pass = time.monotonic() + (args.every_s if ok else RETRY_AFTER_S)
             time.sleep(1.0)
     except Stopped:
         log.info("Stopped")
+    finally:
+        if counters is not None:
+            counters.close()
 
 
-def run_pass(args: LifecycleArgs, target: archive.Target | None, today: dt.date | None = None) -> bool:
-    """One pass: archive, then retention. False when the database could not be reached (retried sooner)."""
+def run_pass(args: LifecycleArgs, target: archive.Target | None, counters: Counters | None = None,
+             today: dt.date | None = None) -> bool:
+    """One pass: archive, then retention, counted in ``counters`` (archived_partitions, archive_failures,
+    retention_refused). False when the database could not be reached (retried sooner)."""
     today = today or dt.datetime.now(dt.timezone.utc).date()
+    front = counters.front if counters is not None else None
     try:
         if target is not None and args.archive_after_days:
-            archive.archive_before(args.dsn, args.schema, target, today - dt.timedelta(days=args.archive_after_days))
+            done, errors = archive.archive_before(args.dsn, args.schema, target,
+                                                  today - dt.timedelta(days=args.archive_after_days))
+            if front is not None:
+                front["archived_partitions"] += len(done)
+                front["archive_failures"] += len(errors)
         if args.retention_days:
-            archive.retire(args.dsn, args.schema, today - dt.timedelta(days=args.retention_days), target)
+            retired = archive.retire(args.dsn, args.schema, today - dt.timedelta(days=args.retention_days), target)
+            if front is not None:
+                front["retention_refused"] = len(retired.refused)
     except psycopg.Error as e:
         log.error("Archive and retention pass failed (again in %.0f s): %s", RETRY_AFTER_S, e)
         return False

@@ -80,6 +80,8 @@ class _Collector:
             ("events_per_second", "Events persisted per second over the last 10 s.", s.events_per_s),
             ("average_batch_size_events", "Events per committed batch, on average.", s.average_batch_size),
             ("average_batch_duration_seconds", "Duration of a committed batch, on average.", s.average_batch_ms / 1000),
+            ("retention_refused_partitions", "Day partitions the last retention pass refused to drop (no verified "
+             "archive).", s.retention_refused),
         )
         if s.central_lag_bytes is not None:  # only where a central server subscribes to this edge
             gauges += (("central_lag_bytes", "WAL bytes the central server has not confirmed yet.",

@@ -50,6 +50,10 @@ FRONT_DTYPE = np.dtype(
         ("spool_in_ring", "<i8"),  # records of spool blocks already in the ring, their blocks not yet dropped
         ("lost", "<i8"),  # accepted events that could be kept nowhere (logged at ERROR with their number)
         ("listening", "<i8"),  # 1 once a front has bound its endpoints (the service is then "running")
+        # written by the lifecycle child (ingestor/lifecycle.py)
+        ("archived_partitions", "<i8"),  # day partitions archived and verified by this run
+        ("archive_failures", "<i8"),  # archive attempts that failed (each logged at ERROR)
+        ("retention_refused", "<i8"),  # day partitions the last retention pass refused to drop
     ]
 )
 
@@ -113,7 +117,8 @@ class Counters(SharedBlock):
         last_commit = int(w["last_commit_ns"].max())
         for name in ("received_frames", "received_events", "invalid", "lost", "spool_bytes", "spool_events",
                      "spooled_events", "replayed_events", "spool_cut_bytes", "refused_frames", "acked_messages",
-                     "ack_replies", "ack_expired", "refused_clients"):
+                     "ack_replies", "ack_expired", "refused_clients", "archived_partitions", "archive_failures",
+                     "retention_refused"):
             setattr(f, name, int(c[name]))
         f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
         f.lost_after_commit = int(w["lost_after_commit"].sum())
@@ -253,6 +258,11 @@ class Figures(msgspec.Struct, kw_only=True):
     refused_clients: Annotated[int, _counter("CURVE handshakes refused: unknown key or no CURVE.")] = 0
     dead_letter_errors: Annotated[int, _counter("Dead letters that could not be written (logged whole).")] = 0
     dead_letters_dropped: Annotated[int, _counter("Dead letters deleted to keep --dead-letter-max-bytes.")] = 0
+    archived_partitions: Annotated[int, _counter("Day partitions archived to Parquet and verified.")] = 0
+    archive_failures: Annotated[int, _counter(
+        "Archive attempts that failed; the day stays in PostgreSQL (each logged at ERROR).")] = 0
+    #: day partitions the last retention pass refused to drop: no verified archive (docs/operations.md#the-archive-of-old-days)
+    retention_refused: int = 0
     events_per_s: float = 0.0  #: persisted per second over the last 10 s
     average_batch_size: float = 0.0
     average_batch_ms: float = 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -47,6 +48,10 @@ def test_service_archives_days_past_the_age_then_drops_only_verified_archives(se
     assert f"Archive of {partition_name(middle)} to {out} failed; the partition stays in PostgreSQL" in log
     assert f"Retention refused to drop {partition_name(middle)}: no verified archive" in log
     assert (out / f"{partition_name(old)}.parquet").exists() and not list(out.glob(".*.tmp"))
+    s = svc.stats()
+    assert (s["archived_partitions"], s["archive_failures"], s["retention_refused"]) == (1, 1, 1)
+    metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=5).read().decode()
+    assert "ingestor_archive_failures_total 1.0" in metrics and "ingestor_retention_refused_partitions 1.0" in metrics
     assert svc.terminate() == 0
     assert "lifecycle" in svc.output() and "Traceback" not in svc.output()
 
