@@ -18,7 +18,7 @@ when it fails:
    Any difference: ArchiveError, the temporary file removed.
 4. **Move** it to the final name, then record it in ``ingestor_archives``
    (migration 009). Retention with an archive target drops only recorded
-   partitions (:func:`retire`).
+   partitions (:func:`ingestor.partitions.retire`).
 
 A failure at any step leaves the partition in PostgreSQL and no file under
 the final name that is not verified; at worst a ``.tmp`` file, overwritten by
@@ -42,11 +42,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import psycopg
-from psycopg import sql
 
 from .errors import ArchiveError, ConfigError
 from .failpoints import failpoint
-from .schema import day_partitions_before, set_search_path
 
 log = logging.getLogger(__name__)
 
@@ -405,144 +403,3 @@ def _fsync_directory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# -- the lifecycle: which partitions, archive, retention -----------------------------------------
-
-
-def unarchived_before(conn: psycopg.Connection, cutoff: dt.date) -> list[tuple[str, dt.date]]:
-    """(partition, day) of the day partitions wholly before ``cutoff`` with no recorded archive, oldest first."""
-    done = {p for (p,) in conn.execute("SELECT partition FROM ingestor_archives")}
-    return [(p, d) for p, d in day_partitions_before(conn, cutoff) if p not in done]
-
-
-def archive_before(dsn: str, schema: str, target: Target, cutoff: dt.date) -> tuple[list[Archived], list[str]]:
-    """Archive every unarchived day partition wholly before ``cutoff``; return (archived, errors).
-
-    One partition's failure (logged as an ERROR naming it) does not stop the
-    others. Raises psycopg.Error when the database cannot be reached.
-    """
-    done, errors = [], []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_search_path(conn, schema)
-        for partition, day in unarchived_before(conn, cutoff):
-            try:
-                done.append(archive_partition(conn, target, partition, day))
-            except (ArchiveError, OSError, psycopg.Error) as e:
-                log.error("Archive of %s to %s failed; the partition stays in PostgreSQL: %s", partition, target.uri, e)
-                if conn.closed:
-                    raise  # the database went away: the others would fail alike
-                errors.append(f"{partition}: {e}")
-    return done, errors
-
-
-class Retired(NamedTuple):
-    dropped: list[tuple[str, int]]  #: (partition, rows)
-    refused: list[tuple[str, str]]  #: (partition, why)
-
-
-def retire(dsn: str, schema: str, cutoff: dt.date, target: Target | None) -> Retired:
-    """Retention: drop the day partitions wholly before ``cutoff``.
-
-    Without a target, every one (``ingestor_drop_partitions_before``). With
-    one, only those whose verified archive is recorded, lies under
-    ``target`` and is there with its recorded size; the others are refused
-    and logged as ERRORs. Raises psycopg.Error when the database cannot be
-    reached.
-    """
-    dropped, refused = [], []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_search_path(conn, schema)
-        if target is None:
-            before = {p for p, _ in day_partitions_before(conn, cutoff)}
-            conn.execute("SELECT ingestor_drop_partitions_before(%s)", (cutoff,))
-            after = {p for p, _ in day_partitions_before(conn, cutoff)}
-            dropped = [(p, -1) for p in sorted(before - after)]
-        else:
-            archives = {p: (loc, size) for p, loc, size in
-                        conn.execute("SELECT partition, location, file_bytes FROM ingestor_archives")}
-            for partition, _ in day_partitions_before(conn, cutoff):
-                why = _why_not_droppable(target, partition, archives.get(partition))
-                if why is None:
-                    try:
-                        rows = conn.execute("SELECT ingestor_drop_archived_partition(%s)", (partition,)).fetchone()[0]
-                        dropped.append((partition, int(rows)))
-                        continue
-                    except psycopg.errors.ObjectNotInPrerequisiteState as e:
-                        why = e.diag.message_primary or str(e)
-                refused.append((partition, why))
-                log.error("Retention refused to drop %s: %s", partition, why)
-    if dropped:
-        log.info("Retention: dropped %d day partition(s) before %s: %s", len(dropped), cutoff,
-                 ", ".join(p for p, _ in dropped))
-    return Retired(dropped, refused)
-
-
-def _why_not_droppable(target: Target, partition: str, archive: tuple[str, int] | None) -> str | None:
-    name = file_name(partition)
-    if archive is None:
-        return f"no verified archive (archive it to {target.uri} first)"
-    location, size = archive
-    if location != target.location(name):
-        return f"archived at {location}, not under --archive-to {target.uri}"
-    try:
-        found = target.size(name)
-    except OSError as e:
-        return f"cannot check {location}: {e}"
-    if found != size:
-        return f"{location} is {'missing' if found is None else f'{found} bytes'}, recorded {size} bytes"
-    return None
-
-
-# -- what `ingestor partitions list` shows -------------------------------------------------------
-
-
-class PartitionState(NamedTuple):
-    partition: str
-    day: dt.date | None
-    rows: int | None  #: counted, or archived; None when only estimated
-    rows_estimate: int  #: PostgreSQL's estimate (pg_class.reltuples), -1 when never analysed
-    table_bytes: int | None  #: in PostgreSQL with indexes; None once dropped
-    location: str | None
-    file_bytes: int | None
-    verified_at: dt.datetime | None
-
-
-def partitions(dsn: str, schema: str, count: bool = False) -> list[PartitionState]:
-    """The day partitions (live, and dropped but archived), oldest first; ``count``: count live rows exactly."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_search_path(conn, schema)
-        archives = {r[0]: r[1:] for r in conn.execute(
-            "SELECT partition, day, rows, location, file_bytes, verified_at FROM ingestor_archives")}
-        live = conn.execute(
-            "SELECT c.relname, pg_total_relation_size(c.oid), c.reltuples::bigint FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'weighing_logs'::regclass ORDER BY 1").fetchall()
-        out = []
-        for name, size, estimate in live:
-            day = dt.datetime.strptime(name[-8:], "%Y%m%d").date() if name[-8:].isdigit() else None
-            rows = None
-            if count:
-                rows = conn.execute(sql.SQL("SELECT count(*) FROM weighing_logs WHERE tableoid = {}::regclass").format(
-                    sql.Literal(name))).fetchone()[0]
-            a = archives.pop(name, None)
-            out.append(PartitionState(name, day, rows, estimate, size, a[2] if a else None, a[3] if a else None,
-                                      a[4] if a else None))
-        for name, (day, rows, location, file_bytes, verified_at) in archives.items():
-            out.append(PartitionState(name, day, rows, -1, None, location, file_bytes, verified_at))
-    return sorted(out, key=lambda p: (p.day or dt.date.max, p.partition))
-
-
-def format_partitions(states: list[PartitionState]) -> str:
-    """The table of ``ingestor partitions list``: estimated rows carry a ``~``; sizes in MiB."""
-    def mib(n: int | None) -> str:
-        return "-" if n is None else f"{n / 2**20:.1f}"
-
-    lines = [f"{'PARTITION':<33} {'ROWS':>12} {'PG MiB':>9} {'FILE MiB':>9}  {'VERIFIED (UTC)':<19}  ARCHIVED AT"]
-    for p in states:
-        rows = (f"{p.rows:,}" if p.rows is not None
-                else f"~{p.rows_estimate:,}" if p.rows_estimate >= 0 else "?")
-        where = p.location or ("-" if p.table_bytes is not None else "")
-        when = p.verified_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if p.verified_at else "-"
-        name = p.partition + ("" if p.table_bytes is not None else " (dropped)")
-        lines.append(f"{name:<33} {rows:>12} {mib(p.table_bytes):>9} {mib(p.file_bytes):>9}  {when:<19}  {where}")
-    return "\n".join(lines)

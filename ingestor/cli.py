@@ -295,19 +295,19 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_partitions(args: argparse.Namespace) -> int:
-    from . import archive
+    from . import archive, partitions
 
     setup_logging("info")
     if args.action == "list":
-        states = _database(lambda: archive.partitions(args.dsn, args.schema, args.count))
+        states = _database(lambda: partitions.partitions(args.dsn, args.schema, args.count))
         if args.json:
             for p in states:
                 print(json.dumps(p._asdict(), default=str))
         else:
-            print(archive.format_partitions(states))
+            print(partitions.format_partitions(states))
         return 0
     target = archive.Target(args.to, args.endpoint)
-    done, errors = _database(lambda: archive.archive_before(args.dsn, args.schema, target, args.before))
+    done, errors = _database(lambda: partitions.archive_before(args.dsn, args.schema, target, args.before))
     for a in done:
         print(f"{a.location}: {a.rows} rows, {a.file_bytes} bytes (PostgreSQL: {a.table_bytes} bytes), verified")
     print(f"archived {len(done)} partition(s) before {args.before}" + (f"; {len(errors)} failed" if errors else ""))

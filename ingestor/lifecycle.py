@@ -3,11 +3,11 @@
 Once at start and then every ``every_s`` (an hour), in this order:
 
 1. with ``--archive-after-days N``: archive each day partition wholly older
-   than N days that has no archive yet (:func:`ingestor.archive.archive_before`);
+   than N days that has no archive yet (:func:`ingestor.partitions.archive_before`);
 2. with ``--retention-days M``: drop the day partitions wholly older than M
    days; with ``--archive-to``, only those whose verified archive is
    recorded and present, the others refused and logged as ERRORs
-   (:func:`ingestor.archive.retire`).
+   (:func:`ingestor.partitions.retire`).
 
 A child process, not a thread of the supervisor: an archive reads a whole
 day (26 million rows at the plant's rate) through pyarrow and DuckDB, which
@@ -29,7 +29,7 @@ from typing import Callable
 import msgspec
 import psycopg
 
-from . import archive
+from . import archive, partitions
 from .config import Config
 from .stats import Counters
 
@@ -99,13 +99,13 @@ def run_pass(args: LifecycleArgs, target: archive.Target | None, counters: Count
     front = counters.front if counters is not None else None
     try:
         if target is not None and args.archive_after_days:
-            done, errors = archive.archive_before(args.dsn, args.schema, target,
+            done, errors = partitions.archive_before(args.dsn, args.schema, target,
                                                   today - dt.timedelta(days=args.archive_after_days))
             if front is not None:
                 front["archived_partitions"] += len(done)
                 front["archive_failures"] += len(errors)
         if args.retention_days:
-            retired = archive.retire(args.dsn, args.schema, today - dt.timedelta(days=args.retention_days), target)
+            retired = partitions.retire(args.dsn, args.schema, today - dt.timedelta(days=args.retention_days), target)
             if front is not None:
                 front["retention_refused"] = len(retired.refused)
     except psycopg.Error as e:

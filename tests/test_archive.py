@@ -7,7 +7,6 @@ server mode) and, for a full disk, the kernel's own file-size limit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import resource
 import signal
@@ -18,7 +17,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from ingestor import archive, failpoints, history
+from ingestor import archive, failpoints, history, partitions
 from ingestor.errors import ArchiveError, ConfigError
 
 from .archive_fixtures import fill_day, make_bucket, partition_name, past_day, rows_of_day, s3_server  # noqa: F401
@@ -52,7 +51,7 @@ def test_archive_round_trip_gives_back_every_row_and_value_and_drops_nothing(dsn
     monkeypatch.setattr(archive, "ROW_GROUP_ROWS", 100)  # several row groups from a small day
     days = [past_day(3), past_day(2)]
     counts = [fill_day(conn, d) for d in days]
-    done, errors = archive.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
+    done, errors = partitions.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
     assert errors == [] and [a.rows for a in done] == counts
     for day in days:
         path = tmp_path / f"{partition_name(day)}.parquet"
@@ -66,7 +65,7 @@ def test_archive_round_trip_gives_back_every_row_and_value_and_drops_nothing(dsn
     assert set(recorded(conn)) == {partition_name(d) for d in days}
     assert {partition_name(d) for d in days} <= live_partitions(conn)  # archiving drops nothing
     assert not list(tmp_path.glob(".*.tmp"))
-    again, _ = archive.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
+    again, _ = partitions.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
     assert again == []  # archived once
 
 
@@ -75,7 +74,7 @@ def test_a_data_field_the_columns_cannot_hold_refuses_the_archive_naming_the_row
     fill_day(conn, day)
     bad = conn.execute("UPDATE weighing_logs SET data_3 = '{\"val\": \"1\", \"unit\": \"kg\"}' WHERE id = "
                        "(SELECT min(id) FROM weighing_logs) RETURNING id").fetchone()[0]
-    done, errors = archive.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
+    done, errors = partitions.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
     assert done == [] and f"row id {bad} has a data field" in errors[0]
     assert list(tmp_path.iterdir()) == [] and recorded(conn) == {}
 
@@ -130,58 +129,14 @@ def test_failure_at_each_archive_step_keeps_the_partition_and_the_next_run_archi
 def test_a_file_of_another_plant_under_the_final_name_is_never_overwritten(dsn, conn, tmp_path):
     day = past_day(2)
     fill_day(conn, day)
-    archive.archive_before(dsn, "public", archive.Target(str(tmp_path / "a")), past_day(1))
+    partitions.archive_before(dsn, "public", archive.Target(str(tmp_path / "a")), past_day(1))
     conn.execute("DELETE FROM ingestor_archives")
     conn.execute("UPDATE weighing_logs SET data_1 = '{\"val\": \"changed\"}' WHERE id = (SELECT min(id) FROM weighing_logs)")
     other = tmp_path / "a" / f"{partition_name(day)}.parquet"
     before = other.read_bytes()
-    done, errors = archive.archive_before(dsn, "public", archive.Target(str(tmp_path / "a")), past_day(1))
+    done, errors = partitions.archive_before(dsn, "public", archive.Target(str(tmp_path / "a")), past_day(1))
     assert done == [] and "already exists and is not an archive of" in errors[0]
     assert other.read_bytes() == before
-
-
-def test_retention_with_a_target_drops_only_verified_archives_and_refuses_the_rest(dsn, conn, tmp_path, caplog):
-    archived, unarchived, changed, missing = past_day(6), past_day(5), past_day(4), past_day(3)
-    for d in (archived, unarchived, changed, missing):
-        fill_day(conn, d)
-    target = archive.Target(str(tmp_path))
-    for d in (archived, changed, missing):
-        archive.archive_partition(conn, target, partition_name(d), d)
-    fill_day(conn, changed, scales=1, per_scale=1, seq_from=1000)  # a row arrived after its archive
-    (tmp_path / f"{partition_name(missing)}.parquet").unlink()  # the archive went away
-    retired = archive.retire(dsn, "public", past_day(2), target)
-    assert retired.dropped == [(partition_name(archived), 280)]
-    why = dict(retired.refused)
-    assert why[partition_name(unarchived)].startswith("no verified archive")
-    assert "holds 281 rows, its archive 280" in why[partition_name(changed)]
-    assert "is missing" in why[partition_name(missing)]
-    assert live_partitions(conn) >= {partition_name(d) for d in (unarchived, changed, missing)}
-    assert partition_name(archived) not in live_partitions(conn)
-    assert sum("Retention refused to drop" in r.message for r in caplog.records) == 3
-    listed = archive.partitions(dsn, "public", count=True)
-    gone = next(p for p in listed if p.partition == partition_name(archived))
-    assert gone.table_bytes is None and gone.rows == 280 and gone.location.endswith(".parquet")
-    assert next(p for p in listed if p.partition == partition_name(unarchived)).rows == 280
-
-
-def test_retention_without_a_target_drops_as_before(dsn, conn):
-    fill_day(conn, past_day(4))
-    assert archive.retire(dsn, "public", past_day(2), None).dropped == [(partition_name(past_day(4)), -1)]
-
-
-def test_partitions_list_shows_rows_bytes_and_where_each_day_is_archived(dsn, conn, tmp_path):
-    day = past_day(2)
-    fill_day(conn, day)
-    assert cli("partitions", "archive", "--before", str(past_day(1)), "--to", str(tmp_path), "--dsn", dsn).returncode == 0
-    r = cli("partitions", "list", "--count", "--dsn", dsn)
-    assert r.returncode == 0, r.stderr
-    line = next(x for x in r.stdout.splitlines() if x.startswith(partition_name(day)))
-    assert "280" in line and str(tmp_path / f"{partition_name(day)}.parquet") in line
-    today = next(x for x in r.stdout.splitlines() if x.startswith(partition_name(past_day(0))))
-    assert today.split()[1] == "0" and today.rstrip().endswith("-")
-    r = cli("partitions", "list", "--json", "--dsn", dsn)
-    first = json.loads(r.stdout.splitlines()[0])
-    assert first["partition"] == partition_name(day) and first["file_bytes"] > 0
 
 
 def test_s3_target_archives_reads_back_and_retires_against_a_local_s3_server(dsn, conn, s3_server):  # noqa: F811
@@ -198,7 +153,7 @@ def test_s3_target_archives_reads_back_and_retires_against_a_local_s3_server(dsn
         assert sorted(tuple(r.values()) for r in pq.read_table(f).to_pylist()) == [
             tuple(x) for x in rows_of_day(conn, day)]
     expected = conn.execute("SELECT id FROM weighing_logs WHERE scale_id = 3 ORDER BY measured_at, seq").fetchall()
-    assert archive.retire(dsn, "public", past_day(1), target).dropped == [(partition_name(day), 280)]
+    assert partitions.retire(dsn, "public", past_day(1), target).dropped == [(partition_name(day), 280)]
     since = dt.datetime.combine(past_day(3), dt.time(), dt.timezone.utc)
     rows = history.history(dsn, "public", 3, since, since + dt.timedelta(days=3), endpoint=s3_server)
     assert rows.column("id").to_pylist() == [i for (i,) in expected] and len(expected) == 40  # read back from S3
@@ -213,7 +168,7 @@ def test_failed_upload_to_s3_leaves_nothing_and_keeps_the_partition(dsn, conn, s
     assert recorded(conn) == {} and partition_name(day) in live_partitions(conn)
     target = archive.Target("s3://no-such-bucket/x", s3_server)
     assert target.size(archive.temporary_name(partition_name(day))) is None
-    assert archive.retire(dsn, "public", past_day(1), target).refused[0][0] == partition_name(day)
+    assert partitions.retire(dsn, "public", past_day(1), target).refused[0][0] == partition_name(day)
 
 
 @pytest.mark.parametrize("uri,endpoint,message", [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestor import archive
+from ingestor import archive, partitions
 
 from .archive_fixtures import fill_day, partition_name, past_day
 from .test_archive import cli, live_partitions
@@ -35,8 +35,8 @@ def history_spread(dsn, conn, tmp_path) -> tuple[Path, list[tuple]]:
     expected = conn.execute("SELECT id, seq, measured_at, data_1->>'val' FROM weighing_logs WHERE scale_id = %s "
                             "ORDER BY measured_at, seq", (SCALE,)).fetchall()
     target = archive.Target(str(tmp_path / "archive"))
-    archive.archive_before(dsn, "public", target, past_day(2))
-    archive.retire(dsn, "public", past_day(3), target)
+    partitions.archive_before(dsn, "public", target, past_day(2))
+    partitions.retire(dsn, "public", past_day(3), target)
     assert partition_name(past_day(4)) not in live_partitions(conn)
     assert partition_name(past_day(3)) in live_partitions(conn)
     return tmp_path / "archive", expected

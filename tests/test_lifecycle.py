@@ -48,10 +48,13 @@ def test_service_archives_days_past_the_age_then_drops_only_verified_archives(se
     assert f"Archive of {partition_name(middle)} to {out} failed; the partition stays in PostgreSQL" in log
     assert f"Retention refused to drop {partition_name(middle)}: no verified archive" in log
     assert (out / f"{partition_name(old)}.parquet").exists() and not list(out.glob(".*.tmp"))
-    s = svc.stats()
-    assert (s["archived_partitions"], s["archive_failures"], s["retention_refused"]) == (1, 1, 1)
-    metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=5).read().decode()
-    assert "ingestor_archive_failures_total 1.0" in metrics and "ingestor_retention_refused_partitions 1.0" in metrics
+    s = svc.wait_for(lambda s: s["retention_refused"] == 1)  # counted just after the log line
+    assert (s["archived_partitions"], s["archive_failures"]) == (1, 1)
+    def metrics() -> str:  # refreshed by the supervisor's loop every second
+        return urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=5).read().decode()
+
+    wait_until(lambda: "ingestor_retention_refused_partitions 1.0" in metrics(), svc, timeout_s=10)
+    assert "ingestor_archive_failures_total 1.0" in metrics()
     assert svc.terminate() == 0
     assert "lifecycle" in svc.output() and "Traceback" not in svc.output()
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from ingestor import archive
+from ingestor import archive, partitions
 
 from .archive_fixtures import fill_day, partition_name, past_day
 
@@ -43,8 +43,8 @@ def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(s
         # the lifecycle as this role: archive a past day, then drop it (ingestor/lifecycle.py)
         fill_day(conn, past_day(3))
         target = archive.Target(str(tmp_path / "archive"))
-        done, errors_ = archive.archive_before(role_dsn, "public", target, past_day(1))
+        done, errors_ = partitions.archive_before(role_dsn, "public", target, past_day(1))
         assert errors_ == [] and [a.rows for a in done] == [280]
-        assert archive.retire(role_dsn, "public", past_day(1), target).dropped == [(partition_name(past_day(3)), 280)]
+        assert partitions.retire(role_dsn, "public", past_day(1), target).dropped == [(partition_name(past_day(3)), 280)]
     finally:
         conn.execute(f"DROP ROLE IF EXISTS {login}")

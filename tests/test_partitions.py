@@ -1,0 +1,57 @@
+"""ingestor/partitions.py: which days to archive, retention that drops only verified archives, the list.
+
+Against a real PostgreSQL and real archive files (tests/archive_fixtures.py makes the past days).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ingestor import archive, partitions
+
+from .archive_fixtures import fill_day, partition_name, past_day
+from .test_archive import cli, live_partitions
+
+
+def test_retention_with_a_target_drops_only_verified_archives_and_refuses_the_rest(dsn, conn, tmp_path, caplog):
+    archived, unarchived, changed, missing = past_day(6), past_day(5), past_day(4), past_day(3)
+    for d in (archived, unarchived, changed, missing):
+        fill_day(conn, d)
+    target = archive.Target(str(tmp_path))
+    for d in (archived, changed, missing):
+        archive.archive_partition(conn, target, partition_name(d), d)
+    fill_day(conn, changed, scales=1, per_scale=1, seq_from=1000)  # a row arrived after its archive
+    (tmp_path / f"{partition_name(missing)}.parquet").unlink()  # the archive went away
+    retired = partitions.retire(dsn, "public", past_day(2), target)
+    assert retired.dropped == [(partition_name(archived), 280)]
+    why = dict(retired.refused)
+    assert why[partition_name(unarchived)].startswith("no verified archive")
+    assert "holds 281 rows, its archive 280" in why[partition_name(changed)]
+    assert "is missing" in why[partition_name(missing)]
+    assert live_partitions(conn) >= {partition_name(d) for d in (unarchived, changed, missing)}
+    assert partition_name(archived) not in live_partitions(conn)
+    assert sum("Retention refused to drop" in r.message for r in caplog.records) == 3
+    listed = partitions.partitions(dsn, "public", count=True)
+    gone = next(p for p in listed if p.partition == partition_name(archived))
+    assert gone.table_bytes is None and gone.rows == 280 and gone.location.endswith(".parquet")
+    assert next(p for p in listed if p.partition == partition_name(unarchived)).rows == 280
+
+
+def test_retention_without_a_target_drops_as_before(dsn, conn):
+    fill_day(conn, past_day(4))
+    assert partitions.retire(dsn, "public", past_day(2), None).dropped == [(partition_name(past_day(4)), -1)]
+
+
+def test_partitions_list_shows_rows_bytes_and_where_each_day_is_archived(dsn, conn, tmp_path):
+    day = past_day(2)
+    fill_day(conn, day)
+    assert cli("partitions", "archive", "--before", str(past_day(1)), "--to", str(tmp_path), "--dsn", dsn).returncode == 0
+    r = cli("partitions", "list", "--count", "--dsn", dsn)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith(partition_name(day)))
+    assert "280" in line and str(tmp_path / f"{partition_name(day)}.parquet") in line
+    today = next(x for x in r.stdout.splitlines() if x.startswith(partition_name(past_day(0))))
+    assert today.split()[1] == "0" and today.rstrip().endswith("-")
+    r = cli("partitions", "list", "--json", "--dsn", dsn)
+    first = json.loads(r.stdout.splitlines()[0])
+    assert first["partition"] == partition_name(day) and first["file_bytes"] > 0
