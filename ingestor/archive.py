@@ -133,6 +133,12 @@ class Target:
         else:
             raise ConfigError(f"archive target {uri!r}: expected a directory or s3://BUCKET/PREFIX")
 
+    @classmethod
+    def of_location(cls, location: str, endpoint: str = "") -> tuple[Target, str]:
+        """(target, file name) of a location recorded in ``ingestor_archives``."""
+        directory, name = location.rsplit("/", 1)
+        return cls(directory, endpoint), name
+
     def path(self, name: str) -> str:
         return f"{self.base}/{name}"
 

@@ -96,6 +96,11 @@ def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
     ar.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
                     help="URL of an S3-compatible store (default: $INGESTOR_ARCHIVE_ENDPOINT, else AWS)")
     _add_database_options(ar)
+    vf = pt_sub.add_parser("verify", help="read every recorded archive back and check rows and checksum; exit 1 "
+                                          "when one is missing or changed")
+    vf.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
+    _add_database_options(vf)
     ls = pt_sub.add_parser("list", help="day partitions: rows, bytes in PostgreSQL, archived where and when")
     ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
     ls.add_argument("--json", action="store_true", help="one JSON object per partition")
@@ -306,6 +311,13 @@ def cmd_partitions(args: argparse.Namespace) -> int:
         else:
             print(partitions.format_partitions(states))
         return 0
+    if args.action == "verify":
+        verdicts = _database(lambda: partitions.verify_archives(args.dsn, args.schema, args.endpoint))
+        for v in verdicts:
+            print(f"{v.partition}: {'ok' if v.ok else 'FAILED'}, {v.detail} ({v.location})")
+        bad = sum(not v.ok for v in verdicts)
+        print(f"verified {len(verdicts) - bad} of {len(verdicts)} archive(s)" + (f"; {bad} FAILED" if bad else ""))
+        return 1 if bad else 0
     target = archive.Target(args.to, args.endpoint)
     done, errors = _database(lambda: partitions.archive_before(args.dsn, args.schema, target, args.before))
     for a in done:

@@ -56,13 +56,13 @@ def history(dsn: str, schema: str, scale_id: int, since: dt.datetime, until: dt.
             "AND c.relname = a.partition) ORDER BY day", ((since - FUTURE_TOLERANCE).date(),)).fetchall()
     by_directory: dict[str, list[str]] = defaultdict(list)
     for (location,) in dropped:
-        directory, name = location.rsplit("/", 1)
-        by_directory[directory].append(name)
+        by_directory[location.rsplit("/", 1)[0]].append(location)
     parts = []
-    for directory, names in by_directory.items():
-        target = archive.Target(directory, endpoint)
-        parts.append(ds.dataset([target.path(n) for n in names], schema=archive.arrow_schema(), format="parquet",
-                                filesystem=target.fs))
+    for locations in by_directory.values():
+        targets = [archive.Target.of_location(loc, endpoint) for loc in locations]
+        fs = targets[0][0].fs
+        parts.append(ds.dataset([t.path(n) for t, n in targets], schema=archive.arrow_schema(), format="parquet",
+                                filesystem=fs))
     archived = ds.dataset(parts, schema=archive.arrow_schema()) if parts else archive.arrow_schema().empty_table()
     con = duckdb.connect()
     try:

@@ -143,6 +143,44 @@ def partitions(dsn: str, schema: str, count: bool = False) -> list[PartitionStat
     return sorted(out, key=lambda p: (p.day or dt.date.max, p.partition))
 
 
+class Verdict(NamedTuple):
+    partition: str
+    location: str
+    ok: bool
+    detail: str  #: "N rows" when ok, else what differs or why it could not be read
+
+
+def verify_archives(dsn: str, schema: str, endpoint: str = "") -> list[Verdict]:
+    """Read every recorded archive back and compare its rows and checksum with the record, oldest first.
+
+    A file that is missing, unreadable, or holds other rows than recorded
+    gets ``ok`` False. Raises psycopg.Error when the database cannot be reached.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        set_search_path(conn, schema)
+        recorded = conn.execute("SELECT partition, location, rows, checksum FROM ingestor_archives ORDER BY day").fetchall()
+    out = []
+    for partition, location, rows, checksum in recorded:
+        try:
+            target, name = archive.Target.of_location(location, endpoint)
+            if target.size(name) is None:
+                out.append(Verdict(partition, location, False, "missing"))
+                continue
+            got_rows, got_checksum = archive.verify(target, name)
+        except (OSError, ArchiveError) as e:
+            out.append(Verdict(partition, location, False, f"unreadable: {e}"))
+            continue
+        if (got_rows, got_checksum) == (rows, int(checksum)):
+            out.append(Verdict(partition, location, True, f"{rows} rows"))
+        else:
+            out.append(Verdict(partition, location, False, f"CHANGED: {got_rows} rows, checksum {got_checksum}; "
+                                                           f"recorded {rows} rows, checksum {checksum}"))
+    for v in out:
+        if not v.ok:
+            log.error("Archive of %s at %s does not verify: %s", v.partition, v.location, v.detail)
+    return out
+
+
 def format_partitions(states: list[PartitionState]) -> str:
     """The table of ``ingestor partitions list``: estimated rows carry a ``~``; sizes in MiB."""
     def mib(n: int | None) -> str:

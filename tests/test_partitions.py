@@ -55,3 +55,20 @@ def test_partitions_list_shows_rows_bytes_and_where_each_day_is_archived(dsn, co
     r = cli("partitions", "list", "--json", "--dsn", dsn)
     first = json.loads(r.stdout.splitlines()[0])
     assert first["partition"] == partition_name(day) and first["file_bytes"] > 0
+
+
+def test_verify_reads_every_archive_back_and_names_the_missing_and_the_changed(dsn, conn, tmp_path):
+    days = [past_day(4), past_day(3), past_day(2)]
+    for d in days:
+        fill_day(conn, d)
+    assert cli("partitions", "archive", "--before", str(past_day(1)), "--to", str(tmp_path), "--dsn", dsn).returncode == 0
+    r = cli("partitions", "verify", "--dsn", dsn)
+    assert r.returncode == 0 and "verified 3 of 3 archive(s)" in r.stdout, r.stdout + r.stderr
+    (tmp_path / f"{partition_name(days[0])}.parquet").unlink()
+    other = tmp_path / f"{partition_name(days[2])}.parquet"
+    other.write_bytes((tmp_path / f"{partition_name(days[1])}.parquet").read_bytes())  # another day's rows
+    r = cli("partitions", "verify", "--dsn", dsn)
+    assert r.returncode == 1 and "verified 1 of 3 archive(s); 2 FAILED" in r.stdout
+    assert f"{partition_name(days[0])}: FAILED, missing" in r.stdout
+    assert f"{partition_name(days[2])}: FAILED, CHANGED: 280 rows, checksum" in r.stdout
+    assert "does not verify" in r.stderr
