@@ -107,3 +107,12 @@ def test_failpoint_unarmed(benchmark):
             failpoint("writer.copy")
 
     benchmark(thousand)
+
+
+def test_alibi_chain_of_5000_records(benchmark, records):
+    from ingestor import alibi
+
+    def run():
+        return alibi.chain(alibi.canonical_from_records(records, NOW_US), {})
+
+    assert len(benchmark(run)) == BATCH
