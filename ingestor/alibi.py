@@ -8,30 +8,32 @@ stored event gets its scale's next record number and a link::
     link(n) = SHA-256(link(n-1) || canonical(event n))
     link(0) = SHA-256(GENESIS || scale_id as int32 LE)   (no chain can pass for another scale's)
 
-``canonical`` is a fixed-width encoding of the event as received
-(:data:`CANON_DTYPE`, 353 bytes): scale_id int32, seq int64, ``measured_at``
-and ``created_at`` as int64 µs since 1970 (all little-endian), then per data
-field its byte length as int8 (-1 for NULL) and its UTF-8 text zero-padded
-to 64 bytes (docs/PROTOCOL.md §3: at most 64 bytes). Fixed width, so a
-writer builds a whole batch's encodings from ring records with numpy
-(:func:`canonical_from_records`) and a verifier the same bytes from stored
+``canonical`` is the event as received, in bytes (format v1): scale_id
+int32, seq int64, ``measured_at`` and ``created_at`` as int64 µs since 1970
+(all little-endian; :data:`HEAD`, 28 bytes), then per data field its byte
+length as int8 (-1 for NULL) and its UTF-8 text. A writer builds a whole
+batch's encodings from ring records with numpy, each field as wide as the
+batch's longest and the padding masked away (as copy_payload does:
+:func:`canonical_from_records`); a verifier builds the same bytes from stored
 rows (:func:`canonical_from_rows`); only the SHA-256 calls run per event
-(:func:`chain`).
+(:func:`chain`). A plant event is ~60 bytes, so prev link + event fit in two
+SHA-256 blocks.
 
 This module is the chain's arithmetic; where the links are stored, the
-heads kept, the seals signed and the verifier run are the next layers. Nothing
-is stored with this encoding yet, so it may still change: on 5,000 records it
-took 5.3 ms to encode and 4.7 ms to link (3.6 ms of it SHA-256 over 385 bytes,
-7 blocks, per event), against ~5 ms for the batch's COPY payload; a
-variable-width encoding (2 blocks for a typical event) is the next step
-toward issue 15's ≤ 10 % throughput cost.
+heads kept, the seals signed and the verifier run are the next layers.
+Nothing is stored with this encoding yet. On 5,000 bench-plant records
+(49 bytes each) encoding took 1.3–1.7 ms and linking 3.0 ms (0.34 ms of
+each 1,000 links is SHA-256 itself), beside 4–5 ms for the same batch's COPY
+payload, measured with the full test suite running alongside
+(bench/test_micro.py times it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Iterable, Sequence
+import struct
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -39,16 +41,21 @@ from .protocol import DATA_FIELDS, MAX_TEXT_BYTES
 
 GENESIS = b"scale-ingestor alibi v1"
 LINK_BYTES = 32
-
-CANON_DTYPE = np.dtype(
-    [("scale_id", "<i4"), ("seq", "<i8"), ("measured_us", "<i8"), ("created_us", "<i8")]
-    + [item for k in range(1, len(DATA_FIELDS) + 1)
-       for item in ((f"len_{k}", "i1"), (f"text_{k}", f"S{MAX_TEXT_BYTES}"))],
-    align=False,
-)
-CANON_BYTES = CANON_DTYPE.itemsize  # 353
+HEAD = struct.Struct("<iqqq")  # scale_id, seq, measured_us, created_us
+_HEAD_DTYPE = np.dtype([("scale_id", "<i4"), ("seq", "<i8"), ("measured_us", "<i8"), ("created_us", "<i8")])
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class Encoded(NamedTuple):
+    """A batch's canonical encodings: event i is ``data[offsets[i]:offsets[i + 1]]``; ``scale_ids`` in input order."""
+
+    data: bytes
+    offsets: list[int]  #: n + 1 offsets
+    scale_ids: list[int]
+
+    def event(self, i: int) -> bytes:
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
 
 
 def genesis(scale_id: int) -> bytes:
@@ -56,46 +63,56 @@ def genesis(scale_id: int) -> bytes:
     return hashlib.sha256(GENESIS + int(scale_id).to_bytes(4, "little", signed=True)).digest()
 
 
-def canonical_from_records(records: np.ndarray, created_us: int) -> np.ndarray:
-    """The canonical encodings of ring records (``protocol.RECORD_DTYPE``, length n): a CANON_DTYPE array, length n.
+def canonical_from_records(records: np.ndarray, created_us: int) -> Encoded:
+    """The canonical encodings of ring records (``protocol.RECORD_DTYPE``, length n), in bulk.
 
     ``created_us``: the batch's ``created_at`` in Unix µs (as copy_payload.build
-    writes it). Text bytes past each length are zeroed, whatever the slot held.
+    writes it). Text bytes past each length are never read.
     """
     n = len(records)
-    out = np.zeros(n, CANON_DTYPE)
-    out["scale_id"], out["seq"] = records["scale_id"], records["seq"]
-    out["measured_us"], out["created_us"] = records["measured_us"], created_us
-    lengths = records["text_len"]
+    head = np.empty(n, _HEAD_DTYPE)
+    head["scale_id"], head["seq"] = records["scale_id"], records["seq"]
+    head["measured_us"], head["created_us"] = records["measured_us"], created_us
+    lengths = records["text_len"].astype(np.int32)  # (n, 5), -1 for NULL
     text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
-    kept = np.arange(MAX_TEXT_BYTES) < np.maximum(lengths, 0)[:, :, None]
-    text = np.where(kept, text, 0).astype(np.uint8)
-    for k in range(len(DATA_FIELDS)):
-        out[f"len_{k + 1}"] = lengths[:, k]
-        out[f"text_{k + 1}"] = text[:, k, :].copy().view(f"S{MAX_TEXT_BYTES}").reshape(n)
-    return out
+    widths = np.maximum(lengths.max(axis=0, initial=-1), 0).tolist()
+    rows = np.empty((n, HEAD.size + len(DATA_FIELDS) + sum(widths)), np.uint8)
+    keep = np.ones(rows.shape, bool)
+    rows[:, :HEAD.size] = head.view(np.uint8).reshape(n, HEAD.size)
+    at = HEAD.size
+    for k, width in enumerate(widths):
+        rows[:, at] = lengths[:, k].astype(np.int8).view(np.uint8)
+        rows[:, at + 1:at + 1 + width] = text[:, k, :width]
+        keep[:, at + 1:at + 1 + width] = np.arange(width) < lengths[:, k, None]
+        at += 1 + width
+    sizes = HEAD.size + len(DATA_FIELDS) + np.maximum(lengths, 0).sum(axis=1)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return Encoded(rows[keep].tobytes(), offsets.tolist(), records["scale_id"].tolist())
 
 
-def canonical_from_rows(rows: Iterable[Sequence]) -> np.ndarray:
+def canonical_from_rows(rows: Iterable[Sequence]) -> Encoded:
     """The canonical encodings of stored rows ``(scale_id, seq, measured_at, created_at, val_1, …, val_5)``.
 
     Times are aware datetimes, the vals str or None (``data_k->>'val'``).
     Raises ValueError for a val over 64 bytes of UTF-8 (no valid event has one).
     """
-    rows = list(rows)
-    out = np.zeros(len(rows), CANON_DTYPE)
-    for i, (scale_id, seq, measured_at, created_at, *vals) in enumerate(rows):
-        out[i]["scale_id"], out[i]["seq"] = scale_id, seq
-        out[i]["measured_us"], out[i]["created_us"] = _us(measured_at), _us(created_at)
+    parts, offsets, scale_ids = [], [0], []
+    for scale_id, seq, measured_at, created_at, *vals in rows:
+        part = [HEAD.pack(scale_id, seq, _us(measured_at), _us(created_at))]
         for k, val in enumerate(vals, 1):
             if val is None:
-                out[i][f"len_{k}"] = -1
+                part.append(b"\xff")
                 continue
             data = val.encode()
             if len(data) > MAX_TEXT_BYTES:
                 raise ValueError(f"data_{k} of scale {scale_id} seq {seq} is {len(data)} bytes, over {MAX_TEXT_BYTES}")
-            out[i][f"len_{k}"], out[i][f"text_{k}"] = len(data), data
-    return out
+            part += (len(data).to_bytes(1, "little"), data)
+        event = b"".join(part)
+        parts.append(event)
+        offsets.append(offsets[-1] + len(event))
+        scale_ids.append(scale_id)
+    return Encoded(b"".join(parts), offsets, scale_ids)
 
 
 def _us(moment: dt.datetime) -> int:
@@ -103,22 +120,19 @@ def _us(moment: dt.datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def chain(canon: np.ndarray, heads: dict[int, bytes]) -> list[bytes]:
-    """The links of ``canon`` (CANON_DTYPE, in chain order within each scale), one per event, in input order.
+def chain(encoded: Encoded, heads: dict[int, bytes]) -> list[bytes]:
+    """The links of ``encoded`` (in chain order within each scale), one per event, in input order.
 
     ``heads``: each scale's last link (absent: its genesis); updated in place
     to the new last links. Scales interleave freely: each event extends its
-    own scale's chain (bench/test_micro.py times a batch).
+    own scale's chain.
     """
     sha256 = hashlib.sha256
-    raw = canon.tobytes()
-    scales = canon["scale_id"].tolist()
+    data, offsets = encoded.data, encoded.offsets
+    for scale in set(encoded.scale_ids).difference(heads):
+        heads[scale] = genesis(scale)
     links = []
-    for i, scale in enumerate(scales):
-        prev = heads.get(scale)
-        if prev is None:
-            prev = genesis(scale)
-        link = sha256(prev + raw[i * CANON_BYTES:(i + 1) * CANON_BYTES]).digest()
-        heads[scale] = link
+    for scale, start, end in zip(encoded.scale_ids, offsets, offsets[1:]):
+        link = heads[scale] = sha256(heads[scale] + data[start:end]).digest()
         links.append(link)
     return links
