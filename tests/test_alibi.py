@@ -3,6 +3,7 @@ stored rows are the same bytes (checked through a real PostgreSQL), and each lin
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import msgspec
@@ -68,3 +69,76 @@ def test_each_link_depends_on_its_scale_s_past_only_and_on_every_byte_of_its_eve
     assert resumed == alone[10:]
     first = alibi.canonical_from_records(records(one[:1]), NOW_US)
     assert alibi.chain(first, {})[0] != alibi.chain(first, {1: alibi.genesis(2)})[0]
+
+
+# -- the verifier's core: each kind of tampering named, nothing else ---------------------------------
+
+def stored_chain(n: int = 12, scale: int = 7) -> list[alibi.Record]:
+    """A scale's chain of n records as a writer would have stored them (row ids 100 + record number)."""
+    events = [Event(scale_id=scale, seq=i, ts=1_700_000_000_000 + i, data_1=f"{10 + i}.5", data_2="kg")
+              for i in range(1, n + 1)]
+    encoded = alibi.canonical_from_records(records(events), NOW_US)
+    links = alibi.chain(encoded, {})
+    return [alibi.Record(i + 1, 101 + i, links[i], encoded.event(i)) for i in range(n)]
+
+
+def kinds(findings) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f.kind, f.records) for f in findings]
+
+
+def test_an_untouched_chain_verifies():
+    chain = stored_chain()
+    assert alibi.verify_chain(7, chain, last=12) == []
+    assert alibi.verify_chain(7, list(reversed(chain)), last=12) == []  # read in any order
+
+
+def test_a_changed_weight_is_named_by_its_record_number_and_nothing_else():
+    chain = stored_chain()
+    chain[4] = chain[4]._replace(event=chain[4].event.replace(b"15.5", b"16.5"))
+    assert kinds(alibi.verify_chain(7, chain, last=12)) == [("changed", (5,))]
+
+
+def test_a_deleted_row_is_named():
+    chain = stored_chain()
+    del chain[6]
+    assert kinds(alibi.verify_chain(7, chain, last=12)) == [("deleted", (7,))]
+
+
+def test_an_inserted_row_is_named_by_its_row_id():
+    chain = stored_chain()
+    chain.append(alibi.Record(None, 999, None, chain[3].event))  # a row written past the ingestor
+    chain.append(chain[5]._replace(row_id=998))  # a copy under an existing record number
+    assert kinds(alibi.verify_chain(7, chain, last=12)) == [("inserted", (998, 999))]
+
+
+def test_a_reordered_pair_is_named():
+    chain = stored_chain()
+    a, b = chain[2], chain[3]
+    chain[2], chain[3] = a._replace(event=b.event), b._replace(event=a.event)
+    assert kinds(alibi.verify_chain(7, chain, last=12)) == [("reordered", (3, 4))]
+
+
+def test_a_truncated_chain_is_named_against_the_recorded_last_record():
+    chain = stored_chain()[:9]
+    assert kinds(alibi.verify_chain(7, chain, last=12)) == [("truncated", (10, 11, 12))]
+
+
+def test_a_chain_rewritten_after_a_seal_passes_the_links_but_not_the_seal():
+    chain = stored_chain()
+    sealed = [(12, chain[11].link)]
+    events = [r.event for r in chain]
+    events[4] = events[4].replace(b"15.5", b"16.5")
+    heads: dict[int, bytes] = {}
+    relinked = []
+    for r, event in zip(chain, events):  # every link recomputed from the change on
+        link = heads[7] = hashlib.sha256((heads.get(7) or alibi.genesis(7)) + event).digest()
+        relinked.append(r._replace(event=event, link=link))
+    assert alibi.verify_chain(7, relinked, last=12) == []
+    assert kinds(alibi.verify_heads(7, relinked, sealed)) == [("sealed", (12,))]
+    assert alibi.verify_heads(7, chain, sealed) == []
+
+
+def test_a_chain_whose_oldest_days_were_dropped_verifies_from_its_first_kept_record():
+    chain = stored_chain()
+    assert alibi.verify_chain(7, chain[5:], last=12, start=(6, chain[4].link)) == []
+    assert kinds(alibi.verify_chain(7, chain[5:], last=12)) == [("deleted", (1, 2, 3, 4, 5))]
