@@ -107,6 +107,21 @@ def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
     _add_database_options(ls)
 
 
+def _add_key_commands(sub: argparse._SubParsersAction) -> None:
+    """``ingestor keys generate|alibi``: CURVE pairs (docs/operations.md#security) and the alibi sealing pair."""
+    ks = sub.add_parser("keys", help="CURVE key pairs for the service and its senders; the alibi sealing key")
+    ks_sub = ks.add_subparsers(dest="action", required=True)
+    gen = ks_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 0600) into DIR")
+    gen.add_argument("--dir", default="/etc/ingestor/curve" if os.geteuid() == 0 else "curve",
+                     help="where to write (default: /etc/ingestor/curve as root, ./curve otherwise)")
+    gen.add_argument("--name", default="server", help="file name without suffix (default: server)")
+    al = ks_sub.add_parser("alibi", help="the Ed25519 sealing key pair of the alibi chains: NAME.ed25519 (secret, "
+                                         "mode 0600) and NAME.ed25519.pub (for inspectors) in DIR")
+    al.add_argument("--dir", default="/etc/ingestor/alibi" if os.geteuid() == 0 else "alibi",
+                    help="where to write (default: /etc/ingestor/alibi as root, ./alibi otherwise)")
+    al.add_argument("--name", default="alibi", help="file name without suffix (default: alibi)")
+
+
 def _add_central_commands(sub: argparse._SubParsersAction) -> None:
     """``ingestor central setup|status`` (docs/operations.md#every-plant-into-one-central-database)."""
     ce = sub.add_parser("central", help="every plant into one central database (PostgreSQL logical replication)")
@@ -190,12 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_central_commands(sub)
 
-    ks = sub.add_parser("keys", help="CURVE key pairs for the service and its senders")
-    ks_sub = ks.add_subparsers(dest="action", required=True)
-    gen = ks_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (mode 0600) into DIR")
-    gen.add_argument("--dir", default="/etc/ingestor/curve" if os.geteuid() == 0 else "curve",
-                     help="where to write (default: /etc/ingestor/curve as root, ./curve otherwise)")
-    gen.add_argument("--name", default="server", help="file name without suffix (default: server)")
+    _add_key_commands(sub)
 
     cf = sub.add_parser("config", help="the effective configuration")
     cf_sub = cf.add_subparsers(dest="action", required=True)
@@ -396,7 +406,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .security import generate_keys
+    if args.action == "alibi":
+        from .seals import generate_keys
+    else:
+        from .security import generate_keys
 
     try:
         public, secret = generate_keys(args.dir, args.name)

@@ -1,0 +1,174 @@
+"""Signed seals over the alibi chains' heads (issue 15): Ed25519 keys, the seal, its append-only file.
+
+A seal says "at this moment, scale S's chain ended at record N with link L"
+for every scale, signed with the service's Ed25519 secret key (the
+``cryptography`` library, RFC 8032). The public key is what an inspector
+gets; the secret key stays in a file of mode 0600 on the edge box, never in
+the database. A seal bounds what a forger who rewrites a chain consistently
+(every link recomputed) can hide: everything up to the last seal is pinned
+(:func:`ingestor.alibi.verify_heads`).
+
+The signed bytes are the seal's canonical JSON without its signature
+(:meth:`Seal.message`: keys in a fixed order, heads sorted by scale), so a
+seal can be checked from its JSON line alone, in any language.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from .errors import ConfigError
+
+SECRET_SUFFIX, PUBLIC_SUFFIX = ".ed25519", ".ed25519.pub"
+
+
+class Head(msgspec.Struct, array_like=True, frozen=True, order=True):
+    """One scale's chain head: [scale_id, record number, link as 64 hex digits]."""
+
+    scale_id: int
+    record_no: int
+    link: str
+
+
+class Seal(msgspec.Struct, frozen=True, kw_only=True):
+    """A signed statement of every scale's chain head at ``sealed_at`` (RFC 3339, UTC)."""
+
+    version: int = 1
+    instance: str
+    sealed_at: str
+    heads: tuple[Head, ...]
+    key_id: str  #: the first 16 hex digits of the public key, to pick the right one
+    signature: str = ""  #: Ed25519 over :meth:`message`, 128 hex digits
+
+    def message(self) -> bytes:
+        """The signed bytes: this seal as JSON without the signature, heads sorted by scale_id."""
+        unsigned = msgspec.structs.replace(self, signature="", heads=tuple(sorted(self.heads)))
+        return msgspec.json.encode(unsigned)
+
+
+def generate_keys(directory: str | os.PathLike, name: str = "alibi") -> tuple[Path, Path]:
+    """Write ``NAME.ed25519`` (secret, mode 0600, PEM PKCS#8) and ``NAME.ed25519.pub`` (PEM) into ``directory``.
+
+    Returns (public file, secret file). Raises FileExistsError when either
+    exists (a sealing key is never overwritten: inspectors hold the public
+    half), ConfigError for a name that is not a plain file name.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"invalid key name {name!r}: a plain file name is needed")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
+    for path in (public, secret):
+        if path.exists():
+            raise FileExistsError(f"{path} exists; not overwriting a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    # the secret file never exists with wider permissions, even briefly
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.chmod(0o644)
+    return public, secret
+
+
+def load_secret(path: str | os.PathLike):
+    """The Ed25519 secret key in ``path``. ConfigError naming the file when it is missing, unreadable, readable
+    by others than its owner, or not an Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        if os.stat(path).st_mode & 0o077:
+            raise ConfigError(f"sealing key {path}: readable by others (chmod 600 it)")
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as e:
+        raise ConfigError(f"sealing key {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"sealing key {path}: not a PEM private key ({e})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"sealing key {path}: not an Ed25519 key")
+    return key
+
+
+def load_public(path: str | os.PathLike):
+    """The Ed25519 public key in ``path`` (PEM). ConfigError naming the file otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except OSError as e:
+        raise ConfigError(f"public key {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"public key {path}: not a PEM public key ({e})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"public key {path}: not an Ed25519 key")
+    return key
+
+
+def key_id(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()[:16]
+
+
+def sign(secret_key, instance: str, sealed_at: str, heads: list[Head]) -> Seal:
+    """A seal of ``heads`` signed with ``secret_key``."""
+    seal = Seal(instance=instance, sealed_at=sealed_at, heads=tuple(sorted(heads)),
+                key_id=key_id(secret_key.public_key()))
+    return msgspec.structs.replace(seal, signature=secret_key.sign(seal.message()).hex())
+
+
+def is_genuine(seal: Seal, public_key) -> bool:
+    """Whether ``seal`` was signed by the secret half of ``public_key`` and not changed since."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public_key.verify(bytes.fromhex(seal.signature), seal.message())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def append(path: str | os.PathLike, seal: Seal) -> None:
+    """Append ``seal`` as one JSON line to ``path`` and fsync it (created 0640 if missing).
+
+    One ``write`` of an ``O_APPEND`` descriptor: lines never interleave and
+    nothing written before is touched. Raises OSError from the disk.
+    """
+    line = msgspec.json.encode(seal) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path: str | os.PathLike) -> list[Seal]:
+    """The seals of ``path`` in the order written. A torn last line (a crash mid-append) is left out;
+    a malformed line elsewhere raises msgspec.DecodeError or ValidationError naming it."""
+    lines = Path(path).read_bytes().split(b"\n")
+    seals = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            seals.append(msgspec.json.decode(line, type=Seal))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            if number == len(lines):  # the last line without its newline: a torn append
+                break
+            raise
+    return seals
