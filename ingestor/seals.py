@@ -59,14 +59,9 @@ def generate_keys(directory: str | os.PathLike, name: str = "alibi") -> tuple[Pa
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"invalid key name {name!r}: a plain file name is needed")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
-    for path in (public, secret):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; not overwriting a key")
+    from .security import new_key_paths
+
+    public, secret = new_key_paths(directory, name, PUBLIC_SUFFIX, SECRET_SUFFIX)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -91,14 +86,10 @@ def load_secret(path: str | os.PathLike):
     try:
         if os.stat(path).st_mode & 0o077:
             raise ConfigError(f"sealing key {path}: readable by others (chmod 600 it)")
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as e:
         raise ConfigError(f"sealing key {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"sealing key {path}: not a PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"sealing key {path}: not an Ed25519 key")
-    return key
+    return _load_pem(path, "sealing key", "private", lambda data: serialization.load_pem_private_key(data, None),
+                     Ed25519PrivateKey)
 
 
 def load_public(path: str | os.PathLike):
@@ -106,14 +97,18 @@ def load_public(path: str | os.PathLike):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    return _load_pem(path, "public key", "public", serialization.load_pem_public_key, Ed25519PublicKey)
+
+
+def _load_pem(path: str | os.PathLike, what: str, kind: str, loader, key_type):
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
+        key = loader(Path(path).read_bytes())
     except OSError as e:
-        raise ConfigError(f"public key {path}: {e.strerror or e}") from None
+        raise ConfigError(f"{what} {path}: {e.strerror or e}") from None
     except ValueError as e:
-        raise ConfigError(f"public key {path}: not a PEM public key ({e})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"public key {path}: not an Ed25519 key")
+        raise ConfigError(f"{what} {path}: not a PEM {kind} key ({e})") from None
+    if not isinstance(key, key_type):
+        raise ConfigError(f"{what} {path}: not an Ed25519 key")
     return key
 
 

@@ -43,6 +43,24 @@ HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAI
 PLAIN_LOG_EVERY_S = 60.0  # a sender without CURVE reconnects over and over: one log line a minute
 
 
+def new_key_paths(directory: str | os.PathLike, name: str, public_suffix: str, secret_suffix: str) -> tuple[Path, Path]:
+    """(public, secret) paths ``directory/NAME+suffix`` for a new key pair; ``directory`` is created.
+
+    Raises ConfigError for a name that is not a plain file name,
+    FileExistsError when either file exists (a key pair is never overwritten:
+    the other side holds the public half).
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"invalid key name {name!r}: a plain file name is needed")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = directory / f"{name}{public_suffix}", directory / f"{name}{secret_suffix}"
+    for path in (public, secret):
+        if path.exists():
+            raise FileExistsError(f"{path} exists; not overwriting a key")
+    return public, secret
+
+
 def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` (mode 0600) into ``directory``.
 
@@ -52,14 +70,8 @@ def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """
     if not zmq.has("curve"):
         raise ConfigError("this libzmq has no CURVE support")
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"invalid key name {name!r}: a plain file name is needed")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
-    for path in (public, secret):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; not overwriting a key")
+    public, secret = new_key_paths(directory, name, ".key", ".key_secret")
+    directory = public.parent
     # the secret file must never exist with wider permissions, even briefly
     old = os.umask(0o077)
     try:
