@@ -96,7 +96,7 @@ def canonical_from_records(records: np.ndarray, created_us: int) -> Encoded:
 def canonical_from_rows(rows: Iterable[Sequence]) -> Encoded:
     """The canonical encodings of stored rows ``(scale_id, seq, measured_at, created_at, val_1, …, val_5)``.
 
-    Times are aware datetimes, the vals str or None (``data_k->>'val'``).
+    Times are aware datetimes or int µs since 1970, the vals str or None (``data_k->>'val'``).
     Raises ValueError for a val over 64 bytes of UTF-8 (no valid event has one).
     """
     parts, offsets, scale_ids = [], [0], []
@@ -117,27 +117,39 @@ def canonical_from_rows(rows: Iterable[Sequence]) -> Encoded:
     return Encoded(b"".join(parts), offsets, scale_ids)
 
 
-def _us(moment: dt.datetime) -> int:
+def _us(moment: dt.datetime | int) -> int:
+    if isinstance(moment, int):
+        return moment
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def chain(encoded: Encoded, heads: dict[int, bytes]) -> list[bytes]:
-    """The links of ``encoded`` (in chain order within each scale), one per event, in input order.
+class Head(NamedTuple):
+    """A scale's chain head: its last record number (0 before the first) and that record's link."""
 
-    ``heads``: each scale's last link (absent: its genesis); updated in place
-    to the new last links. Scales interleave freely: each event extends its
-    own scale's chain.
+    record_no: int
+    link: bytes
+
+
+def chain(encoded: Encoded, heads: dict[int, Head]) -> tuple[list[int], list[bytes]]:
+    """(record numbers, links) of ``encoded``, one each per event in input order.
+
+    Each event extends its own scale's chain (scales interleave freely), in
+    input order. ``heads``: each scale's head (absent: record 0 at its
+    genesis); updated in place to the new heads.
     """
     sha256 = hashlib.sha256
     data, offsets = encoded.data, encoded.offsets
     for scale in set(encoded.scale_ids).difference(heads):
-        heads[scale] = genesis(scale)
-    links = []
+        heads[scale] = Head(0, genesis(scale))
+    numbers, links = [], []
     for scale, start, end in zip(encoded.scale_ids, offsets, offsets[1:]):
-        link = heads[scale] = sha256(heads[scale] + data[start:end]).digest()
+        record_no, link = heads[scale]
+        link = sha256(link + data[start:end]).digest()
+        heads[scale] = Head(record_no + 1, link)
+        numbers.append(record_no + 1)
         links.append(link)
-    return links
+    return numbers, links
 
 
 # -- checking a chain (the verifier's core) ---------------------------------------------------------
@@ -155,66 +167,96 @@ class Record(NamedTuple):
 class Finding(NamedTuple):
     """One thing the chain says was done to the stored records."""
 
-    scale_id: int
-    kind: str  #: changed, deleted, inserted, reordered, truncated, sealed (a seal's head does not match)
+    scale_id: int | None  #: None for a finding about a seal
+    kind: str  #: changed, deleted, inserted, reordered, truncated; sealed (a seal's head does not match),
+    #: forged (a seal's signature does not hold), unrecorded (a seal of the file missing from the database)
     records: tuple[int, ...]  #: the record numbers (for ``inserted``: the row ids)
     detail: str
 
 
 def verify_chain(scale_id: int, records: Sequence[Record], last: int | None = None,
-                 start: tuple[int, bytes] | None = None) -> list[Finding]:
+                 start: tuple[int, bytes | None] | None = None) -> list[Finding]:
     """What was done to scale ``scale_id``'s chain; [] when every record is as it was linked.
 
     ``records``: the scale's stored rows, any order. ``last``: the chain's
     last record number as recorded elsewhere (the head kept beside the
     writers' claims, or a seal); records missing at the end are then
     ``truncated``. ``start``: (first record number, the link before it) when
-    older records were dropped by retention; default (1, genesis).
+    older records were dropped by retention; default (1, genesis). See
+    :class:`ChainCheck`, which this runs over one piece.
+    """
+    check = ChainCheck(scale_id, start)
+    return check.feed(records) + check.finish(last)
+
+
+class ChainCheck:
+    """One scale's chain checked piece by piece (a day at a time), in record order.
 
     Each record's link is recomputed from its predecessor's *stored* link,
     so one changed record is one finding, not a broken rest of the chain. A
     record whose content changed and whose link was recomputed to match,
     with every later link rewritten too, passes here: only a signed seal
     over a later head (:func:`verify_heads`) catches that.
+
+    ``start``: (first record number, the link before it); a link of None
+    trusts the first record held (a time range that begins mid-chain).
     """
-    findings = []
-    chained = sorted((r for r in records if r.record_no is not None), key=lambda r: (r.record_no, r.row_id))
-    strays = [r.row_id for r in records if r.record_no is None]
-    seen: dict[int, Record] = {}
-    for r in chained:  # a second row under a record number is an insert, unless it is the one that verifies
-        if r.record_no in seen:
-            strays.append(r.row_id)
-        else:
-            seen[r.record_no] = r
-    if strays:
-        findings.append(Finding(scale_id, "inserted", tuple(sorted(strays)), "rows that are not in the chain"))
-    expected, prev = start if start is not None else (1, genesis(scale_id))
-    order = sorted(seen.values(), key=lambda r: r.record_no)
-    i = 0
-    while i < len(order):
-        r = order[i]
-        if r.record_no > expected:
-            gone = tuple(range(expected, r.record_no))
-            findings.append(Finding(scale_id, "deleted", gone, f"record(s) {_span(gone)} missing from the chain"))
-            prev = r.link  # its predecessor is gone: its own content cannot be checked, only what follows it
-            expected, i = r.record_no + 1, i + 1
-            continue
-        if _link(prev, r.event) == r.link:
+
+    def __init__(self, scale_id: int, start: tuple[int, bytes | None] | None = None) -> None:
+        self.scale_id = scale_id
+        self.expected, self.prev = start if start is not None else (1, genesis(scale_id))
+        self.records = 0  #: records fed that are in the chain
+
+    def feed(self, records: Sequence[Record]) -> list[Finding]:
+        """Check the next piece: records whose numbers follow the previous piece's (any order within it)."""
+        scale_id = self.scale_id
+        findings = []
+        chained = sorted((r for r in records if r.record_no is not None), key=lambda r: (r.record_no, r.row_id))
+        strays = [r.row_id for r in records if r.record_no is None]
+        seen: dict[int, Record] = {}
+        for r in chained:  # a second row under a record number is an insert, unless it is the one that verifies
+            if r.record_no in seen:
+                strays.append(r.row_id)
+            else:
+                seen[r.record_no] = r
+        if strays:
+            findings.append(Finding(scale_id, "inserted", tuple(sorted(strays)), "rows that are not in the chain"))
+        order = sorted(seen.values(), key=lambda r: r.record_no)
+        self.records += len(order)
+        expected, prev = self.expected, self.prev
+        i = 0
+        while i < len(order):
+            r = order[i]
+            if prev is None:  # the first record of a range: its predecessor is not read
+                prev, expected, i = r.link, r.record_no + 1, i + 1
+                continue
+            if r.record_no > expected:
+                gone = tuple(range(expected, r.record_no))
+                findings.append(Finding(scale_id, "deleted", gone, f"record(s) {_span(gone)} missing from the chain"))
+                prev = r.link  # its predecessor is gone: its own content cannot be checked, only what follows it
+                expected, i = r.record_no + 1, i + 1
+                continue
+            if _link(prev, r.event) == r.link:
+                prev, expected, i = r.link, r.record_no + 1, i + 1
+                continue
+            after = order[i + 1] if i + 1 < len(order) and order[i + 1].record_no == r.record_no + 1 else None
+            if after is not None and _link(prev, after.event) == r.link and _link(r.link, r.event) == after.link:
+                findings.append(Finding(scale_id, "reordered", (r.record_no, after.record_no),
+                                        f"records {r.record_no} and {after.record_no} hold each other's content"))
+                prev, expected, i = after.link, after.record_no + 1, i + 2
+                continue
+            findings.append(Finding(scale_id, "changed", (r.record_no,),
+                                    f"record {r.record_no} (row id {r.row_id}) differs from what was linked"))
             prev, expected, i = r.link, r.record_no + 1, i + 1
-            continue
-        after = order[i + 1] if i + 1 < len(order) and order[i + 1].record_no == r.record_no + 1 else None
-        if after is not None and _link(prev, after.event) == r.link and _link(r.link, r.event) == after.link:
-            findings.append(Finding(scale_id, "reordered", (r.record_no, after.record_no),
-                                    f"records {r.record_no} and {after.record_no} hold each other's content"))
-            prev, expected, i = after.link, after.record_no + 1, i + 2
-            continue
-        findings.append(Finding(scale_id, "changed", (r.record_no,),
-                                f"record {r.record_no} (row id {r.row_id}) differs from what was linked"))
-        prev, expected, i = r.link, r.record_no + 1, i + 1
-    if last is not None and last >= expected:
-        gone = tuple(range(expected, last + 1))
-        findings.append(Finding(scale_id, "truncated", gone, f"record(s) {_span(gone)} missing at the chain's end"))
-    return findings
+        self.expected, self.prev = expected, prev
+        return findings
+
+    def finish(self, last: int | None) -> list[Finding]:
+        """Records missing at the end: ``last`` is the chain's last record number as recorded elsewhere."""
+        if last is not None and last >= self.expected:
+            gone = tuple(range(self.expected, last + 1))
+            return [Finding(self.scale_id, "truncated", gone, f"record(s) {_span(gone)} missing at the chain's end")]
+        return []
 
 
 def verify_heads(scale_id: int, records: Sequence[Record], heads: Sequence[tuple[int, bytes]]) -> list[Finding]:

@@ -52,22 +52,26 @@ ROW_GROUP_ROWS = 65_536  # a row group ends at the first scale boundary past thi
 MAX_ROW_GROUP_ROWS = 1_048_576  # … or here, inside one very busy scale's day
 CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads the COPY stream in blocks of this size
 ZSTD_LEVEL = 3  # bench/archive_size.py: level 9 saves ~4 % more for 3× the CPU
-FORMAT_VERSION = 1  # of the key-value metadata "scale_ingestor" in each file
+FORMAT_VERSION = 2  # of the key-value metadata "scale_ingestor" in each file; 2 added record_no and link
 METADATA_KEY = b"scale_ingestor"
 S3_CONNECT_TIMEOUT_S, S3_REQUEST_TIMEOUT_S = 10.0, 120.0
 
-COLUMNS = ("id", "scale_id", "seq", "measured_at", "created_at", "data_1", "data_2", "data_3", "data_4", "data_5")
-DATA = COLUMNS[5:]
+COLUMNS = ("id", "scale_id", "seq", "measured_at", "created_at", "data_1", "data_2", "data_3", "data_4", "data_5",
+           "record_no", "link")
+DATA = COLUMNS[5:10]
+CHAIN = COLUMNS[10:]  # the alibi chain's (migration 010; NULL with it off): format 1 files lack them
 
 # The checksum of a partition: the sum of a 60-bit number per row, the first 15
 # hex digits of the MD5 of the row's canonical text
-#   id|scale_id|seq|measured_at µs since 1970|created_at µs|data_1|…|data_5
-# with each data field written as <bytes of val>:<val>, or "-" when NULL.
+#   id|scale_id|seq|measured_at µs since 1970|created_at µs|data_1|…|data_5[|record_no|link as hex]
+# with each data field written as <bytes of val>:<val>, or "-" when NULL; record_no
+# and link only when not NULL (concat_ws leaves NULLs out), so a format 1 file's
+# checksum is unchanged.
 # Order-free, so PostgreSQL and DuckDB may read the rows in any order; any
 # changed, missing or extra row changes it (but for a chance of 2^-60).
 _PG_US = "(extract(epoch FROM {c}) * 1000000)::bigint"
 _PG_FIELD = "coalesce(octet_length({c}->>'val') || ':' || ({c}->>'val'), '-')"
-_PG_CANON = "concat_ws('|', id, scale_id, seq, {}, {}, {})".format(
+_PG_CANON = "concat_ws('|', id, scale_id, seq, {}, {}, {}, record_no, encode(link, 'hex'))".format(
     _PG_US.format(c="measured_at"), _PG_US.format(c="created_at"), ", ".join(_PG_FIELD.format(c=c) for c in DATA))
 # A data field survives the archive only as {"val": "<text>"} (docs/PROTOCOL.md §8); others refuse it.
 _PG_IRREGULAR = " OR ".join(
@@ -76,25 +80,27 @@ CHECKSUM_PG = (f"SELECT count(*), coalesce(sum(('x' || left(md5({_PG_CANON}), 15
                f"min(id) FILTER (WHERE {_PG_IRREGULAR}) "
                "FROM weighing_logs WHERE created_at >= %(lo)s AND created_at < %(hi)s")
 _DUCK_FIELD = "coalesce(strlen({c})::varchar || ':' || {c}, '-')"
-_DUCK_CANON = "concat_ws('|', id, scale_id, seq, epoch_us(measured_at), epoch_us(created_at), {})".format(
+_DUCK_CANON = "concat_ws('|', id, scale_id, seq, epoch_us(measured_at), epoch_us(created_at), {}, record_no, link)".format(
     ", ".join(_DUCK_FIELD.format(c=c) for c in DATA))
 CHECKSUM_ARROW = (f"SELECT count(*), coalesce(sum(('0x' || left(md5({_DUCK_CANON}), 15))::BIGINT), 0) "
                   "FROM batches")
-ROWS_SELECT = "SELECT id, scale_id, seq, {}, {}, {} FROM weighing_logs".format(
+ROWS_SELECT = "SELECT id, scale_id, seq, {}, {}, {}, record_no, encode(link, 'hex') FROM weighing_logs".format(
     _PG_US.format(c="measured_at"), _PG_US.format(c="created_at"), ", ".join(f"{c}->>'val'" for c in DATA))
 ROWS_COPY = (f"COPY ({ROWS_SELECT} WHERE created_at >= %(lo)s AND created_at < %(hi)s "
              "ORDER BY scale_id, measured_at, seq) TO STDOUT (FORMAT csv)")
 
 
 def arrow_schema():
-    """The archive's columns: int64/int32 ids, ``timestamp[us, tz=UTC]`` times, UTF-8 ``val`` strings (nullable)."""
+    """The archive's columns: int64/int32 ids, ``timestamp[us, tz=UTC]`` times, UTF-8 ``val`` strings (nullable),
+    the alibi chain's ``record_no`` (int64) and ``link`` (64 hex digits), NULL where the chain was off."""
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")
     return pa.schema([
         pa.field("id", pa.int64(), nullable=False), pa.field("scale_id", pa.int32(), nullable=False),
         pa.field("seq", pa.int64(), nullable=False), pa.field("measured_at", ts, nullable=False),
-        pa.field("created_at", ts, nullable=False), *(pa.field(c, pa.string()) for c in DATA)])
+        pa.field("created_at", ts, nullable=False), *(pa.field(c, pa.string()) for c in DATA),
+        pa.field("record_no", pa.int64()), pa.field("link", pa.string())])
 
 
 class Target:
@@ -350,15 +356,21 @@ def verify(target: Target, name: str) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
     failpoint("archive.verify")
+    schema = arrow_schema()
     with target.fs.open_input_file(target.path(name)) as f:
         parquet = pq.ParquetFile(f)
-        if not parquet.schema_arrow.remove_metadata().equals(arrow_schema()):
+        found = parquet.schema_arrow.remove_metadata()
+        if found.equals(schema):
+            batches = parquet.iter_batches(batch_size=ROW_GROUP_ROWS)
+        elif found.equals(pa.schema(list(schema)[:len(COLUMNS) - len(CHAIN)])):  # format 1: no chain columns
+            batches = (pa.record_batch(b.columns + [pa.nulls(b.num_rows, schema.field(c).type) for c in CHAIN],
+                                       schema=schema) for b in parquet.iter_batches(batch_size=ROW_GROUP_ROWS))
+        else:
             raise ArchiveError(f"{target.location(name)} is not an archive of weighing_logs (columns differ)")
-        batches = pa.RecordBatchReader.from_batches(arrow_schema(), parquet.iter_batches(batch_size=ROW_GROUP_ROWS))
         con = duckdb.connect()
         try:
             con.execute("SET threads = 1")  # beside the writers on a small box; bench/archive_size.py times it
-            con.register("batches", batches)
+            con.register("batches", pa.RecordBatchReader.from_batches(schema, batches))
             rows, checksum = con.execute(CHECKSUM_ARROW).fetchone()
         finally:
             con.close()

@@ -81,12 +81,13 @@ class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int  #: events per transaction at most
     batch_timeout_ms: int
     dead_letters: DeadLetterArgs
+    alibi: bool = True  #: link each stored event into its scale's alibi chain (ingestor/chains.py)
 
     @classmethod
     def from_config(cls, config: Config, shared: SharedBlocks, index: int, dsn: str) -> WriterArgs:
         return cls(
             shared=shared, index=index, instance=config.instance, dsn=dsn, schema=config.schema, batch_size=config.batch_size,
-            batch_timeout_ms=config.batch_timeout_ms, dead_letters=DeadLetterArgs.from_config(config),
+            batch_timeout_ms=config.batch_timeout_ms, dead_letters=DeadLetterArgs.from_config(config), alibi=config.alibi,
         )
 
 

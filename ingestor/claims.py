@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ENSURE_SQL = "INSERT INTO ingestor_claims (scale_id) SELECT unnest(%b::int4[]) ON CONFLICT DO NOTHING"
 
 LOCK_SQL = """
-SELECT scale_id, first_seq, last_seq FROM ingestor_claims
+SELECT scale_id, first_seq, last_seq, record_no, link FROM ingestor_claims
 WHERE scale_id = ANY(%b::int4[]) ORDER BY scale_id FOR UPDATE
 """
 
@@ -72,6 +72,7 @@ class Runs(NamedTuple):
     scales: BinaryArray  #: int4[], one per scale, ascending
     first: BinaryArray  #: int8[], each scale's lowest seq in the batch
     last: BinaryArray  #: int8[], each scale's highest seq in the batch
+    scale_ids: list[int]  #: the scales of ``scales``, ascending
 
 
 class Claims:
@@ -86,6 +87,8 @@ class Claims:
     def __init__(self) -> None:
         self._known: set[int] = set()
         self._pending: list[int] = []
+        #: after :meth:`claim`: each locked scale's alibi chain head as stored, (record_no, link), NULLs as None
+        self.chain_heads: dict[int, tuple[int | None, bytes | None]] = {}
 
     def runs(self, scale_ids: np.ndarray, seqs: np.ndarray) -> Runs | None:
         """The batch as one run per scale, or None when a scale's keys have a gap (the general path's case).
@@ -100,7 +103,7 @@ class Claims:
         self._pending = unknown
         return Runs(keys.index, BinaryArray(np.array(unknown, np.int32), INT4_ARRAY_OID) if unknown else None,
                     BinaryArray(keys.scales, INT4_ARRAY_OID), BinaryArray(keys.seqs[keys.run_start], INT8_ARRAY_OID),
-                    BinaryArray(keys.seqs[keys.run_end], INT8_ARRAY_OID))
+                    BinaryArray(keys.seqs[keys.run_end], INT8_ARRAY_OID), keys.scales.tolist())
 
     def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """Claim the keys; return a bool array, True where the event is new.
@@ -116,6 +119,7 @@ class Claims:
         if unknown:
             cur.execute(ENSURE_SQL, (BinaryArray(np.array(unknown, np.int32), INT4_ARRAY_OID),))
         heads = self._lock(cur, keys.scales)
+        self.chain_heads = {h[0]: (h[3], h[4]) for h in heads}
         dup, head_updates, run_inserts = _merge(cur, keys, heads)
         if head_updates:  # the rows are locked by now: no waits
             cur.execute(HEADS_SQL, _columns(head_updates))
@@ -136,7 +140,7 @@ class Claims:
         self._known.update(self._pending)
         self._pending = []
 
-    def _lock(self, cur: psycopg.Cursor, scales: np.ndarray) -> list[tuple[int, int | None, int | None]]:
+    def _lock(self, cur: psycopg.Cursor, scales: np.ndarray) -> list[tuple]:
         heads = cur.execute(LOCK_SQL, (BinaryArray(scales, INT4_ARRAY_OID),)).fetchall()
         if len(heads) != len(scales):
             # A scale this process thought known has no row (deleted by hand): make it,

@@ -1,4 +1,4 @@
-"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, history, dead-letters, central, keys, config."""
+"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, history, dead-letters, alibi, central, keys, config."""
 
 from __future__ import annotations
 
@@ -68,6 +68,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                                                  "'ingestor keys generate'); with --curve-clients-dir: CURVE on both input endpoints")
     o("--curve-clients-dir", metavar="DIR", help="directory of the allowed senders' public .key files; "
                                                  "other keys are refused and counted (refused_clients)")
+    o("--alibi", metavar="true|false", help="link every stored event into its scale's alibi chain, for weighings "
+                                            "legal for trade (docs/alibi.md; default: true)")
+    o("--alibi-key", metavar="FILE", help="the Ed25519 secret key ('ingestor keys alibi') that signs seals of the "
+                                          "chains' heads every --seal-interval-s and at each clean stop (default: no seals)")
+    o("--seal-interval-s", help="seconds between seals (default: 300)")
+    o("--seal-file", metavar="FILE", help="append-only file of the seals, beside their copy in the database "
+                                          "(default: DATA_DIR/alibi-seals.jsonl)")
     o("--run-seconds", help="drain and exit after this many seconds (default: 0 = run until stopped)")
     o("--drain-seconds", help="a graceful stop writing longer than this keeps the rest in the spool "
                                           "(default: 60; keep systemd's TimeoutStopSec above it)")
@@ -105,6 +112,30 @@ def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
     ls.add_argument("--json", action="store_true", help="one JSON object per partition")
     _add_database_options(ls)
+
+
+def _add_alibi_commands(sub: argparse._SubParsersAction) -> None:
+    """``ingestor alibi verify|show`` (docs/alibi.md)."""
+    al = sub.add_parser("alibi", help="verify the alibi chains and seals; show one record for a receipt")
+    al_sub = al.add_subparsers(dest="action", required=True)
+    vf = al_sub.add_parser("verify", help="recompute every chain, check every seal; exit 0 verified, 1 when "
+                                          "anything was changed, deleted, inserted, reordered, cut off or forged",
+                           description="Recompute every scale's alibi chain from the stored rows and check every "
+                                       "seal (docs/alibi.md#verifying). Prints each finding, or 'verified: N "
+                                       "records, M seals'. Exit 0: verified; 1: findings; 2: could not verify.")
+    vf.add_argument("--scale", type=int, help="only this scale_id")
+    vf.add_argument("--since", type=_moment, help="only rows created at or after (YYYY-MM-DD or ISO 8601, UTC)")
+    vf.add_argument("--until", type=_moment, help="only rows created before")
+    vf.add_argument("--public-key", action="append", default=[], metavar="FILE",
+                    help="an Ed25519 public key (NAME.ed25519.pub) whose seals count; repeat for older keys. "
+                         "Without one the seals are not checked")
+    vf.add_argument("--seal-file", metavar="FILE", help="the service's append-only seal file: its seals are "
+                                                         "checked too, and each one the database lacks is reported")
+    _add_database_options(vf)
+    sh = al_sub.add_parser("show", help="one record as stored, with its chain position (the number on a receipt)")
+    sh.add_argument("record", metavar="SCALE/RECORD", help="scale_id and record number, as printed on a receipt: 17/4711")
+    sh.add_argument("--json", action="store_true", help="one JSON object")
+    _add_database_options(sh)
 
 
 def _add_key_commands(sub: argparse._SubParsersAction) -> None:
@@ -202,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(hs)
 
     _add_dead_letter_commands(sub)
+
+    _add_alibi_commands(sub)
 
     _add_central_commands(sub)
 
@@ -405,6 +438,40 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 1 if done.unanswered else 0
 
 
+def cmd_alibi(args: argparse.Namespace) -> int:
+    from . import seals, verifier
+
+    if args.action == "show":
+        scale, _, number = args.record.replace(":", "/").partition("/")
+        if not (scale.lstrip("-").isdigit() and number.isdigit()):
+            raise ConfigError(f"record {args.record!r}: expected SCALE/RECORD, as 17/4711")
+        shown = _database(lambda: verifier.show(args.dsn, args.schema, int(scale), int(number)))
+        if shown is None:
+            print(f"ingestor: no record {number} of scale {scale} is stored", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({**shown.row, "verdict": shown.verdict, "sealed_by": shown.sealed_by}))
+        else:
+            for key, value in shown.row.items():
+                print(f"{key:12} {'NULL' if value is None else value}")
+            print(f"{'link check':12} {shown.verdict}")
+            print(f"{'sealed by':12} {shown.sealed_by or 'no seal yet'}")
+        return 0 if shown.verdict.startswith("intact") else 1
+    keys = [seals.load_public(path) for path in args.public_key]
+    report = _database(lambda: verifier.verify(args.dsn, args.schema, scale=args.scale, since=args.since,
+                                               until=args.until, public_keys=keys, seal_file=args.seal_file))
+    for f in report.findings:
+        where = "seals" if f.scale_id is None else f"scale {f.scale_id}"
+        print(f"{f.kind.upper()}: {where}: {f.detail}")
+    seals_said = f"{report.seals} seals" if report.seals_checked else "seals not checked (no --public-key)"
+    if report.findings:
+        print(f"NOT verified: {len(report.findings)} finding(s) in {report.records} records of {report.scales} "
+              f"scale(s); {seals_said}")
+        return 1
+    print(f"verified: {report.records} records, {seals_said}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "alibi":
         from .seals import generate_keys
@@ -437,6 +504,7 @@ COMMANDS = {
     "rebuild-state": cmd_rebuild_state,
     "partitions": cmd_partitions,
     "history": cmd_history,
+    "alibi": cmd_alibi,
     "central": cmd_central,
     "dead-letters": cmd_dead_letters,
     "keys": cmd_keys,

@@ -84,6 +84,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     drain_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     curve_secret_key: str | None = None
     curve_clients_dir: str | None = None
+    alibi: bool = True  #: the alibi chain: each stored event linked into its scale's chain (docs/alibi.md)
+    alibi_key: str | None = None  #: the Ed25519 secret key that signs seals ('ingestor keys alibi'); None: no seals
+    seal_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    seal_file: str | None = None  #: the append-only file of seals; default data_dir/alibi-seals.jsonl
 
     def writer_count(self) -> int:
         """``writers``, with ``auto`` resolved for this machine (bench/README.md)."""
@@ -104,6 +108,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def resolved_spool_dir(self) -> Path:
         return Path(self.spool_dir or Path(self.data_dir) / "spool")
+
+    def resolved_seal_file(self) -> Path:
+        return Path(self.seal_file or Path(self.data_dir) / "alibi-seals.jsonl")
 
 
 def auto_writers(cpus: int) -> int:
@@ -195,6 +202,9 @@ def load(
                           else ("curve_clients_dir", "curve_secret_key"))
         raise ConfigError(f"{given} is set (from {sources[given]}) but {missing} is not: "
                           "CURVE needs the service's secret key and the directory of allowed client keys")
+    if config.alibi_key and not config.alibi:
+        raise ConfigError(f"alibi_key is set (from {sources['alibi_key']}) but alibi = false (from {sources['alibi']}): "
+                          "there are no chains to seal")
     if config.dsn:
         check_dsn(config.dsn, sources["dsn"])
     _check_lifecycle(config, sources)
@@ -269,7 +279,8 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
     A password in ``dsn`` is shown as ``****`` (the output gets pasted into tickets).
     """
     lines = []
-    resolved = {"dead_letter_dir": config.resolved_dead_letter_dir(), "spool_dir": config.resolved_spool_dir()}
+    resolved = {"dead_letter_dir": config.resolved_dead_letter_dir(), "spool_dir": config.resolved_spool_dir(),
+                "seal_file": config.resolved_seal_file()}
     for name in FIELDS:
         value = getattr(config, name)
         if name in resolved and value is None:

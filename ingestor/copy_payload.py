@@ -12,6 +12,8 @@ Per row we send 9 fields, in :data:`COLUMNS` order:
     measured_at  timestamptz  int8 microseconds since 2000-01-01 UTC
     created_at   timestamptz  same
     data_1..5    jsonb   version byte 1, then the JSON text {"val":"<text>"}
+    record_no    int8    8 bytes, or NULL with the alibi chain off
+    link         bytea   32 bytes (SHA-256), or NULL with the chain off
 
 Every row is laid out at its widest (each text as wide as the batch's
 longest in its column) in a uint8 matrix by column slices, then one boolean
@@ -24,13 +26,14 @@ COPY).
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
 
 from .protocol import DATA_FIELDS, MAX_TEXT_BYTES
 
-COLUMNS = ("scale_id", "seq", "measured_at", "created_at", *DATA_FIELDS)
+COLUMNS = ("scale_id", "seq", "measured_at", "created_at", *DATA_FIELDS, "record_no", "link")
 COPY_SQL = f"COPY weighing_logs ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -54,11 +57,23 @@ _JSON_PREFIX = b'\x01{"val":"'
 _JSON_SUFFIX = b'"}'
 
 
-def build(records: np.ndarray, created_us: int) -> bytes:
+class Chained(NamedTuple):
+    """The alibi chain's columns of a batch (:func:`ingestor.alibi.chain`), one entry per record."""
+
+    record_no: np.ndarray  #: int64, (n,)
+    link: np.ndarray  #: uint8, (n, 32): each record's SHA-256 link
+
+    def take(self, index: np.ndarray) -> Chained:
+        return Chained(self.record_no[index], self.link[index])
+
+
+def build(records: np.ndarray, created_us: int, chained: Chained | None = None) -> bytes:
     """Return the whole binary COPY payload (header to trailer) for ``records``.
 
     ``records`` is a ``protocol.RECORD_DTYPE`` array of any length;
-    ``created_us`` (Unix microseconds) becomes every row's ``created_at``.
+    ``created_us`` (Unix microseconds) becomes every row's ``created_at``;
+    ``chained``: the rows' record numbers and links, None for NULLs (the
+    chain off).
     """
     n = len(records)
     text = records["text"].view(np.uint8).reshape(n, len(DATA_FIELDS), MAX_TEXT_BYTES)
@@ -68,14 +83,21 @@ def build(records: np.ndarray, created_us: int) -> bytes:
         if width:
             needs_escape |= _NEEDS_ESCAPE[text[:, k, :width]].any(axis=1)
     if not needs_escape.any():
-        return b"".join((HEADER, _build_clean(records, created_us), TRAILER))
-    parts = [HEADER, _build_clean(records[~needs_escape], created_us)]
-    parts.extend(_build_row(r, created_us) for r in records[needs_escape])
+        return b"".join((HEADER, _build_clean(records, created_us, chained), TRAILER))
+    clean = ~needs_escape
+    parts = [HEADER, _build_clean(records[clean], created_us, chained.take(clean) if chained else None)]
+    for i in np.flatnonzero(needs_escape).tolist():
+        parts.append(_build_row(records[i], created_us, None if chained is None else
+                                (int(chained.record_no[i]), chained.link[i].tobytes())))
     parts.append(TRAILER)
     return b"".join(parts)
 
 
-def _build_clean(records: np.ndarray, created_us: int) -> bytes:
+_NULL_CHAIN = struct.pack(">ii", -1, -1)
+_LINK_BYTES = 32
+
+
+def _build_clean(records: np.ndarray, created_us: int, chained: Chained | None) -> bytes:
     n = len(records)
     if n == 0:
         return b""
@@ -98,7 +120,8 @@ def _build_clean(records: np.ndarray, created_us: int) -> bytes:
     # bytes: plant texts are short, and every byte of width costs every row.
     widths = np.maximum(text_len.max(axis=0), 0).tolist()
     framing = 4 + len(_JSON_PREFIX) + len(_JSON_SUFFIX)
-    row_width = _FIXED.itemsize + sum(widths) + framing * len(DATA_FIELDS)
+    chain_width = 4 + 8 + 4 + _LINK_BYTES if chained is not None else len(_NULL_CHAIN)
+    row_width = _FIXED.itemsize + sum(widths) + framing * len(DATA_FIELDS) + chain_width
     rows = np.empty((n, row_width), np.uint8)
     keep = np.ones((n, row_width), bool)
     rows[:, : _FIXED.itemsize] = fixed.view(np.uint8).reshape(n, _FIXED.itemsize)
@@ -116,7 +139,18 @@ def _build_clean(records: np.ndarray, created_us: int) -> bytes:
         rows[:, at : at + len(_JSON_SUFFIX)] = np.frombuffer(_JSON_SUFFIX, np.uint8)
         keep[:, at : at + len(_JSON_SUFFIX)] = present
         at += len(_JSON_SUFFIX)
+    if chained is None:
+        rows[:, at:] = np.frombuffer(_NULL_CHAIN, np.uint8)
+    else:
+        tail = np.empty(n, _CHAIN_DTYPE)
+        tail["len_record_no"], tail["record_no"] = 8, chained.record_no
+        tail["len_link"], tail["link"] = _LINK_BYTES, chained.link
+        rows[:, at:] = tail.view(np.uint8).reshape(n, _CHAIN_DTYPE.itemsize)
     return rows[keep].tobytes()
+
+
+_CHAIN_DTYPE = np.dtype([("len_record_no", ">i4"), ("record_no", ">i8"), ("len_link", ">i4"),
+                         ("link", np.uint8, (_LINK_BYTES,))])
 
 
 _ROW_FIXED = struct.Struct(">hiiiqiqiq")
@@ -127,7 +161,7 @@ _NEEDS_ESCAPE[1:0x20] = True
 _NEEDS_ESCAPE[[0x22, 0x5C]] = True
 
 
-def _build_row(record: np.void, created_us: int) -> bytes:
+def _build_row(record: np.void, created_us: int, chained: tuple[int, bytes] | None) -> bytes:
     """One row the slow way, for texts that need JSON escaping."""
     out = [
         _ROW_FIXED.pack(
@@ -145,6 +179,7 @@ def _build_row(record: np.void, created_us: int) -> bytes:
             continue
         value = b'\x01{"val":' + msgspec.json.encode(bytes(record["text"][k][:length]).decode()) + b"}"
         out.append(struct.pack(">i", len(value)) + value)
+    out.append(_NULL_CHAIN if chained is None else struct.pack(">iqi", 8, chained[0], _LINK_BYTES) + chained[1])
     return b"".join(out)
 
 

@@ -60,6 +60,7 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "writer.small_batch": (DB, "writer: before the one statement that writes a small batch (migration 007)"),
     "writer.copy": (DB, "writer: before the COPY into weighing_logs"),
     "writer.upsert": (DB, "writer: before the UPSERT of scale_current_states"),
+    "writer.chain_heads": (DB, "writer: before the UPDATE of the batch's alibi chain heads (migration 010)"),
     "writer.checkpoint": (DB, "writer: before the lane checkpoint, the transaction's last statement"),
     "writer.after_commit": (PROCESS, "writer: committed, records not yet counted or released"),
     "writer.after_release": (PROCESS, "writer: committed records released from the ring"),
@@ -77,6 +78,8 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "archive.verify": (IO, "archive: reading the temporary Parquet file back to verify it"),
     "archive.move": (IO, "archive: the verified file about to be moved to its final name"),
     "archive.record": (DB, "archive: the file in place, its row in ingestor_archives not yet written"),
+    "seal.database": (DB, "sealer: a seal signed, not yet stored in ingestor_seals"),
+    "seal.file": (IO, "sealer: a seal stored in the database, not yet appended to the seal file"),
     "supervisor.drain": (PROCESS, "supervisor: the front stopped, the writers about to be told to drain"),
     "supervisor.spool_leftovers": (IO, "supervisor: putting what the ring holds at stop in front of the spool"),
 }

@@ -167,3 +167,53 @@ def read(path: str | os.PathLike) -> list[Seal]:
                 break
             raise
     return seals
+
+
+# -- the service's sealer ---------------------------------------------------------------------------
+
+HEADS_SQL = "SELECT scale_id, record_no, link FROM ingestor_claims WHERE record_no IS NOT NULL ORDER BY scale_id"
+INSERT_SQL = "INSERT INTO ingestor_seals (instance, sealed_at, key_id, seal) VALUES (%s, %s, %s, %s)"
+CONNECT_TIMEOUT_S = 5  # the supervisor's loop waits this long at most for a server that does not answer
+
+
+class Sealer:
+    """Seals every scale's chain head for the supervisor: signed, stored in ``ingestor_seals``, appended to a file.
+
+    Raises ConfigError at construction when the secret key cannot be used
+    (so a bad key fails the start, not the first seal an interval later).
+    """
+
+    def __init__(self, dsn: str, schema: str, instance: str, key_file: str | os.PathLike,
+                 seal_file: str | os.PathLike) -> None:
+        self.dsn, self.schema, self.instance = dsn, schema, instance
+        self.key = load_secret(key_file)
+        self.seal_file = Path(seal_file)
+
+    def seal(self) -> Seal | None:
+        """Sign the heads committed now; None when no chain has a record yet.
+
+        The database first, then the file: a seal in the file is always in
+        the database too (the verifier reports one that is not). Raises
+        psycopg.Error from PostgreSQL (nothing stored), OSError from the
+        file (the seal is in the database only).
+        """
+        import datetime as dt
+
+        import psycopg
+
+        from .failpoints import failpoint
+        from .schema import set_search_path
+
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            set_search_path(conn, self.schema)
+            heads = [Head(s, n, bytes(link).hex()) for s, n, link in conn.execute(HEADS_SQL)]
+            if not heads:
+                return None
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+            seal = sign(self.key, self.instance, now, heads)
+            failpoint("seal.database", conn)
+            conn.execute(INSERT_SQL, (self.instance, now, seal.key_id, msgspec.json.encode(seal).decode()))
+        failpoint("seal.file")
+        self.seal_file.parent.mkdir(parents=True, exist_ok=True)
+        append(self.seal_file, seal)
+        return seal

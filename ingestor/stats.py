@@ -54,6 +54,9 @@ FRONT_DTYPE = np.dtype(
         ("archived_partitions", "<i8"),  # day partitions archived and verified by this run
         ("archive_failures", "<i8"),  # archive attempts that failed (each logged at ERROR)
         ("retention_refused", "<i8"),  # day partitions the last retention pass refused to drop
+        # written by the supervisor (ingestor/seals.py: Sealer)
+        ("seals", "<i8"),  # seals of the alibi chains' heads signed and stored by this run
+        ("seal_failures", "<i8"),  # seals that could not be stored (each logged at ERROR)
     ]
 )
 
@@ -118,7 +121,7 @@ class Counters(SharedBlock):
         for name in ("received_frames", "received_events", "invalid", "lost", "spool_bytes", "spool_events",
                      "spooled_events", "replayed_events", "spool_cut_bytes", "refused_frames", "acked_messages",
                      "ack_replies", "ack_expired", "refused_clients", "archived_partitions", "archive_failures",
-                     "retention_refused"):
+                     "retention_refused", "seals", "seal_failures"):
             setattr(f, name, int(c[name]))
         f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
         f.lost_after_commit = int(w["lost_after_commit"].sum())
@@ -263,6 +266,9 @@ class Figures(msgspec.Struct, kw_only=True):
         "Archive attempts that failed; the day stays in PostgreSQL (each logged at ERROR).")] = 0
     #: day partitions the last retention pass refused to drop: no verified archive (docs/operations.md#the-archive-of-old-days)
     retention_refused: int = 0
+    seals: Annotated[int, _counter("Seals of the alibi chains' heads signed and stored (docs/alibi.md).")] = 0
+    seal_failures: Annotated[int, _counter(
+        "Seals that could not be stored in the database or the seal file (each logged at ERROR).")] = 0
     events_per_s: float = 0.0  #: persisted per second over the last 10 s
     average_batch_size: float = 0.0
     average_batch_ms: float = 0.0

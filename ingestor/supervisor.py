@@ -43,7 +43,7 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import central, child, children, database, leftovers, schema, security
+from . import central, child, children, database, leftovers, schema, seals, security
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .lifecycle import LifecycleArgs
@@ -140,6 +140,8 @@ class Supervisor:
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self.recent = RecentEvents()  # what an operator should see in `ingestor top`
         self._last_rate_log = self._last_partition_check = time.monotonic()
+        self.sealer: seals.Sealer | None = None
+        self._last_seal = float("-inf")  # the first tick seals: the heads as this run found them
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
         self._halt_reason: str | None = None
@@ -235,6 +237,8 @@ class Supervisor:
         if cfg.curve_secret_key:  # unreadable keys fail the start here, not in the front after the database is up
             server_public, _ = security.load_secret_key(cfg.curve_secret_key)
             security.load_client_keys(cfg.curve_clients_dir)
+        if cfg.alibi_key:
+            seals.load_secret(cfg.alibi_key)  # likewise: a bad sealing key fails the start
         self.bind_monitoring()  # first: while the database is awaited, `ingestor stats` says "starting"
         if not self.dsn:
             self.embedded = EmbeddedPostgres(cfg.data_dir)
@@ -242,6 +246,10 @@ class Supervisor:
             print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
         if not self.wait_for_database():
             return False
+        if cfg.alibi_key:
+            self.sealer = seals.Sealer(self.dsn, cfg.schema, cfg.instance, cfg.alibi_key, cfg.resolved_seal_file())
+        elif cfg.alibi:
+            log.warning("Alibi chains on without --alibi-key: the chains are not sealed (docs/alibi.md)")
         shared = self.create_shared_blocks(cfg.writer_count())
         self.children = [Child(args) for args in children.plan(cfg, self.dsn, shared, server_public)]
         for c in self.children:
@@ -420,6 +428,8 @@ class Supervisor:
                 return 0 if self.spool_ring_leftovers() else 1
             return None
         log.info("Drained: %d events persisted in all, ring empty", int(self.counters.writers["persisted"].sum()))
+        if self.sealer is not None:
+            self.seal_heads()  # every clean stop ends with a seal of what it wrote
         return 0 if self.ring.used() == 0 else 1
 
     def spool_ring_leftovers(self) -> bool:
@@ -505,6 +515,8 @@ class Supervisor:
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
             self.maintain_partitions()
+        if self.sealer is not None and self.phase is Phase.RUNNING and now - self._last_seal >= self.config.seal_interval_s:
+            self.seal_heads()
         if self.config.run_seconds and self.phase is Phase.RUNNING and time.time() - self.started >= self.config.run_seconds:
             log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
             self.begin_drain()
@@ -525,6 +537,22 @@ class Supervisor:
             schema.maintain_partitions(self.dsn, cfg.schema, cfg.partitions_ahead)
         except psycopg.Error as e:
             log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
+
+    def seal_heads(self) -> None:
+        """Seal every scale's chain head (docs/alibi.md); a failure is logged, counted and tried again next interval."""
+        self._last_seal = time.monotonic()
+        front = self.counters.front
+        try:
+            seal = self.sealer.seal()
+        except (psycopg.Error, OSError) as e:
+            front["seal_failures"] += 1
+            log.error("Could not store a seal of the alibi chains (next try in %.0f s): %s",
+                      self.config.seal_interval_s, " ".join(str(e).split()))
+            return
+        if seal is not None:
+            front["seals"] += 1
+            log.info("Sealed the alibi chains of %d scale(s) at %s (key %s)", len(seal.heads), seal.sealed_at,
+                     seal.key_id)
 
     # -- stats ----------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
+from .chains import HEADS_SQL as CHAIN_HEADS_SQL, Chains, locked_heads
 from .claims import Claims
 from .children import WriterArgs
 from .deadletter import DeadLetterWriter
@@ -108,7 +109,8 @@ ON CONFLICT (instance, lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position 
 """
 
 WRITE_SMALL_BATCH_SQL = (
-    "SELECT ingestor_write_small_batch(%s, %s, %s, %s, %s, %s, %s, %b, %b, %b, %b, %b, %b, %b, %s, %s, %s, %s, %s, %s)"
+    "SELECT ingestor_write_small_batch(%s, %s, %s, %s, %s, %s, %s, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %s, "
+    "%s, %s, %s, %s, %s, %b, %b)"
 )
 
 
@@ -157,6 +159,7 @@ class Writer:
         dead_letters: DeadLetterWriter,
         draining: Callable[[], bool],
         acks: AckTable | None = None,
+        alibi: bool = True,
     ) -> None:
         self.lane = lane
         self.instance = instance
@@ -185,6 +188,7 @@ class Writer:
             reconnect_timeout=RETRY_MAX_S,
         )
         self.claims = Claims()
+        self.chains = Chains() if alibi else None  # the alibi chain (ingestor/chains.py); None: off
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)
         # (position, persisted) of the lane's last checkpoint a server acknowledged; None before any,
@@ -256,6 +260,8 @@ class Writer:
                     raise _DataError(e) from e
                 raise
         self.claims.committed()
+        if self.chains is not None:
+            self.chains.committed()
         self._committed(records, *written)
 
     def _set_synchronous_commit(self, conn: psycopg.Connection, acked: bool) -> None:
@@ -286,14 +292,23 @@ class Writer:
         fresh = np.zeros(len(records), bool)
         fresh[runs.index] = True
         new = records[runs.index]
+        chain: tuple = (None,) * 5
+        if self.chains is not None:
+            scales = runs.scale_ids
+            heads = self.chains.guess(scales)
+            chained = self.chains.link(new, created_us, heads)
+            head_no, head_link = self.chains.moved(scales)
+            chain = (BinaryArray(np.array([heads[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
+                     BinaryArray(np.array(head_no, np.int64), INT8_ARRAY_OID), head_link,
+                     BinaryArray(chained.record_no, INT8_ARRAY_OID), [bytes(link) for link in chained.link])
         persisted, duplicates, _ = counts = self._counts(records, fresh)
         failpoint("writer.small_batch", conn)
         written = conn.execute(WRITE_SMALL_BATCH_SQL, (
             self.instance, self.lane.index, self.ring_id, position, persisted, duplicates, int(self.counters["failed"]),
-            runs.new_scales, runs.scales, runs.first, runs.last,
+            runs.new_scales, runs.scales, runs.first, runs.last, *chain[:3],
             BinaryArray(new["scale_id"], INT4_ARRAY_OID), BinaryArray(new["seq"], INT8_ARRAY_OID),
             BinaryArray(new["measured_us"], INT8_ARRAY_OID), created_us,
-            *(copy_payload.texts(new, k) for k in range(len(DATA_FIELDS))),
+            *(copy_payload.texts(new, k) for k in range(len(DATA_FIELDS))), *chain[3:],
         )).fetchone()[0]
         self.claims.committed()  # the new scales' rows are there whatever it returned
         return counts if written else None
@@ -304,13 +319,19 @@ class Writer:
         with conn.transaction(), conn.cursor() as cur:
             fresh = self.claims.claim(cur, records["scale_id"], records["seq"])
             new = records[fresh]
+            chained = None
+            if self.chains is not None:
+                chained = self.chains.link(new, created_us, locked_heads(self.claims.chain_heads))
             persisted, duplicates, _ = counts = self._counts(records, fresh)
             if len(new):
                 failpoint("writer.copy", conn)
                 with cur.copy(copy_payload.COPY_SQL) as copy:
-                    copy.write(copy_payload.build(new, created_us))
+                    copy.write(copy_payload.build(new, created_us, chained))
                 failpoint("writer.upsert", conn)
                 cur.execute(UPSERT_SQL, upsert_params(new))
+                if self.chains is not None:
+                    failpoint("writer.chain_heads", conn)
+                    cur.execute(CHAIN_HEADS_SQL, self.chains.heads_params())
             failpoint("writer.checkpoint", conn)
             cur.execute(CHECKPOINT_SQL, (self.instance, self.lane.index, self.ring_id, position, persisted, duplicates,
                                          int(self.counters["failed"])))
@@ -455,8 +476,10 @@ class Writer:
         *before* the server's makes a race with a commit harmless: the server
         then holds that checkpoint or a later one.
         """
-        # The new server may be another one: its claim rows are learnt again.
+        # The new server may be another one: its claim rows and chain heads are learnt again.
         self.claims.forget()
+        if self.chains is not None:
+            self.chains.forget()
         acknowledged = self._acknowledged
         if acknowledged is None:
             return
@@ -533,5 +556,5 @@ def _write(args: WriterArgs, ring: Ring, counters: Counters, acks: AckTable) -> 
         lane=ring.lanes[args.index], instance=args.instance, ring_id=args.shared.ring.ring_id, dsn=args.dsn, schema=args.schema,
         batch_size=args.batch_size, batch_timeout_ms=args.batch_timeout_ms, counters=mine,
         dead_letters=DeadLetterWriter(args.dead_letters.directory, f"writer-{args.index}", args.dead_letters.max_bytes),
-        draining=lambda: ring.draining or os.getppid() != parent, acks=acks,
+        draining=lambda: ring.draining or os.getppid() != parent, acks=acks, alibi=args.alibi,
     ).run()

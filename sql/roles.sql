@@ -33,6 +33,8 @@ GRANT SELECT, INSERT, UPDATE ON ingestor_archives TO ingestor_writer;     -- the
 GRANT EXECUTE ON FUNCTION ingestor_ensure_partitions(integer) TO ingestor_writer;
 GRANT EXECUTE ON FUNCTION ingestor_drop_partitions_before(date) TO ingestor_writer;
 GRANT EXECUTE ON FUNCTION ingestor_drop_archived_partition(text) TO ingestor_writer;  -- retention with an archive (009)
+GRANT SELECT, INSERT ON ingestor_seals TO ingestor_writer;               -- signed seals of the alibi chains (010)
+GRANT SELECT ON ingestor_alibi_starts TO ingestor_writer;                 -- where chains continue after retention (010)
 GRANT EXECUTE ON FUNCTION ingestor_write_small_batch(text, integer, text, bigint, bigint, bigint, bigint, integer[], integer[],
-    bigint[], bigint[], integer[], bigint[], bigint[], bigint, text[], text[], text[], text[], text[])
-    TO ingestor_writer;                                                    -- a small batch in one statement (007, 008)
+    bigint[], bigint[], bigint[], bigint[], bytea[], integer[], bigint[], bigint[], bigint, text[], text[], text[], text[],
+    text[], bigint[], bytea[]) TO ingestor_writer;                         -- a small batch in one statement (007, 008, 010)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import signal
 import socket
@@ -30,7 +31,8 @@ def partition_name(day: dt.date) -> str:
 def fill_day(conn: psycopg.Connection, day: dt.date, scales: int = 7, per_scale: int = 40, seq_from: int = 1) -> int:
     """Create the day partition of ``day`` (a past day) and store ``scales`` × ``per_scale`` rows in it; return rows.
 
-    Rows are stored out of (scale, time) order, with NULL fields and ODD_VALUES.
+    Rows are stored out of (scale, time) order, with NULL fields and ODD_VALUES; the even scales' rows carry
+    alibi record numbers and links (migration 010), the odd ones' NULLs (written with the chain off).
     """
     start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
     name = partition_name(day)
@@ -42,14 +44,14 @@ def fill_day(conn: psycopg.Connection, day: dt.date, scales: int = 7, per_scale:
             n = len(rows)
             when = start + dt.timedelta(seconds=i * 60 + scale, microseconds=n % 1000)
             fields = [None if (n + k) % 5 == 0 else {"val": ODD_VALUES[(n + k) % len(ODD_VALUES)]} for k in range(5)]
-            rows.append((scale, seq_from + i, when, when + dt.timedelta(milliseconds=3), *fields))
+            chain = (seq_from + i, hashlib.sha256(b"%d/%d" % (scale, i)).digest()) if scale % 2 == 0 else (None, None)
+            rows.append((scale, seq_from + i, when, when + dt.timedelta(milliseconds=3), *chain, *fields))
     rows.reverse()  # the heap order is not the archive's order
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at, data_1, data_2, data_3, data_4, data_5) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(r[0], r[1], r[2], r[3], *(psycopg.types.json.Jsonb(f) if f is not None else None for f in r[4:]))
-             for r in rows])
+            "INSERT INTO weighing_logs (scale_id, seq, measured_at, created_at, record_no, link, data_1, data_2, data_3, "
+            "data_4, data_5) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(*r[:6], *(psycopg.types.json.Jsonb(f) if f is not None else None for f in r[6:])) for r in rows])
     return len(rows)
 
 
@@ -58,7 +60,8 @@ def rows_of_day(conn: psycopg.Connection, day: dt.date) -> list[tuple]:
     start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
     return conn.execute(
         "SELECT id, scale_id, seq, measured_at, created_at, data_1->>'val', data_2->>'val', data_3->>'val', "
-        "data_4->>'val', data_5->>'val' FROM weighing_logs WHERE created_at >= %s AND created_at < %s ORDER BY id",
+        "data_4->>'val', data_5->>'val', record_no, encode(link, 'hex') FROM weighing_logs "
+        "WHERE created_at >= %s AND created_at < %s ORDER BY id",
         (start, start + dt.timedelta(days=1))).fetchall()
 
 

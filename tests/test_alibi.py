@@ -56,19 +56,21 @@ def test_text_past_its_length_in_a_reused_slot_does_not_change_the_encoding():
 
 def test_each_link_depends_on_its_scale_s_past_only_and_on_every_byte_of_its_event():
     events = odd_events()
-    links = alibi.chain(alibi.canonical_from_records(records(events), NOW_US), heads := {})
+    numbers, links = alibi.chain(alibi.canonical_from_records(records(events), NOW_US), heads := {})
     assert len(set(links)) == len(links) and set(heads) == {1, 2, 3}
     one = [e for e in events if e.scale_id == 1]
-    alone = alibi.chain(alibi.canonical_from_records(records(one), NOW_US), {})  # without the others interleaved
+    assert [n for n, e in zip(numbers, events) if e.scale_id == 1] == list(range(1, len(one) + 1))
+    assert heads[1] == (len(one), [link for link, e in zip(links, events) if e.scale_id == 1][-1])
+    _, alone = alibi.chain(alibi.canonical_from_records(records(one), NOW_US), {})  # without the others interleaved
     assert alone == [link for link, e in zip(links, events) if e.scale_id == 1]
     changed = list(one)
     changed[4] = msgspec.structs.replace(one[4], data_1="12.51")
-    after = alibi.chain(alibi.canonical_from_records(records(changed), NOW_US), {})
+    _, after = alibi.chain(alibi.canonical_from_records(records(changed), NOW_US), {})
     assert after[:4] == alone[:4] and all(a != b for a, b in zip(after[4:], alone[4:]))  # from the change on
-    resumed = alibi.chain(alibi.canonical_from_records(records(one[10:]), NOW_US), {1: alone[9]})  # from a stored head
-    assert resumed == alone[10:]
+    resumed = alibi.chain(alibi.canonical_from_records(records(one[10:]), NOW_US), {1: alibi.Head(10, alone[9])})
+    assert resumed == (list(range(11, len(one) + 1)), alone[10:])  # from a stored head
     first = alibi.canonical_from_records(records(one[:1]), NOW_US)
-    assert alibi.chain(first, {})[0] != alibi.chain(first, {1: alibi.genesis(2)})[0]
+    assert alibi.chain(first, {})[1] != alibi.chain(first, {1: alibi.Head(0, alibi.genesis(2))})[1]
 
 
 # -- the verifier's core: each kind of tampering named, nothing else ---------------------------------
@@ -78,8 +80,8 @@ def stored_chain(n: int = 12, scale: int = 7) -> list[alibi.Record]:
     events = [Event(scale_id=scale, seq=i, ts=1_700_000_000_000 + i, data_1=f"{10 + i}.5", data_2="kg")
               for i in range(1, n + 1)]
     encoded = alibi.canonical_from_records(records(events), NOW_US)
-    links = alibi.chain(encoded, {})
-    return [alibi.Record(i + 1, 101 + i, links[i], encoded.event(i)) for i in range(n)]
+    numbers, links = alibi.chain(encoded, {})
+    return [alibi.Record(numbers[i], 101 + i, links[i], encoded.event(i)) for i in range(n)]
 
 
 def kinds(findings) -> list[tuple[str, tuple[int, ...]]]:

@@ -36,16 +36,17 @@ STOPPED_BY = {"supervisor.spool_leftovers": signal.SIGQUIT, "supervisor.drain": 
 # Failpoints passed only with more than this scenario's dead letters: extra options and junk events.
 ROTATING = ("--dead-letter-max-bytes", "65536")
 
-# The archive's failpoints are passed by `ingestor partitions archive`, not by this scenario:
-# tests/test_archive.py runs each of them with each action.
-CASES = [(name, action) for name, (actions, _) in failpoints.FAILPOINTS.items() if not name.startswith("archive.")
-         for action in actions]
+# The archive's failpoints are passed by `ingestor partitions archive`, the sealer's by a sealing
+# service, not by this scenario: tests/test_archive.py and tests/test_seals.py run each with each action.
+CASES = [(name, action) for name, (actions, _) in failpoints.FAILPOINTS.items()
+         if not name.startswith(("archive.", "seal.")) for action in actions]
 
 
 def test_every_failpoint_is_in_the_matrix():
     from .test_archive import ARCHIVE_CASES
+    from .test_seals import SEAL_CASES
 
-    assert {name for name, _ in CASES + ARCHIVE_CASES} == set(failpoints.FAILPOINTS)
+    assert {name for name, _ in CASES + ARCHIVE_CASES + SEAL_CASES} == set(failpoints.FAILPOINTS)
     for name, (actions, where) in failpoints.FAILPOINTS.items():
         assert where and actions, name
         for action in actions:
