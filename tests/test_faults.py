@@ -129,12 +129,17 @@ def test_sigterm_while_database_is_down_keeps_events_in_spool_for_next_start(ser
     assert again.terminate() == 0
 
 
-def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(service_factory, dsn):
+def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(service_factory, dsn, tmp_path):
+    # and leave every alibi chain whole (issue 15), also across a restart with another writer count
     import random
+
+    from ingestor import seals, verifier
 
     rng = random.Random(7)
     events = 40_000
-    svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-size", "500", "--batch-timeout-ms", "20")
+    public, secret = seals.generate_keys(tmp_path / "keys")
+    sealing = ("--alibi-key", str(secret), "--seal-file", str(tmp_path / "seals.jsonl"))
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-size", "500", "--batch-timeout-ms", "20", *sealing)
     svc.wait_ready()
     sim = Simulator(svc.bind, scales=100, rate=8000, events=events, events_per_frame=50, start_ms=START_MS)
     sender = threading.Thread(target=sim.run)
@@ -156,6 +161,20 @@ def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(serv
     assert identity_holds(s) and s["duplicates"] == 0
     assert stored(dsn) == (events, events, 100, 100)
     assert svc.terminate() == 0
+    assert "Sealed the alibi chains of 100 scale(s)" in svc.output()  # the clean stop's seal
+    # three writers now: other lanes, the same chains
+    svc = service_factory("--dsn", dsn, "--writers", "3", "--batch-size", "500", "--batch-timeout-ms", "20", *sealing)
+    svc.wait_ready()
+    Simulator(svc.bind, scales=100, rate=8000, events=3000, events_per_frame=50, start_ms=START_MS,
+              seq_start=events // 100).run()
+    s = svc.wait_for(lambda s: s["persisted"] == 3000 and s["pending"] == 0)
+    assert svc.terminate() == 0 and s["seal_failures"] == 0
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=tmp_path / "seals.jsonl")
+    assert (report.records, report.scales, report.findings) == (events + 3000, 100, [])
+    assert report.seals >= 4  # at each start and each clean stop
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM ingestor_claims WHERE record_no = (%s + 3000) / 100",
+                            (events,)).fetchone()[0] == 100
 
 
 def test_service_started_before_postgresql_answers_starting_then_stores_once_it_is_up(service_factory, own_pg):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import msgspec
 import pytest
 
-from ingestor import seals
+from ingestor import failpoints, seals, verifier
 from ingestor.errors import ConfigError
 
 HEADS = [seals.Head(17, 120, "ab" * 32), seals.Head(3, 9, "cd" * 32)]
@@ -85,3 +87,58 @@ def test_ingestor_keys_alibi_writes_the_pair_and_refuses_to_overwrite_it(tmp_pat
     assert seals.load_secret(tmp_path / "k" / "plant.ed25519") is not None
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "not overwriting a key" in again.stderr
+
+
+# -- the sealer, against a real PostgreSQL, with a failure at each of its steps ---------------------
+
+SEAL_CASES = [(name, action) for name in ("seal.database", "seal.file")
+              for action in failpoints.FAILPOINTS[name][0]]
+ARMED = {"kill": "1*kill", "disconnect": "1*disconnect", "enospc": "1*enospc", "eio": "1*eio", "sleep": "1*sleep(50)"}
+SEAL_ONCE = """
+import sys
+from ingestor import failpoints, seals
+failpoints.arm(sys.argv[1], sys.argv[2])
+try:
+    seals.Sealer(sys.argv[3], "public", "test", sys.argv[4], sys.argv[5]).seal()
+except Exception as e:
+    print(type(e).__name__, e)
+    sys.exit(3)
+"""
+
+
+def chain_heads(conn, heads: dict[int, int]) -> None:
+    for scale, record_no in heads.items():
+        conn.execute("INSERT INTO ingestor_claims (scale_id, record_no, link) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (scale_id) DO UPDATE SET record_no = EXCLUDED.record_no, link = EXCLUDED.link",
+                     (scale, record_no, bytes([record_no]) * 32))
+
+
+@pytest.mark.parametrize(("name", "action"), SEAL_CASES, ids=[f"{n}={a}" for n, a in SEAL_CASES])
+def test_a_failure_at_each_sealing_step_stores_the_seal_whole_or_not_at_all(name, action, keys, dsn, conn, tmp_path):
+    _, _, public, secret = keys
+    chain_heads(conn, {1: 5, 2: 7})
+    seal_file = tmp_path / "seals.jsonl"
+    done = subprocess.run([sys.executable, "-c", SEAL_ONCE, name, ARMED[action], dsn, str(secret), str(seal_file)],
+                          capture_output=True, text=True, timeout=60)
+    in_db = [t for (t,) in conn.execute("SELECT seal FROM ingestor_seals")]
+    in_file = seals.read(seal_file) if seal_file.exists() else []
+    # the database first, then the file: a seal in the file is always in the database
+    expected = {("seal.database", "sleep"): (0, 1, 1), ("seal.file", "sleep"): (0, 1, 1),
+                ("seal.database", "kill"): (-9, 0, 0), ("seal.file", "kill"): (-9, 1, 0)}.get(
+        (name, action), (3, 0, 0) if name == "seal.database" else (3, 1, 0))
+    assert (done.returncode, len(in_db), len(in_file)) == expected, done.stdout + done.stderr
+    if action in ("enospc", "eio", "disconnect"):
+        assert {"enospc": "No space left", "eio": "Input/output error", "disconnect": "terminating connection"}[action] in \
+            done.stdout
+    chain_heads(conn, {1: 6})
+    seal = seals.Sealer(dsn, "public", "test", secret, seal_file).seal()  # the next interval's seal is whole
+    assert [h.record_no for h in seal.heads] == [6, 7] and seals.read(seal_file)[-1] == seal
+    assert msgspec.json.decode(conn.execute("SELECT seal FROM ingestor_seals ORDER BY id DESC").fetchone()[0],
+                               type=seals.Seal) == seal
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=seal_file)
+    assert [f.kind for f in report.findings if f.scale_id is None] == []  # no seal of the file missing, none forged
+
+
+def test_no_chain_no_seal(keys, dsn, tmp_path):
+    assert seals.Sealer(dsn, "public", "test", keys[3], tmp_path / "seals.jsonl").seal() is None
+    assert not (tmp_path / "seals.jsonl").exists()
