@@ -17,6 +17,11 @@ scales) and a PostgreSQL with default durability:
 (d) the ingestor with default settings at 300 events/s for
     ``--paced-seconds``: the receive-to-commit latency at the plant's rate.
 
+With ``--alibi-ab ROUNDS`` it runs instead, ROUNDS times in alternating order,
+(a) and the ingestor with 2 writers with the alibi chain on and off
+(``--alibi true|false``, docs/alibi.md): throughput as a ratio to (a) of the
+same round, and the bytes per event weighing_logs takes on disk.
+
 Every run samples each process (sender, supervisor, front, writers, every
 PostgreSQL process) with psutil: CPU seconds and peak RSS. Prints a Markdown
 table, writes ``bench/results/compare-<date>.json`` and a PNG (throughput
@@ -43,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingestor import stats  # noqa: E402
+from ingestor import stats, verifier  # noqa: E402
 from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
 from throughput import START_MS, SCALES, copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
@@ -203,7 +208,11 @@ def run_ingestor(server: EmbeddedPostgres, workdir: Path, name: str, events: int
     send.wait(30)
     proc.terminate()
     proc.wait(120)
+    with psycopg.connect(dsn) as c:  # what the rows take on disk: heap, TOAST and indexes of every partition
+        heap, total = c.execute("SELECT sum(pg_table_size(inhrelid)), sum(pg_total_relation_size(inhrelid)) "
+                                "FROM pg_inherits WHERE inhparent = 'weighing_logs'::regclass").fetchone()
     return {
+        "dsn": dsn, "heap_bytes_per_event": round(int(heap) / target, 1), "bytes_per_event": round(int(total) / target, 1),
         "events": target, "seconds": round(seconds, 2), "events_per_s": round(target / seconds),
         "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
         "average_batch_size": s["average_batch_size"], "latency_histogram": s["latency_histogram"],
@@ -255,7 +264,11 @@ def main() -> int:
     p.add_argument("--seed-events", type=int, default=20_000)
     p.add_argument("--paced-seconds", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--alibi-ab", type=int, default=0, metavar="ROUNDS",
+                   help="instead: COPY and 2 writers with the alibi chain on and off, ROUNDS times alternating")
     a = p.parse_args()
+    if a.alibi_ab:
+        return alibi_ab(a.events, a.alibi_ab, a.out)
 
     workdir, server = throwaway_server("compare")
     date = time.strftime("%Y-%m-%d")
@@ -312,6 +325,47 @@ def main() -> int:
     (a.out / f"compare-{date}.md").write_text(table + "\n")
     plot(results, a.out / f"compare-{date}.png")
     print(f"wrote {a.out}/compare-{date}.json, .md and .png")
+    return 0
+
+
+def alibi_ab(events: int, rounds: int, out: Path) -> int:
+    """The alibi chain's cost: rounds of (COPY, chain on, chain off), the order of on and off alternating."""
+    workdir, server = throwaway_server("alibi")
+    date = time.strftime("%Y-%m-%d")
+    results: dict = {"machine": machine(server), "date": date, "events": events, "rounds": []}
+    try:
+        for n in range(rounds):
+            seconds = copy_baseline(server, fresh_db(server, f"ab_copy{n}"), events)
+            one = {"copy_events_per_s": round(events / seconds)}
+            for mode in (("true", "false") if n % 2 == 0 else ("false", "true")):
+                r = run_ingestor(server, workdir, f"ab_{mode}{n}", events, 0, 0, ["--writers", "2", "--alibi", mode])
+                one["on" if mode == "true" else "off"] = r
+                if mode == "true":  # the verifier over what this run stored, alone on the machine
+                    t0 = time.perf_counter()
+                    report = verifier.verify(r["dsn"], "public")
+                    r["verify_records_per_s"] = round(report.records / (time.perf_counter() - t0))
+                    assert report.findings == [] and report.records == events, report
+                print(f"round {n + 1}, chain {'on' if mode == 'true' else 'off'}: {r['events_per_s']:,} events/s, "
+                      f"{r['bytes_per_event']} B/event", flush=True)
+            results["rounds"].append(one)
+    finally:
+        server.stop()
+    lines = [f"{results['machine']}; {events:,} events per run; 2 writers; {date}", "",
+             "| round | COPY events/s | chain on: events/s (× COPY) | chain off: events/s (× COPY) | on / off "
+             "| B/event on (heap) | B/event off (heap) | writers' CPU s on / off | verifier records/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, r in enumerate(results["rounds"], 1):
+        copy_rate, on, off = r["copy_events_per_s"], r["on"], r["off"]
+
+        def cpu(run: dict) -> float:
+            return round(sum(v["cpu_s"] for k, v in run["processes"].items() if k.startswith("writer")), 1)
+
+        lines.append(f"| {n} | {copy_rate:,} | {on['events_per_s']:,} ({on['events_per_s'] / copy_rate:.2f}) "
+                     f"| {off['events_per_s']:,} ({off['events_per_s'] / copy_rate:.2f}) "
+                     f"| {on['events_per_s'] / off['events_per_s']:.3f} | {on['bytes_per_event']} ({on['heap_bytes_per_event']}) "
+                     f"| {off['bytes_per_event']} ({off['heap_bytes_per_event']}) | {cpu(on)} / {cpu(off)} "
+                     f"| {on['verify_records_per_s']:,} |")
+    save_results(out, f"alibi-ab-{date}", results, lines)
     return 0
 
 

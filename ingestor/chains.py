@@ -24,20 +24,14 @@ import numpy as np
 
 from . import alibi
 from .alibi import Head
-from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray, Chained
-
-HEADS_SQL = """
-UPDATE ingestor_claims c SET record_no = u.record_no, link = u.link
-FROM unnest(%b::int4[], %b::int8[], %b::bytea[]) AS u(scale_id, record_no, link)
-WHERE c.scale_id = u.scale_id
-"""
-
+from .copy_payload import Chained
 
 class Chains:
     """Links batches into their scales' chains, for one writer (one connection's transactions).
 
-    :meth:`link` a batch's new records, write the rows and :meth:`heads_params`
-    in the transaction, call :meth:`committed` after the commit. Heads are
+    :meth:`link` a batch's new records, write the rows and :meth:`moved_heads`
+    (with the claims' heads, :meth:`ingestor.claims.Claims.write_heads`) in the
+    transaction, call :meth:`committed` after the commit. Heads are
     remembered between commits only for the small-batch path's guess.
     """
 
@@ -57,17 +51,11 @@ class Chains:
         numbers, links = alibi.chain(alibi.canonical_from_records(records, created_us), after)
         self._moved = {s: after[s] for s in set(records["scale_id"].tolist())}
         self._pending = after
-        return Chained(np.array(numbers, np.int64),
-                       np.frombuffer(b"".join(links), np.uint8).reshape(len(links), alibi.LINK_BYTES))
+        return Chained(numbers, np.frombuffer(b"".join(links), np.uint8).reshape(len(links), alibi.LINK_BYTES))
 
-    def heads_params(self) -> tuple[BinaryArray, BinaryArray, list[bytes]] | None:
-        """Parameters of :data:`HEADS_SQL` for the heads the last :meth:`link` moved; None when it moved none."""
-        if not self._moved:
-            return None
-        scales = sorted(self._moved)
-        return (BinaryArray(np.array(scales, np.int32), INT4_ARRAY_OID),
-                BinaryArray(np.array([self._moved[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
-                [self._moved[s].link for s in scales])
+    def moved_heads(self) -> dict[int, tuple[int, bytes]]:
+        """The heads the last :meth:`link` moved: scale → (record number, link)."""
+        return {s: (h.record_no, h.link) for s, h in self._moved.items()}
 
     def moved(self, scales: list[int]) -> tuple[list[int], list[bytes]]:
         """The last :meth:`link`'s new heads of ``scales`` (each must have moved), as (record numbers, links)."""

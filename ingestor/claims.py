@@ -61,6 +61,13 @@ FROM unnest(%b::int4[], %b::int8[], %b::int8[]) AS u(scale_id, first_seq, last_s
 WHERE c.scale_id = u.scale_id
 """
 
+# The heads with the alibi chain's (migration 010) in the same UPDATE: one row version per scale and batch.
+HEADS_AND_CHAIN_SQL = """
+UPDATE ingestor_claims c SET first_seq = u.first_seq, last_seq = u.last_seq, record_no = u.record_no, link = u.link
+FROM unnest(%b::int4[], %b::int8[], %b::int8[], %b::int8[], %b::bytea[]) AS u(scale_id, first_seq, last_seq, record_no, link)
+WHERE c.scale_id = u.scale_id
+"""
+
 INSERT_RUNS_SQL = "INSERT INTO ingestor_claim_runs SELECT * FROM unnest(%b::int4[], %b::int8[], %b::int8[])"
 
 
@@ -89,6 +96,8 @@ class Claims:
         self._pending: list[int] = []
         #: after :meth:`claim`: each locked scale's alibi chain head as stored, (record_no, link), NULLs as None
         self.chain_heads: dict[int, tuple[int | None, bytes | None]] = {}
+        self._seq_heads: dict[int, tuple[int | None, int | None]] = {}  # after claim: each scale's head run
+        self._changed: set[int] = set()  # after claim: the scales whose head run changed
 
     def runs(self, scale_ids: np.ndarray, seqs: np.ndarray) -> Runs | None:
         """The batch as one run per scale, or None when a scale's keys have a gap (the general path's case).
@@ -105,13 +114,16 @@ class Claims:
                     BinaryArray(keys.scales, INT4_ARRAY_OID), BinaryArray(keys.seqs[keys.run_start], INT8_ARRAY_OID),
                     BinaryArray(keys.seqs[keys.run_end], INT8_ARRAY_OID), keys.scales.tolist())
 
-    def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    def claim(self, cur: psycopg.Cursor, scale_ids: np.ndarray, seqs: np.ndarray,
+              write_heads: bool = True) -> np.ndarray:
         """Claim the keys; return a bool array, True where the event is new.
 
         ``scale_ids`` (int32) and ``seqs`` (int64) have one entry per event. An
         event is new when its key was never claimed before and it is the key's
-        first occurrence in the batch. Raises what psycopg raises; the caller's
-        transaction then rolls back, claiming nothing.
+        first occurrence in the batch. ``write_heads=False`` leaves the heads'
+        UPDATE to :meth:`write_heads`, which writes the alibi chain's heads with
+        them. Raises what psycopg raises; the caller's transaction then rolls
+        back, claiming nothing.
         """
         keys = _Keys(scale_ids, seqs)
         scales = keys.scales.tolist()
@@ -121,7 +133,10 @@ class Claims:
         heads = self._lock(cur, keys.scales)
         self.chain_heads = {h[0]: (h[3], h[4]) for h in heads}
         dup, head_updates, run_inserts = _merge(cur, keys, heads)
-        if head_updates:  # the rows are locked by now: no waits
+        self._seq_heads = {h[0]: (h[1], h[2]) for h in heads}
+        self._seq_heads.update((s, (first, last)) for s, first, last in head_updates)
+        self._changed = {s for s, _, _ in head_updates}
+        if head_updates and write_heads:  # the rows are locked by now: no waits
             cur.execute(HEADS_SQL, _columns(head_updates))
         if run_inserts:
             cur.execute(INSERT_RUNS_SQL, _columns(run_inserts))
@@ -129,6 +144,23 @@ class Claims:
         fresh = np.zeros(len(scale_ids), bool)
         fresh[keys.index[~dup]] = True
         return fresh
+
+    def write_heads(self, cur: psycopg.Cursor, chain: dict[int, tuple[int, bytes]]) -> None:
+        """Write the heads of the last ``claim(..., write_heads=False)`` and the chain's new heads, ``chain``
+        (scale → (record number, link)), in one UPDATE of the scales where either changed.
+
+        A scale whose seq head changed has new events, so it is in ``chain``.
+        """
+        scales = sorted(self._changed | set(chain))
+        if not scales:
+            return
+        seq = [self._seq_heads[s] for s in scales]
+        cur.execute(HEADS_AND_CHAIN_SQL, (
+            BinaryArray(np.array(scales, np.int32), INT4_ARRAY_OID),
+            BinaryArray(np.array([f for f, _ in seq], np.int64), INT8_ARRAY_OID),
+            BinaryArray(np.array([last for _, last in seq], np.int64), INT8_ARRAY_OID),
+            BinaryArray(np.array([chain[s][0] for s in scales], np.int64), INT8_ARRAY_OID),
+            [chain[s][1] for s in scales]))
 
     def forget(self) -> None:
         """Forget which scales have their row: the next claim makes sure of each again (a new server after failover)."""

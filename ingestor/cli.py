@@ -131,6 +131,10 @@ def _add_alibi_commands(sub: argparse._SubParsersAction) -> None:
                          "Without one the seals are not checked")
     vf.add_argument("--seal-file", metavar="FILE", help="the service's append-only seal file: its seals are "
                                                          "checked too, and each one the database lacks is reported")
+    vf.add_argument("--archive", action="store_true", help="also the days retention dropped, read back from their "
+                                                          "Parquet archives: every chain from its first record")
+    vf.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
     _add_database_options(vf)
     sh = al_sub.add_parser("show", help="one record as stored, with its chain position (the number on a receipt)")
     sh.add_argument("record", metavar="SCALE/RECORD", help="scale_id and record number, as printed on a receipt: 17/4711")
@@ -459,7 +463,8 @@ def cmd_alibi(args: argparse.Namespace) -> int:
         return 0 if shown.verdict.startswith("intact") else 1
     keys = [seals.load_public(path) for path in args.public_key]
     report = _database(lambda: verifier.verify(args.dsn, args.schema, scale=args.scale, since=args.since,
-                                               until=args.until, public_keys=keys, seal_file=args.seal_file))
+                                               until=args.until, public_keys=keys, seal_file=args.seal_file,
+                                               archive=args.archive, endpoint=args.endpoint))
     for f in report.findings:
         where = "seals" if f.scale_id is None else f"scale {f.scale_id}"
         print(f"{f.kind.upper()}: {where}: {f.detail}")

@@ -60,7 +60,7 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "writer.small_batch": (DB, "writer: before the one statement that writes a small batch (migration 007)"),
     "writer.copy": (DB, "writer: before the COPY into weighing_logs"),
     "writer.upsert": (DB, "writer: before the UPSERT of scale_current_states"),
-    "writer.chain_heads": (DB, "writer: before the UPDATE of the batch's alibi chain heads (migration 010)"),
+    "writer.chain_heads": (DB, "writer: before the UPDATE of the claims' and the alibi chain's heads (migration 010)"),
     "writer.checkpoint": (DB, "writer: before the lane checkpoint, the transaction's last statement"),
     "writer.after_commit": (PROCESS, "writer: committed, records not yet counted or released"),
     "writer.after_release": (PROCESS, "writer: committed records released from the ring"),

@@ -16,6 +16,11 @@ A time range (``since``/``until``, by ``created_at``) checks the links inside
 it; the first record of each scale in the range is taken as stored (its
 predecessor is not read), and records missing after the range's end are not
 "truncated".
+
+With ``archive=True`` the days retention dropped are read back from their
+Parquet archives (``ingestor_archives``, format 2 carries record_no and
+link) before the days PostgreSQL holds, and every chain is checked from its
+first record.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import datetime as dt
 import itertools
 import os
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import msgspec
 import psycopg
@@ -59,12 +64,14 @@ class Report(NamedTuple):
 
 def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetime | None = None,
            until: dt.datetime | None = None, public_keys: Iterable = (), seal_file: str | os.PathLike | None = None,
-           ) -> Report:
+           archive: bool = False, endpoint: str = "") -> Report:
     """Verify the chains of every scale (or ``scale``) over the rows with ``since <= created_at < until``.
 
     ``public_keys``: Ed25519 public keys (:func:`ingestor.seals.load_public`)
-    whose seals count; none: seals are not checked. Raises psycopg.Error
-    from PostgreSQL, OSError when ``seal_file`` cannot be read.
+    whose seals count; none: seals are not checked. ``archive``: also the
+    dropped days' archives (``endpoint``: the S3-compatible store's URL).
+    Raises psycopg.Error from PostgreSQL, OSError when ``seal_file`` or an
+    archive cannot be read.
     """
     public_keys = list(public_keys)
     findings: list[Finding] = []
@@ -82,11 +89,12 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
             findings += seal_findings
         checks: dict[int, alibi.ChainCheck] = {}
         held: dict[int, dict[int, bytes]] = {}  # each scale's sealed record, if read: its stored link
-        for lo, hi in _days(conn, since, until):
-            rows = conn.cursor(name="alibi_rows")
-            rows.itersize = FETCH_ROWS
-            rows.execute(ROWS_SQL, {"lo": lo, "hi": hi, "scale": scale})
-            for scale_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+        if archive:
+            starts = {}  # from the first record: the dropped days are read back
+        pieces = itertools.chain(_archived(conn, endpoint, since, until, scale) if archive else (),
+                                 (_stored(conn, lo, hi, scale) for lo, hi in _days(conn, since, until)))
+        for piece in pieces:  # one at a time: a day of PostgreSQL streamed, an archive's row group
+            for scale_id, group in itertools.groupby(piece, key=lambda r: r[0]):
                 records = _records(list(group))
                 check = checks.get(scale_id)
                 if check is None:
@@ -98,7 +106,6 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
                     for r in records:
                         if r.record_no == wanted:
                             held.setdefault(scale_id, {})[wanted] = r.link
-            rows.close()
         conn.rollback()
     for scale_id in (heads if scale is None else [scale] if scale in heads else []):
         check = checks.get(scale_id) or alibi.ChainCheck(scale_id, starts.get(scale_id))
@@ -116,6 +123,59 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
     scales = len(set(checks) | (set(heads) if scale is None else {scale} & set(heads)))
     return Report(sum(c.records for c in checks.values()), scales, genuine, bool(public_keys),
                   sorted(findings, key=_order))
+
+
+def _stored(conn: psycopg.Connection, lo: dt.datetime, hi: dt.datetime, scale: int | None) -> Iterator[tuple]:
+    """The rows of PostgreSQL with ``lo <= created_at < hi``, as ROWS_SQL gives them, streamed."""
+    with conn.cursor(name="alibi_rows") as rows:
+        rows.itersize = FETCH_ROWS
+        rows.execute(ROWS_SQL, {"lo": lo, "hi": hi, "scale": scale})
+        yield from rows
+
+
+def _archived(conn: psycopg.Connection, endpoint: str, since: dt.datetime | None, until: dt.datetime | None,
+              scale: int | None) -> Iterator[Iterator[tuple]]:
+    """Each dropped day's archive, oldest first, as rows shaped like ROWS_SQL's (per row group: whole scales)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .archive import Target
+
+    dropped = conn.execute(
+        "SELECT location FROM ingestor_archives a WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class c "
+        "ON c.oid = i.inhrelid WHERE i.inhparent = 'weighing_logs'::regclass AND c.relname = a.partition) "
+        "ORDER BY day").fetchall()
+    for (location,) in dropped:
+        target, name = Target.of_location(location, endpoint)
+        with target.fs.open_input_file(target.path(name)) as f:
+            parquet = pq.ParquetFile(f)
+            if "record_no" not in parquet.schema_arrow.names:
+                continue  # format 1: written before the chain existed
+            for i in range(parquet.num_row_groups):
+                table = parquet.read_row_group(i)
+                keep = pc.scalar(True)
+                if scale is not None:
+                    keep = pc.and_(keep, pc.equal(table["scale_id"], scale))
+                if since is not None:
+                    keep = pc.and_(keep, pc.greater_equal(table["created_at"], since))
+                if until is not None:
+                    keep = pc.and_(keep, pc.less(table["created_at"], until))
+                table = table.filter(keep).sort_by([("scale_id", "ascending"), ("record_no", "ascending"),
+                                                    ("id", "ascending")])
+                yield _archive_rows(table)
+
+
+def _archive_rows(table) -> Iterator[tuple]:
+    import pyarrow as pa
+
+    us = {c: table[c].cast(pa.int64()).to_pylist() for c in ("measured_at", "created_at")}
+    columns = {c: table[c].to_pylist() for c in ("scale_id", "id", "record_no", "link", "seq", *DATA_FIELDS)}
+    for i in range(table.num_rows):
+        link = columns["link"][i]
+        vals = [columns[c][i] for c in DATA_FIELDS]
+        yield (columns["scale_id"][i], columns["id"][i], columns["record_no"][i],
+               None if link is None else bytes.fromhex(link), columns["seq"][i], us["measured_at"][i],
+               us["created_at"][i], *vals, any(v is not None and len(v.encode()) > 64 for v in vals))
 
 
 def _first(check: alibi.ChainCheck | None) -> int:

@@ -62,7 +62,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
 from .acks import AckTable
-from .chains import HEADS_SQL as CHAIN_HEADS_SQL, Chains, locked_heads
+from .chains import Chains, locked_heads
 from .claims import Claims
 from .children import WriterArgs
 from .deadletter import DeadLetterWriter
@@ -317,7 +317,8 @@ class Writer:
                        created_us: int) -> tuple[int, int, np.ndarray]:
         """Write ``records`` in one transaction of four statements (the module doc)."""
         with conn.transaction(), conn.cursor() as cur:
-            fresh = self.claims.claim(cur, records["scale_id"], records["seq"])
+            # with the chain on, the claims' heads are written with the chain's below, in one UPDATE
+            fresh = self.claims.claim(cur, records["scale_id"], records["seq"], write_heads=self.chains is None)
             new = records[fresh]
             chained = None
             if self.chains is not None:
@@ -329,9 +330,9 @@ class Writer:
                     copy.write(copy_payload.build(new, created_us, chained))
                 failpoint("writer.upsert", conn)
                 cur.execute(UPSERT_SQL, upsert_params(new))
-                if self.chains is not None:
-                    failpoint("writer.chain_heads", conn)
-                    cur.execute(CHAIN_HEADS_SQL, self.chains.heads_params())
+            if self.chains is not None:
+                failpoint("writer.chain_heads", conn)
+                self.claims.write_heads(cur, self.chains.moved_heads())
             failpoint("writer.checkpoint", conn)
             cur.execute(CHECKPOINT_SQL, (self.instance, self.lane.index, self.ring_id, position, persisted, duplicates,
                                          int(self.counters["failed"])))

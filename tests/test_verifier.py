@@ -8,6 +8,7 @@ by :func:`ingestor.verifier.verify` and by ``ingestor alibi verify|show``.
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import time
@@ -171,16 +172,35 @@ def test_a_time_range_and_one_scale_verify_what_they_hold(chained, dsn, conn):
     assert kinds(verifier.verify(dsn, "public", scale=2)) == [(2, "deleted", (1,))]
 
 
-def test_retention_keeps_where_each_chain_continues(ring, dsn, conn, tmp_path):
-    # records 1..2 of each scale in a day that retention drops: records 3.. are checked against their last links
+def two_days(ring, dsn, conn, tmp_path, monkeypatch) -> str:
+    """Records 1..2 of each scale written 30 days ago (its day partition made), 3..4 today; returns the old day's
+    partition."""
+    old = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=30)
+    name = f"weighing_logs_p{old:%Y%m%d}"
+    conn.execute(f"CREATE TABLE {name} PARTITION OF weighing_logs FOR VALUES FROM "
+                 f"('{old}'::timestamp AT TIME ZONE 'UTC') TO (('{old}'::date + 1)::timestamp AT TIME ZONE 'UTC')")
+
+    class Past:  # the writer's clock, 30 days back: its rows' created_at falls in the old day
+        def __getattr__(self, attr):
+            return getattr(time, attr)
+
+        def time_ns(self):
+            return time.time_ns() - 30 * 86_400 * 10**9
+
     w = writer_of(ring, dsn, tmp_path, 0)
-    write(w, events(0, 2))
+    with monkeypatch.context() as m:
+        m.setattr(writer, "time", Past())
+        write(w, events(0, 2))
     write(w, events(2, 4))
     w.pool.close()
-    old = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date - 30").fetchone()[0]
-    conn.execute(f"CREATE TABLE weighing_logs_p{old:%Y%m%d} PARTITION OF weighing_logs FOR VALUES FROM "
-                 f"('{old}'::timestamp AT TIME ZONE 'UTC') TO (('{old}'::date + 1)::timestamp AT TIME ZONE 'UTC')")
-    conn.execute(f"UPDATE weighing_logs SET created_at = '{old} 12:00Z' WHERE record_no <= 2")  # moves the rows
+    assert conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == SCALES * 2
+    return name
+
+
+def test_retention_keeps_where_each_chain_continues(ring, dsn, conn, tmp_path, monkeypatch):
+    # the old day dropped: records 3.. are checked against the dropped records' last links
+    two_days(ring, dsn, conn, tmp_path, monkeypatch)
+    assert kinds(verifier.verify(dsn, "public")) == []
     assert conn.execute("SELECT ingestor_drop_partitions_before(current_date - 1)").fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == SCALES * 2
     assert conn.execute("SELECT scale_id, record_no FROM ingestor_alibi_starts ORDER BY 1").fetchall() == [
@@ -189,6 +209,29 @@ def test_retention_keeps_where_each_chain_continues(ring, dsn, conn, tmp_path):
     assert report.findings == [] and report.records == SCALES * 2
     conn.execute("UPDATE weighing_logs SET data_1 = '{\"val\": \"0\"}' WHERE scale_id = 2 AND record_no = 3")
     assert kinds(verifier.verify(dsn, "public")) == [(2, "changed", (3,))]  # checked against the dropped link
+
+
+def test_archived_days_are_verified_from_their_parquet_files(ring, dsn, conn, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ingestor import archive, partitions
+
+    name = two_days(ring, dsn, conn, tmp_path, monkeypatch)
+    target = archive.Target(str(tmp_path / "archive"))
+    done, errors = partitions.archive_before(dsn, "public", target, dt.date.today() - dt.timedelta(days=1))
+    assert errors == [] and [a.partition for a in done] == [name]
+    conn.execute("SELECT ingestor_drop_archived_partition(%s)", (name,))
+    report = verifier.verify(dsn, "public", archive=True)
+    assert report.findings == [] and report.records == SCALES * 4  # every chain from record 1
+    path = tmp_path / "archive" / f"{name}.parquet"
+    table = pq.read_table(path)
+    weights = pc.if_else(pc.and_(pc.equal(table["scale_id"], 3), pc.equal(table["record_no"], 2)),
+                         pa.scalar("99.9"), table["data_1"])
+    pq.write_table(table.set_column(table.schema.get_field_index("data_1"), "data_1", weights), path)
+    assert kinds(verifier.verify(dsn, "public", archive=True)) == [(3, "changed", (2,))]
+    assert kinds(verifier.verify(dsn, "public")) == []  # without the archive: from where retention left the chain
 
 
 def test_cli_verify_and_show_say_it_and_exit_with_codes_a_script_can_use(chained, dsn, conn, keys, tmp_path):
