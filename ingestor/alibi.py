@@ -147,19 +147,18 @@ def chain(encoded: Encoded, heads: dict[int, Head]) -> tuple[np.ndarray, list[by
     order = np.argsort(scales, kind="stable")
     ordered = scales[order]
     cuts = (np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist()
-    numbers = np.empty(len(order), np.int64)
+    numbers = [0] * len(order)
     links: list[bytes] = [b""] * len(order)
     positions = order.tolist()
     for start, end in zip([0, *cuts], [*cuts, len(order)]):
         scale = int(ordered[start])
-        head = heads.get(scale) or Head(0, genesis(scale))
-        link = head.link
+        record_no, link = heads.get(scale) or Head(0, genesis(scale))
         for i in positions[start:end]:
             link = sha256(link + data[offsets[i]:offsets[i + 1]]).digest()
-            links[i] = link
-        numbers[order[start:end]] = np.arange(head.record_no + 1, head.record_no + 1 + end - start)
-        heads[scale] = Head(head.record_no + end - start, link)
-    return numbers, links
+            record_no += 1
+            links[i], numbers[i] = link, record_no
+        heads[scale] = Head(record_no, link)
+    return np.array(numbers, np.int64), links
 
 
 # -- checking a chain (the verifier's core) ---------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import psycopg
 
-from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
+from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray, link_array
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Claims:
             BinaryArray(np.array([f for f, _ in seq], np.int64), INT8_ARRAY_OID),
             BinaryArray(np.array([last for _, last in seq], np.int64), INT8_ARRAY_OID),
             BinaryArray(np.array([chain[s][0] for s in scales], np.int64), INT8_ARRAY_OID),
-            [chain[s][1] for s in scales]))
+            link_array([chain[s][1] for s in scales])))
 
     def forget(self) -> None:
         """Forget which scales have their row: the next claim makes sure of each again (a new server after failover)."""

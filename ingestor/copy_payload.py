@@ -192,16 +192,18 @@ def texts(records: np.ndarray, k: int) -> list[str | None]:
 
 # -- binary array parameters --------------------------------------------------
 
-INT4_ARRAY_OID, INT8_ARRAY_OID = 1007, 1016
+INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID = 1007, 1016, 1001  # the last: bytea[] of 32-byte values
 _ARRAY_HEADER = struct.Struct(">iiiii")  # ndim, has nulls, element oid, length, lower bound
 _ELEMENTS = {
     INT4_ARRAY_OID: (23, np.dtype([("len", ">i4"), ("v", ">i4")])),
     INT8_ARRAY_OID: (20, np.dtype([("len", ">i4"), ("v", ">i8")])),
+    LINK_ARRAY_OID: (17, np.dtype([("len", ">i4"), ("v", np.uint8, (_LINK_BYTES,))])),
 }
 
 
 class BinaryArray:
-    """An int4[] or int8[] query parameter already in PostgreSQL's binary array format.
+    """An int4[], int8[] or bytea[] (of 32-byte links, ``values`` uint8 (n, 32)) query parameter already in
+    PostgreSQL's binary array format.
 
     Adapting a 5,000-element Python list costs a writer more than the rest of
     its statement; numpy lays out the same bytes in one pass. Passed to
@@ -217,6 +219,11 @@ class BinaryArray:
         body["v"] = values
         self.oid = oid
         self.data = _ARRAY_HEADER.pack(1, 0, element_oid, len(values), 1) + body.tobytes()
+
+
+def link_array(links: list[bytes]) -> BinaryArray:
+    """A bytea[] parameter of 32-byte links (the alibi chain's)."""
+    return BinaryArray(np.frombuffer(b"".join(links), np.uint8).reshape(len(links), _LINK_BYTES), LINK_ARRAY_OID)
 
 
 def register_dumpers(context) -> None:

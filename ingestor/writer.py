@@ -18,6 +18,13 @@ in one transaction holding four statements:
 3. the lane's checkpoint: the ring position after this batch, in the row of
    (``--instance``, lane), so ingestors sharing a database keep apart.
 
+With the alibi chain on (docs/alibi.md) the new records are linked into
+their scales' chains from the heads the claim locked (:mod:`ingestor.chains`):
+their record numbers and links go into the COPY, and the new heads into the
+claims' UPDATE, which then comes after the UPSERT. The one-statement path
+sends the heads this writer last committed; the function refuses the batch
+when a head moved on, and the general path writes it.
+
 Only after the commit are the records released from the ring. A writer
 killed anywhere leaves its records in the lane; its successor reads the
 checkpoint and releases what was already committed, so nothing is written
@@ -60,7 +67,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import copy_payload
-from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray
+from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID, BinaryArray
 from .acks import AckTable
 from .chains import Chains, locked_heads
 from .claims import Claims
@@ -299,8 +306,8 @@ class Writer:
             chained = self.chains.link(new, created_us, heads)
             head_no, head_link = self.chains.moved(scales)
             chain = (BinaryArray(np.array([heads[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
-                     BinaryArray(np.array(head_no, np.int64), INT8_ARRAY_OID), head_link,
-                     BinaryArray(chained.record_no, INT8_ARRAY_OID), [bytes(link) for link in chained.link])
+                     BinaryArray(np.array(head_no, np.int64), INT8_ARRAY_OID), copy_payload.link_array(head_link),
+                     BinaryArray(chained.record_no, INT8_ARRAY_OID), BinaryArray(chained.link, LINK_ARRAY_OID))
         persisted, duplicates, _ = counts = self._counts(records, fresh)
         failpoint("writer.small_batch", conn)
         written = conn.execute(WRITE_SMALL_BATCH_SQL, (
