@@ -89,6 +89,13 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
 
+def _add_endpoint_option(p: argparse.ArgumentParser) -> None:
+    """--endpoint of the commands that read or write archives."""
+    p.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+                   help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT, "
+                        "else AWS)")
+
+
 def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
     """``ingestor partitions archive|list`` (docs/operations.md#the-archive-of-old-days)."""
     pt = sub.add_parser("partitions", help="day partitions of weighing_logs")
@@ -100,13 +107,11 @@ def _add_partition_commands(sub: argparse._SubParsersAction) -> None:
                                        "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).")
     ar.add_argument("--before", required=True, type=_date, help="YYYY-MM-DD: partitions of days before it")
     ar.add_argument("--to", required=True, metavar="TARGET", help="a directory, or s3://BUCKET/PREFIX")
-    ar.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
-                    help="URL of an S3-compatible store (default: $INGESTOR_ARCHIVE_ENDPOINT, else AWS)")
+    _add_endpoint_option(ar)
     _add_database_options(ar)
     vf = pt_sub.add_parser("verify", help="read every recorded archive back and check rows and checksum; exit 1 "
                                           "when one is missing or changed")
-    vf.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
-                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
+    _add_endpoint_option(vf)
     _add_database_options(vf)
     ls = pt_sub.add_parser("list", help="day partitions: rows, bytes in PostgreSQL, archived where and when")
     ls.add_argument("--count", action="store_true", help="count each partition's rows (else PostgreSQL's estimate, ~)")
@@ -133,8 +138,7 @@ def _add_alibi_commands(sub: argparse._SubParsersAction) -> None:
                                                          "checked too, and each one the database lacks is reported")
     vf.add_argument("--archive", action="store_true", help="also the days retention dropped, read back from their "
                                                           "Parquet archives: every chain from its first record")
-    vf.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
-                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
+    _add_endpoint_option(vf)
     _add_database_options(vf)
     sh = al_sub.add_parser("show", help="one record as stored, with its chain position (the number on a receipt)")
     sh.add_argument("record", metavar="SCALE/RECORD", help="scale_id and record number, as printed on a receipt: 17/4711")
@@ -232,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--since", required=True, type=_moment, help="YYYY-MM-DD or an ISO 8601 time (UTC unless given)")
     hs.add_argument("--until", type=_moment, default=None, help="exclusive end, as --since (default: now)")
     hs.add_argument("--json", action="store_true", help="one JSON object per row instead of CSV")
-    hs.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
-                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT)")
+    _add_endpoint_option(hs)
     _add_database_options(hs)
 
     _add_dead_letter_commands(sub)

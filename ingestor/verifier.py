@@ -111,15 +111,7 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
         check = checks.get(scale_id) or alibi.ChainCheck(scale_id, starts.get(scale_id))
         if until is None:
             findings += check.finish(heads[scale_id][0])
-    for scale_id, (record_no, link) in sealed.items():
-        if scale is not None and scale_id != scale:
-            continue
-        start = starts.get(scale_id, (1, None))[0]
-        if record_no < start or (since is not None and record_no not in held.get(scale_id, {})
-                                 and record_no < _first(checks.get(scale_id))):
-            continue  # dropped by retention, or before the range: not ours to check
-        records = [Record(no, 0, link_, b"") for no, link_ in held.get(scale_id, {}).items()]
-        findings += alibi.verify_heads(scale_id, records, [(record_no, link)])
+    findings += _sealed_heads(sealed, held, starts, checks, scale, since is not None)
     scales = len(set(checks) | (set(heads) if scale is None else {scale} & set(heads)))
     return Report(sum(c.records for c in checks.values()), scales, genuine, bool(public_keys),
                   sorted(findings, key=_order))
@@ -176,6 +168,22 @@ def _archive_rows(table) -> Iterator[tuple]:
         yield (columns["scale_id"][i], columns["id"][i], columns["record_no"][i],
                None if link is None else bytes.fromhex(link), columns["seq"][i], us["measured_at"][i],
                us["created_at"][i], *vals, any(v is not None and len(v.encode()) > 64 for v in vals))
+
+
+def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, dict[int, bytes]], starts: dict,
+                  checks: dict[int, alibi.ChainCheck], scale: int | None, ranged: bool) -> list[Finding]:
+    """Each scale's greatest sealed record against its stored link (``held``: those read)."""
+    findings = []
+    for scale_id, (record_no, link) in sealed.items():
+        if scale is not None and scale_id != scale:
+            continue
+        start = starts.get(scale_id, (1, None))[0]
+        if record_no < start or (ranged and record_no not in held.get(scale_id, {})
+                                 and record_no < _first(checks.get(scale_id))):
+            continue  # dropped by retention, or before the range: not ours to check
+        records = [Record(no, 0, stored, b"") for no, stored in held.get(scale_id, {}).items()]
+        findings += alibi.verify_heads(scale_id, records, [(record_no, link)])
+    return findings
 
 
 def _first(check: alibi.ChainCheck | None) -> int:
