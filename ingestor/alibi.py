@@ -143,6 +143,8 @@ def chain(encoded: Encoded, heads: dict[int, Head]) -> tuple[np.ndarray, list[by
     """
     sha256 = hashlib.sha256
     data, offsets = encoded.data, encoded.offsets
+    if not encoded.scale_ids:  # a batch of duplicates only
+        return np.empty(0, np.int64), []
     scales = np.asarray(encoded.scale_ids, np.int64)
     order = np.argsort(scales, kind="stable")
     ordered = scales[order]

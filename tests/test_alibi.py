@@ -69,6 +69,8 @@ def test_each_link_depends_on_its_scale_s_past_only_and_on_every_byte_of_its_eve
     assert after[:4] == alone[:4] and all(a != b for a, b in zip(after[4:], alone[4:]))  # from the change on
     resumed = alibi.chain(alibi.canonical_from_records(records(one[10:]), NOW_US), {1: alibi.Head(10, alone[9])})
     assert resumed[0].tolist() == list(range(11, len(one) + 1)) and resumed[1] == alone[10:]  # from a stored head
+    none = alibi.chain(alibi.canonical_from_records(records(one)[:0], NOW_US), heads)  # a batch of duplicates only
+    assert none[0].tolist() == none[1] == [] and set(heads) == {1, 2, 3}
     first = alibi.canonical_from_records(records(one[:1]), NOW_US)
     assert alibi.chain(first, {})[1] != alibi.chain(first, {1: alibi.Head(0, alibi.genesis(2))})[1]
 

@@ -69,6 +69,7 @@ def chained(ring, dsn, conn, tmp_path, keys):
         write(w0, events(0, 5))  # new chains, guessed: one statement
         write(w0, events(5, 10))  # heads this writer committed: one statement
         write(w1, events(8, 12))  # re-sent keys: the general path, duplicates left out of the chains
+        write(w1, events(9, 11))  # nothing but duplicates: nothing linked
         write(w1, events(12, 60))  # > SMALL_BATCH: COPY, bisected around the refused row
         write(w0, events(60, 65))  # w0's heads moved on under w1: the function refuses, the general path writes
         write(w0, events(65, 70))  # and w0 knows them again: one statement
