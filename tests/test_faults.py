@@ -171,7 +171,7 @@ def test_writers_killed_at_random_moments_mid_stream_store_every_event_once(serv
     assert svc.terminate() == 0 and s["seal_failures"] == 0
     report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=tmp_path / "seals.jsonl")
     assert (report.records, report.scales, report.findings) == (events + 3000, 100, [])
-    assert report.seals >= 4  # at each start and each clean stop
+    assert report.seals >= 3  # at each clean stop, and the second start (the first had no chain to seal)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM ingestor_claims WHERE record_no = (%s + 3000) / 100",
                             (events,)).fetchone()[0] == 100

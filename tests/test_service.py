@@ -79,7 +79,7 @@ def test_a_scale_written_by_both_writers_is_stored_once_with_its_latest_state(se
     assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (520, 520)
     assert conn.execute("SELECT scale_id, seq, data_1->>'val' FROM scale_current_states WHERE scale_id <= 3 "
                         "ORDER BY 1").fetchall() == [(1, 59, "1-59"), (2, 59, "2-59"), (3, 49, "3-49")]
-    assert conn.execute("SELECT * FROM ingestor_claims WHERE scale_id <= 2 ORDER BY 1").fetchall() == [(1, 0, 59), (2, 0, 59)]
+    assert conn.execute("SELECT scale_id, first_seq, last_seq FROM ingestor_claims WHERE scale_id <= 2 ORDER BY 1").fetchall() == [(1, 0, 59), (2, 0, 59)]
     assert svc.terminate() == 0
 
 
@@ -110,8 +110,10 @@ def test_sigterm_writes_everything_already_accepted(service_factory, dsn, conn):
                           "--batch-timeout-ms", "60000", "--batch-size", "100000")
     svc.wait_ready()
     Simulator(svc.bind, scales=50, rate=0, events=5000, start_ms=1_700_000_000_000).run()
-    s = svc.wait_for(lambda s: s["received_events"] == 5000)
-    assert s["persisted"] == 0 and s["pending"] == 5000
+    # pending settles at 5000 (a refill from the spool counts its block twice for a moment: in the ring, and
+    # in the front's share until the front publishes it)
+    s = svc.wait_for(lambda s: s["received_events"] == 5000 and s["pending"] == 5000)
+    assert s["persisted"] == 0
     assert svc.terminate(signal.SIGTERM) == 0
     assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (5000, 5000)
     assert "Drained: 5000 events persisted" in svc.output()
