@@ -29,14 +29,24 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: EmbeddedPostgres) -> str:
+    """A database migrated once per session, copied for each test (a copy is ~2x faster than migrating)."""
+    name = "ingestor_migrated_template"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    schema.migrate(pg_server.dsn.replace("dbname=postgres", f"dbname={name}"))
+    return name
+
+
 @pytest.fixture
-def dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
+def dsn(pg_server: EmbeddedPostgres, migrated_template: str) -> Iterator[str]:
     """A new, migrated database on the session server; dropped after the test."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
     url = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
-    schema.migrate(url)
+    schema.migrate(url)  # nothing to apply: today's partitions, should the session cross midnight
     yield url
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
