@@ -173,7 +173,9 @@ class Monitoring:
     def start(self) -> None:
         self._server = make_server(self.host, self.port, self.app, handler_class=_QuietHandler)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        # shutdown() waits for the serving loop to look up: every 0.1 s, not the default 0.5, so a stop is prompt
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http",
+                                        daemon=True)
         self._thread.start()
         log.info("Monitoring on http://%s:%d (/metrics, /health)", self.host, self.port)
 
