@@ -57,10 +57,6 @@ class Chains:
         """The heads the last :meth:`link` moved: scale → (record number, link)."""
         return {s: (h.record_no, h.link) for s, h in self._moved.items()}
 
-    def moved(self, scales: list[int]) -> tuple[list[int], list[bytes]]:
-        """The last :meth:`link`'s new heads of ``scales`` (each must have moved), as (record numbers, links)."""
-        return [self._moved[s].record_no for s in scales], [self._moved[s].link for s in scales]
-
     def guess(self, scales: list[int]) -> dict[int, Head]:
         """Each of ``scales``' head as this writer last committed it, else record 0 at its genesis (a new scale).
 

@@ -88,7 +88,7 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
             sealed, genuine, seal_findings = _check_seals(stored_seals, seal_file, public_keys, until)
             findings += seal_findings
         checks: dict[int, alibi.ChainCheck] = {}
-        held: dict[int, dict[int, bytes]] = {}  # each scale's sealed record, if read: its stored link
+        held: dict[int, bytes] = {}  # each scale's greatest sealed record's stored link, once read
         if archive:
             starts = {}  # from the first record: the dropped days are read back
         pieces = itertools.chain(_archived(conn, endpoint, since, until, scale) if archive else (),
@@ -103,9 +103,7 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
                 findings += check.feed(records)
                 if scale_id in sealed:
                     wanted = sealed[scale_id][0]
-                    for r in records:
-                        if r.record_no == wanted:
-                            held.setdefault(scale_id, {})[wanted] = r.link
+                    held.update((scale_id, r.link) for r in records if r.record_no == wanted)
         conn.rollback()
     for scale_id in (heads if scale is None else [scale] if scale in heads else []):
         check = checks.get(scale_id) or alibi.ChainCheck(scale_id, starts.get(scale_id))
@@ -170,7 +168,7 @@ def _archive_rows(table) -> Iterator[tuple]:
                us["created_at"][i], *vals, any(v is not None and len(v.encode()) > 64 for v in vals))
 
 
-def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, dict[int, bytes]], starts: dict,
+def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, bytes], starts: dict,
                   checks: dict[int, alibi.ChainCheck], scale: int | None, ranged: bool) -> list[Finding]:
     """Each scale's greatest sealed record against its stored link (``held``: those read)."""
     findings = []
@@ -178,10 +176,10 @@ def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, dict[int
         if scale is not None and scale_id != scale:
             continue
         start = starts.get(scale_id, (1, None))[0]
-        if record_no < start or (ranged and record_no not in held.get(scale_id, {})
+        if record_no < start or (ranged and scale_id not in held
                                  and record_no < _first(checks.get(scale_id))):
             continue  # dropped by retention, or before the range: not ours to check
-        records = [Record(no, 0, stored, b"") for no, stored in held.get(scale_id, {}).items()]
+        records = [Record(record_no, 0, held[scale_id], b"")] if scale_id in held else []
         findings += alibi.verify_heads(scale_id, records, [(record_no, link)])
     return findings
 

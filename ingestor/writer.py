@@ -304,9 +304,10 @@ class Writer:
             scales = runs.scale_ids
             heads = self.chains.guess(scales)
             chained = self.chains.link(new, created_us, heads)
-            head_no, head_link = self.chains.moved(scales)
+            after = self.chains.moved_heads()
             chain = (BinaryArray(np.array([heads[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
-                     BinaryArray(np.array(head_no, np.int64), INT8_ARRAY_OID), copy_payload.link_array(head_link),
+                     BinaryArray(np.array([after[s][0] for s in scales], np.int64), INT8_ARRAY_OID),
+                     copy_payload.link_array([after[s][1] for s in scales]),
                      BinaryArray(chained.record_no, INT8_ARRAY_OID), BinaryArray(chained.link, LINK_ARRAY_OID))
         persisted, duplicates, _ = counts = self._counts(records, fresh)
         failpoint("writer.small_batch", conn)
