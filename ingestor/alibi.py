@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -165,6 +165,9 @@ def chain(encoded: Encoded, heads: dict[int, Head]) -> tuple[np.ndarray, list[by
 
 # -- checking a chain (the verifier's core) ---------------------------------------------------------
 
+MAX_NAMED = 10_000  # a finding over a longer run of records names its first and last only
+PLACE_BUDGET = 2_000_000  # SHA-256 calls spent placing stray rows into gaps, per check; then they stay strays
+
 
 class Record(NamedTuple):
     """One stored row of a scale as the verifier reads it."""
@@ -172,16 +175,24 @@ class Record(NamedTuple):
     record_no: int | None  #: its place in the chain; None: a row the chain never had
     row_id: int  #: weighing_logs.id, to name it
     link: bytes | None  #: the link stored with it
-    event: bytes  #: the canonical encoding of the row as stored now
+    event: bytes  #: the canonical encoding of the row as stored now; b"": it cannot be an event as received
 
 
 class Finding(NamedTuple):
-    """One thing the chain says was done to the stored records."""
+    """One thing the chain says was done to the stored records (docs/alibi.md#findings).
 
-    scale_id: int | None  #: None for a finding about a seal
-    kind: str  #: changed, deleted, inserted, reordered, truncated; sealed (a seal's head does not match),
-    #: forged (a seal's signature does not hold), unrecorded (a seal of the file missing from the database)
-    records: tuple[int, ...]  #: the record numbers (for ``inserted``: the row ids)
+    ``kind``: changed, deleted, inserted, reordered, truncated, moved (a
+    record stored under another scale_id or record_no), head (the claims
+    row's head disagrees with the stored chain); for seals and archives
+    (``scale_id`` None): sealed (a seal's head does not match), forged,
+    unrecorded, unfiled, archive. ``records``: the record numbers (for
+    ``inserted``: the row ids; a run of more than MAX_NAMED: its first and
+    last), each tampered record named by one finding.
+    """
+
+    scale_id: int | None
+    kind: str
+    records: tuple[int, ...]
     detail: str
 
 
@@ -196,78 +207,289 @@ def verify_chain(scale_id: int, records: Sequence[Record], last: int | None = No
     older records were dropped by retention; default (1, genesis). See
     :class:`ChainCheck`, which this runs over one piece.
     """
-    check = ChainCheck(scale_id, start)
-    return check.feed(records) + check.finish(last)
+    check = ChainCheck(scale_id, start, None if last is None else (last, None))
+    check.feed(records)
+    return resolve([check])
+
+
+def as_scale(event: bytes, scale_id: int) -> bytes:
+    """``event`` (a canonical encoding) as it would be under ``scale_id``: a row moved to another scale is checked
+    against the chain it came from."""
+    return scale_id.to_bytes(4, "little", signed=True) + event[4:] if event else event
+
+
+def _followed(rows: list[Record], after: list[Record] | None) -> Record | None:
+    """Of rows under one record number with no predecessor to check them against, the one the next record links to."""
+    if len(rows) > 1 and after:
+        return next((r for r in rows if r.link is not None and any(_holds(r.link, a.event, a.link) for a in after)),
+                    None)
+    return None
+
+
+def _holds(prev: bytes | None, event: bytes, link: bytes | None) -> bool:
+    return prev is not None and link is not None and bool(event) and hashlib.sha256(prev + event).digest() == link
+
+
+class _Gap(NamedTuple):
+    """Record numbers first..last not met where the chain needed them (filled later, or deleted)."""
+
+    first: int
+    last: int
+    before: bytes | None  #: the stored link of record first - 1 (None: not known)
+    after: Record | None  #: record last + 1 as stored; None: the gap runs to the chain's head
 
 
 class ChainCheck:
-    """One scale's chain checked piece by piece (a day at a time), in record order.
+    """One scale's chain checked piece by piece (a day at a time), then :func:`resolve`\\ d.
 
     Each record's link is recomputed from its predecessor's *stored* link,
-    so one changed record is one finding, not a broken rest of the chain. A
-    record whose content changed and whose link was recomputed to match,
+    so one changed record is one finding, not a broken rest of the chain.
+    A record whose content changed and whose link was recomputed to match,
     with every later link rewritten too, passes here: only a signed seal
     over a later head (:func:`verify_heads`) catches that.
 
+    Rows may come in any order across pieces: a record met after its
+    successors (its created_at moved to another day) is kept and put into
+    its gap by :func:`resolve`, as is a row moved to another scale or
+    record number, recognised by its link. What fits no gap is ``inserted``.
+
     ``start``: (first record number, the link before it); a link of None
     trusts the first record held (a time range that begins mid-chain).
+    ``head``: (record number, link or None) of the chain's head as recorded
+    beside the writers' claims, (0, None) when none is; rows past it are
+    not in the chain. None: the end is not known (a range ending early).
     """
 
-    def __init__(self, scale_id: int, start: tuple[int, bytes | None] | None = None) -> None:
+    def __init__(self, scale_id: int, start: tuple[int, bytes | None] | None = None,
+                 head: tuple[int, bytes | None] | None = None) -> None:
         self.scale_id = scale_id
-        self.expected, self.prev = start if start is not None else (1, genesis(scale_id))
+        self.start, self.prev = start if start is not None else (1, genesis(scale_id))
+        self.expected = self.start
+        self.head = head
         self.records = 0  #: records fed that are in the chain
+        self.late: list[Record] = []  #: records met after the chain had passed their number
+        self.strays: list[Record] = []  #: rows not in the chain: no record number, a second row under one, past the head
+        self.findings: list[Finding] = []
+        self._first_read: int | None = None
+        self._gaps: list[_Gap] = []
+        self._beyond: list[Record] = []
+        self._alt: bytes | None = None  # the last record's link as recomputed, when its stored one did not hold
 
-    def feed(self, records: Sequence[Record]) -> list[Finding]:
-        """Check the next piece: records whose numbers follow the previous piece's (any order within it)."""
-        scale_id = self.scale_id
-        findings = []
-        chained = sorted((r for r in records if r.record_no is not None), key=lambda r: (r.record_no, r.row_id))
-        strays = [r.row_id for r in records if r.record_no is None]
-        seen: dict[int, Record] = {}
-        for r in chained:  # a second row under a record number is an insert, unless it is the one that verifies
-            if r.record_no in seen:
-                strays.append(r.row_id)
+    def feed(self, records: Sequence[Record]) -> None:
+        """Check the next piece (any order within it)."""
+        by_no: dict[int, list[Record]] = {}
+        head_no = None if self.head is None else self.head[0]
+        for r in records:
+            if r.record_no is None:
+                self.strays.append(r)
+            elif head_no is not None and r.record_no > head_no:
+                self._beyond.append(r)
+            elif r.record_no < self.expected:
+                self.late.append(r)
             else:
-                seen[r.record_no] = r
-        if strays:
-            findings.append(Finding(scale_id, "inserted", tuple(sorted(strays)), "rows that are not in the chain"))
-        order = sorted(seen.values(), key=lambda r: r.record_no)
-        self.records += len(order)
-        expected, prev = self.expected, self.prev
+                by_no.setdefault(r.record_no, []).append(r)
+        numbers = sorted(by_no)
+        if numbers and self._first_read is None:
+            self._first_read = numbers[0]
         i = 0
-        while i < len(order):
-            r = order[i]
-            if prev is None:  # the first record of a range: its predecessor is not read
-                prev, expected, i = r.link, r.record_no + 1, i + 1
+        while i < len(numbers):
+            k = numbers[i]
+            rows = by_no[k]
+            self.records += 1
+            if self.prev is None or k > self.expected:
+                r = _followed(rows, by_no.get(k + 1)) or min(rows, key=lambda r: r.row_id)
+                if self.prev is not None:
+                    self._gaps.append(_Gap(self.expected, k - 1, self.prev, r))
+                self.strays += [x for x in rows if x is not r]
+                self.prev, self._alt, self.expected, i = r.link, None, k + 1, i + 1
                 continue
-            if r.record_no > expected:
-                gone = tuple(range(expected, r.record_no))
-                findings.append(Finding(scale_id, "deleted", gone, f"record(s) {_span(gone)} missing from the chain"))
-                prev = r.link  # its predecessor is gone: its own content cannot be checked, only what follows it
-                expected, i = r.record_no + 1, i + 1
+            r = next((x for x in rows if _holds(self.prev, x.event, x.link)), None)
+            if r is None and self._alt is not None:
+                r = next((x for x in rows if _holds(self._alt, x.event, x.link)), None)
+                if r is not None:  # the predecessor's content holds; its stored link was altered
+                    f = self.findings[-1]
+                    self.findings[-1] = f._replace(detail=f"record {f.records[0]} has an altered link (its content "
+                                                          "links to its predecessor, its successor to the original link)")
+            if r is not None:
+                self.strays += [x for x in rows if x is not r]
+                self.prev, self._alt, self.expected, i = r.link, None, k + 1, i + 1
                 continue
-            if _link(prev, r.event) == r.link:
-                prev, expected, i = r.link, r.record_no + 1, i + 1
+            r = min(rows, key=lambda r: r.row_id)
+            self.strays += [x for x in rows if x is not r]
+            after = by_no.get(k + 1, [None])[0] if i + 1 < len(numbers) and numbers[i + 1] == k + 1 else None
+            if after is not None and _holds(self.prev, after.event, r.link) and _holds(r.link, r.event, after.link):
+                self.findings.append(Finding(self.scale_id, "reordered", (k, k + 1),
+                                             f"records {k} and {k + 1} hold each other's content"))
+                self.strays += by_no[k + 1][1:]
+                self.records += 1
+                self.prev, self._alt, self.expected, i = after.link, None, k + 2, i + 2
                 continue
-            after = order[i + 1] if i + 1 < len(order) and order[i + 1].record_no == r.record_no + 1 else None
-            if after is not None and _link(prev, after.event) == r.link and _link(r.link, r.event) == after.link:
-                findings.append(Finding(scale_id, "reordered", (r.record_no, after.record_no),
-                                        f"records {r.record_no} and {after.record_no} hold each other's content"))
-                prev, expected, i = after.link, after.record_no + 1, i + 2
-                continue
-            findings.append(Finding(scale_id, "changed", (r.record_no,),
-                                    f"record {r.record_no} (row id {r.row_id}) differs from what was linked"))
-            prev, expected, i = r.link, r.record_no + 1, i + 1
-        self.expected, self.prev = expected, prev
-        return findings
+            self.findings.append(Finding(self.scale_id, "changed", (k,), f"record {k} (row id {r.row_id}) does not "
+                                         "link to its predecessor: it was changed, or the predecessor and its link "
+                                         "were rewritten"))
+            self._alt = hashlib.sha256(self.prev + r.event).digest() if r.event else None
+            self.prev, self.expected, i = r.link, k + 1, i + 1
 
-    def finish(self, last: int | None) -> list[Finding]:
-        """Records missing at the end: ``last`` is the chain's last record number as recorded elsewhere."""
-        if last is not None and last >= self.expected:
-            gone = tuple(range(self.expected, last + 1))
-            return [Finding(self.scale_id, "truncated", gone, f"record(s) {_span(gone)} missing at the chain's end")]
-        return []
+    def _close(self) -> None:
+        """Before the gaps are filled: the head (records past it, its link) and the gap up to it."""
+        if self.head is None or (self.prev is None and not self.records):
+            return  # the end is not known, or a range that holds none of this scale's records
+        head_no, head_link = self.head
+        if self._beyond:
+            beyond = sorted(self._beyond, key=lambda r: (r.record_no, r.row_id))
+            numbers = [r.record_no for r in beyond]
+            linked = self.expected == head_no + 1 and numbers == list(range(head_no + 1, head_no + 1 + len(beyond)))
+            prev = self.prev
+            for r in beyond if linked else ():
+                linked = _holds(prev, r.event, r.link)
+                prev = r.link
+            if linked:
+                said = f"is record {head_no}" if head_no else "is missing"
+                self.findings.append(Finding(self.scale_id, "head", _named(numbers), (
+                    f"the head in ingestor_claims {said}, but records {_span(numbers)} are stored and link "
+                    "on: the head was set back (the next records written would repeat their numbers)")))
+                self.prev, self.expected, self._alt = prev, numbers[-1] + 1, None
+                self.records += len(beyond)
+                self.head = (numbers[-1], None)
+                return
+            self.strays += beyond
+        if head_no >= self.expected:
+            self._gaps.append(_Gap(self.expected, head_no, self.prev, None))
+            self.expected = head_no + 1
+        elif head_link is not None and self.records and self.prev != head_link and self._alt != head_link:
+            self.findings.append(Finding(self.scale_id, "head", (head_no,), (
+                f"the head in ingestor_claims holds another link for record {head_no} than the one stored: it was "
+                "altered (the next record written would not link)")))
+
+    def _fill(self, gap: _Gap, late: dict[int, list[Record]], pool: list[tuple[int, Record]],
+              budget: list[int]) -> None:
+        """Put late records and strays (any scale's: ``pool``) into ``gap`` where their links say they belong;
+        name what they say was done, and what stays empty as deleted (or truncated, at the head)."""
+        scale = self.scale_id
+        placed: dict[int, tuple[int, Record, bool]] = {}  # position -> (its scale, the row, its content holds)
+        used: set[int] = set()
+
+        def candidates(position: int) -> Iterator[tuple[int, Record]]:
+            yield from ((scale, r) for r in late.get(position, ()) if id(r) not in used)
+            for s, r in pool:
+                if budget[0] <= 0:
+                    return
+                if id(r) not in used and r.link is not None and r.event:
+                    budget[0] -= 1
+                    yield s, r
+
+        position, prev = gap.first, gap.before
+        while position <= gap.last and prev is not None:  # forward, from the link before the gap
+            found = next(((s, r) for s, r in candidates(position) if _holds(prev, as_scale(r.event, scale), r.link)),
+                         None)
+            if found is None:
+                break
+            placed[position] = (*found, True)
+            used.add(id(found[1]))
+            prev, position = found[1].link, position + 1
+        back, after = gap.last, gap.after
+        while back >= position and after is not None and after.event:  # backward, from the record after the gap
+            event = as_scale(after.event, scale)
+            found = next(((s, r) for s, r in candidates(back) if _holds(r.link, event, after.link)), None)
+            if found is None:
+                break
+            before = gap.before if back == gap.first else placed[back - 1][1].link if back - 1 in placed else None
+            placed[back] = (*found, _holds(before, as_scale(found[1].event, scale), found[1].link))
+            used.add(id(found[1]))
+            after, back = found[1], back - 1
+        for number, rows in late.items():  # late rows of their own number that link to neither side
+            if position <= number <= back and number not in placed:
+                r = next((r for r in rows if id(r) not in used), None)
+                if r is not None:
+                    placed[number] = (scale, r, False)
+                    used.add(id(r))
+        for number in sorted(placed):
+            s, r, holds = placed[number]
+            elsewhere = s != scale or r.record_no != number
+            where = f"stored as scale {s} record {r.record_no} (row id {r.row_id})"
+            if elsewhere and holds:
+                self.findings.append(Finding(scale, "moved", (number,), f"record {number} is {where}"))
+            elif not holds and (number == gap.first and gap.before is not None or number - 1 in placed):
+                self.findings.append(Finding(scale, "changed", (number,), (
+                    f"record {number} ({where}) does not link to its predecessor" if elsewhere else
+                    f"record {number} (row id {r.row_id}) does not link to its predecessor: it was changed "
+                    "(stored out of order: its created_at was changed too, or it was written around midnight)")))
+            elif elsewhere:
+                self.findings.append(Finding(scale, "moved", (number,), f"record {number} is {where}"))
+        if gap.after is not None and gap.last in placed and back == gap.last:  # nothing linked the after-record back
+            if not _holds(placed[gap.last][1].link, gap.after.event, gap.after.link):
+                self.findings.append(Finding(scale, "changed", (gap.last + 1,), (
+                    f"record {gap.last + 1} (row id {gap.after.row_id}) does not link to its predecessor")))
+        run: list[int] = []
+        empty = [n for n in range(gap.first, gap.last + 1) if n not in placed] if gap.last - gap.first < MAX_NAMED \
+            else None
+        if empty is None:  # a vast gap: a forged record number; its ends are what can be named
+            self.findings.append(Finding(scale, "truncated" if gap.after is None else "deleted",
+                                         (gap.first, gap.last), f"records {gap.first}..{gap.last} missing"))
+        for n in empty or ():
+            if run and n != run[-1] + 1:
+                self._missing(run, gap, False)
+                run = []
+            run.append(n)
+        if run:
+            self._missing(run, gap, gap.after is None and run[-1] == gap.last)
+        if gap.after is None and gap.last in placed and self.head is not None and self.head[1] is not None \
+                and placed[gap.last][1].link != self.head[1]:
+            self.findings.append(Finding(scale, "head", (gap.last,), (
+                f"the head in ingestor_claims holds another link for record {gap.last} than the one stored")))
+        pool[:] = [(s, r) for s, r in pool if id(r) not in used]
+        for number, rows in list(late.items()):
+            late[number] = [r for r in rows if id(r) not in used]
+
+    def _missing(self, run: list[int], gap: _Gap, at_head: bool) -> None:
+        if at_head:
+            self.findings.append(Finding(self.scale_id, "truncated", tuple(run),
+                                         f"record(s) {_span(run)} missing at the chain's end"))
+        else:
+            self.findings.append(Finding(self.scale_id, "deleted", tuple(run),
+                                         f"record(s) {_span(run)} missing from the chain"))
+
+
+def resolve(checks: Iterable[ChainCheck]) -> list[Finding]:
+    """Every check's findings once all pieces were fed: gaps filled with late records and with strays of any
+    scale (a row moved to another scale_id or record_no), what is left named as deleted, truncated or inserted."""
+    checks = list(checks)
+    for check in checks:
+        check._close()
+    # any late record or stray may be what a gap lacks: under another number or scale, its link tells
+    pool = [(c.scale_id, r) for c in checks for r in (*c.late, *c.strays) if r.link is not None and r.event]
+    others = [(c.scale_id, r) for c in checks for r in c.strays if not (r.link is not None and r.event)]
+    budget = [PLACE_BUDGET]
+    late_of: dict[int, dict[int, list[Record]]] = {}
+    for check in checks:
+        late = late_of[check.scale_id] = {}
+        for r in check.late:
+            late.setdefault(r.record_no, []).append(r)
+        for gap in check._gaps:
+            check._fill(gap, late, pool, budget)
+    findings = [f for c in checks for f in c.findings]
+    leftover: dict[int, list[tuple[int, str]]] = {}
+    for check in checks:
+        for number, rows in late_of[check.scale_id].items():
+            for r in rows:
+                if check._first_read is None or number < check._first_read:
+                    findings.append(Finding(check.scale_id, "changed", (number,), (
+                        f"record {number} (row id {r.row_id}) is stored among later records: its created_at "
+                        "was changed")))
+                else:
+                    leftover.setdefault(check.scale_id, []).append((r.row_id, f"a second row under record {number}"))
+    late_ids = {id(r) for c in checks for r in c.late}
+    for s, r in pool + others:
+        if id(r) in late_ids:
+            continue  # named above with its scale's late records
+        leftover.setdefault(s, []).append(
+            (r.row_id, "not in the chain" if r.record_no is None else f"a row under record {r.record_no}"))
+    for s, rows in leftover.items():
+        rows.sort()
+        ids = tuple(i for i, _ in rows)
+        findings.append(Finding(s, "inserted", ids if len(ids) <= MAX_NAMED else (ids[0], ids[-1]),
+                                f"rows that are not in the chain: {_rows(rows)}"))
+    return findings
 
 
 def verify_heads(scale_id: int, records: Sequence[Record], heads: Sequence[tuple[int, bytes]]) -> list[Finding]:
@@ -286,9 +508,14 @@ def verify_heads(scale_id: int, records: Sequence[Record], heads: Sequence[tuple
     return findings
 
 
-def _link(prev: bytes | None, event: bytes) -> bytes:
-    return hashlib.sha256((prev or b"") + event).digest()
+def _named(numbers: list[int]) -> tuple[int, ...]:
+    return tuple(numbers) if len(numbers) <= MAX_NAMED else (numbers[0], numbers[-1])
 
 
-def _span(numbers: tuple[int, ...]) -> str:
+def _span(numbers: Sequence[int]) -> str:
     return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}..{numbers[-1]}"
+
+
+def _rows(rows: list[tuple[int, str]]) -> str:
+    shown = "; ".join(f"row id {i} ({why})" for i, why in rows[:10])
+    return shown + (f"; and {len(rows) - 10} more" if len(rows) > 10 else "")

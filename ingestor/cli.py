@@ -143,6 +143,10 @@ def _add_alibi_commands(sub: argparse._SubParsersAction) -> None:
     sh = al_sub.add_parser("show", help="one record as stored, with its chain position (the number on a receipt)")
     sh.add_argument("record", metavar="SCALE/RECORD", help="scale_id and record number, as printed on a receipt: 17/4711")
     sh.add_argument("--json", action="store_true", help="one JSON object")
+    sh.add_argument("--public-key", action="append", default=[], metavar="FILE",
+                    help="an Ed25519 public key whose seals count (repeatable): the first seal covering the record "
+                         "is checked, and every link up to the head it signed. Without one the seal is not checked")
+    sh.add_argument("--seal-file", metavar="FILE", help="the service's seal file: its seals count too")
     _add_database_options(sh)
 
 
@@ -452,18 +456,21 @@ def cmd_alibi(args: argparse.Namespace) -> int:
         scale, _, number = args.record.replace(":", "/").partition("/")
         if not (scale.lstrip("-").isdigit() and number.isdigit()):
             raise ConfigError(f"record {args.record!r}: expected SCALE/RECORD, as 17/4711")
-        shown = _database(lambda: verifier.show(args.dsn, args.schema, int(scale), int(number)))
+        keys = [seals.load_public(path) for path in args.public_key]
+        shown = _database(lambda: verifier.show(args.dsn, args.schema, int(scale), int(number), keys,
+                                                args.seal_file))
         if shown is None:
             print(f"ingestor: no record {number} of scale {scale} is stored", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps({**shown.row, "verdict": shown.verdict, "sealed_by": shown.sealed_by}))
+            print(json.dumps({**shown.row, "verdict": shown.verdict, "sealed_by": shown.sealed_by,
+                              "intact": shown.intact}))
         else:
             for key, value in shown.row.items():
                 print(f"{key:12} {'NULL' if value is None else value}")
             print(f"{'link check':12} {shown.verdict}")
             print(f"{'sealed by':12} {shown.sealed_by or 'no seal yet'}")
-        return 0 if shown.verdict.startswith("intact") else 1
+        return 0 if shown.intact else 1
     keys = [seals.load_public(path) for path in args.public_key]
     report = _database(lambda: verifier.verify(args.dsn, args.schema, scale=args.scale, since=args.since,
                                                until=args.until, public_keys=keys, seal_file=args.seal_file,

@@ -46,3 +46,7 @@ class SpoolError(IngestorError):
 
 class ArchiveError(IngestorError):
     """A day partition could not be archived as it is (ingestor/archive.py); it stays in PostgreSQL."""
+
+
+class VerifyError(IngestorError):
+    """What the alibi verifier was asked to check cannot be read (a seal file that is missing or not a file)."""

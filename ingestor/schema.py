@@ -45,6 +45,14 @@ def migrations() -> list[Migration]:
     return sorted(found)
 
 
+def regular_field(column: str) -> str:
+    """SQL that is true when jsonb ``column`` is NULL or exactly ``{"val": <string>}`` (docs/PROTOCOL.md §8), the one
+    shape a writer stores; false for any other object, array or scalar. Never NULL, never an error, whatever the
+    column holds (``->`` on a scalar is NULL, and ``=`` compares whole values)."""
+    return (f"coalesce({column} IS NULL OR (jsonb_typeof({column}->'val') = 'string' "
+            f"AND {column} = jsonb_build_object('val', {column}->'val')), false)")
+
+
 def set_search_path(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 

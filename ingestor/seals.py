@@ -23,6 +23,7 @@ import msgspec
 from .errors import ConfigError
 
 SECRET_SUFFIX, PUBLIC_SUFFIX = ".ed25519", ".ed25519.pub"
+TAIL_BLOCK = 64 * 1024  # read from the end of the seal file in blocks this large (a seal of 300 scales is ~25 KB)
 
 
 class Head(msgspec.Struct, array_like=True, frozen=True, order=True):
@@ -152,6 +153,60 @@ def append(path: str | os.PathLike, seal: Seal) -> None:
         os.close(fd)
 
 
+def cut_torn_tail(path: str | os.PathLike) -> int:
+    """Cut a torn last line (a crash mid-append: bytes after the last newline) off ``path``; returns the bytes cut.
+
+    Without this the next append would glue a whole seal onto the torn one.
+    The torn seal is in the database (it is stored there first) and is
+    appended whole again by :meth:`Sealer.seal`. Raises OSError from the disk.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = end = os.fstat(fd).st_size
+        while end > 0:
+            start = max(0, end - TAIL_BLOCK)
+            block = os.pread(fd, end - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end < size:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        return size - end
+    finally:
+        os.close(fd)
+
+
+def last(path: str | os.PathLike) -> Seal | None:
+    """The last whole seal of ``path`` (read from the end, so a year of seals costs nothing); None when there is
+    none. Raises OSError from the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        end = os.fstat(fd).st_size
+        tail = b""
+        while end > 0:
+            start = max(0, end - TAIL_BLOCK)
+            tail = os.pread(fd, end - start, start) + tail
+            end = start
+            lines = tail.rstrip(b"\n").split(b"\n")
+            if len(lines) > 1 or end == 0:
+                try:
+                    return msgspec.json.decode(lines[-1], type=Seal)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    return None
+        return None
+    finally:
+        os.close(fd)
+
+
 def read(path: str | os.PathLike) -> list[Seal]:
     """The seals of ``path`` in the order written. A torn last line (a crash mid-append) is left out;
     a malformed line elsewhere raises msgspec.DecodeError or ValidationError naming it."""
@@ -188,14 +243,18 @@ class Sealer:
         self.dsn, self.schema, self.instance = dsn, schema, instance
         self.key = load_secret(key_file)
         self.seal_file = Path(seal_file)
+        self._filed = False  # the file holds every seal of this instance the database holds (checked at first)
 
     def seal(self) -> Seal | None:
         """Sign the heads committed now; None when no chain has a record yet.
 
         The database first, then the file: a seal in the file is always in
-        the database too (the verifier reports one that is not). Raises
+        the database too (the verifier reports one that is not). Before the
+        first seal, and after one whose append failed, the file is caught up:
+        a torn last line cut, and this instance's seals the database holds
+        after the file's last one appended, oldest first. Raises
         psycopg.Error from PostgreSQL (nothing stored), OSError from the
-        file (the seal is in the database only).
+        file (the seal is in the database only, until the next seal).
         """
         import datetime as dt
 
@@ -215,5 +274,36 @@ class Sealer:
             conn.execute(INSERT_SQL, (self.instance, now, seal.key_id, msgspec.json.encode(seal).decode()))
         failpoint("seal.file")
         self.seal_file.parent.mkdir(parents=True, exist_ok=True)
+        behind = [] if self._filed else self._unfiled(seal)
+        for missed in behind:
+            append(self.seal_file, missed)
+        if behind:
+            import logging
+
+            logging.getLogger(__name__).warning("Seal file %s caught up: %d seal(s) of the database appended",
+                                                self.seal_file, len(behind))
+        self._filed = False
         append(self.seal_file, seal)
+        self._filed = True
         return seal
+
+    def _unfiled(self, now: Seal) -> list[Seal]:
+        """This instance's seals in the database after the file's last one (``now`` excluded), oldest first."""
+        import psycopg
+
+        from .schema import set_search_path
+
+        cut = cut_torn_tail(self.seal_file)
+        if cut:
+            import logging
+
+            logging.getLogger(__name__).warning("Seal file %s: cut a torn last line of %d bytes (a crash mid-append)",
+                                                self.seal_file, cut)
+        latest = last(self.seal_file)
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            set_search_path(conn, self.schema)
+            texts = conn.execute(
+                "SELECT seal FROM ingestor_seals WHERE instance = %s AND sealed_at > %s::timestamptz "
+                "AND sealed_at < %s::timestamptz ORDER BY sealed_at, id",
+                (self.instance, latest.sealed_at if latest else "-infinity", now.sealed_at)).fetchall()
+        return [msgspec.json.decode(t, type=Seal) for (t,) in texts]

@@ -1,16 +1,20 @@
-"""``ingestor alibi verify|show`` (issue 15): the chains recomputed from the stored rows, the seals checked.
+"""``ingestor alibi verify|show`` (issue 15, hardened in issue 26): the chains recomputed from the stored rows.
 
-:func:`verify` reads, in one REPEATABLE READ snapshot, each day of
-``weighing_logs`` (ordered by scale and record number, streamed), every
+:func:`verify` reads, in one REPEATABLE READ snapshot, the rows of
+``weighing_logs`` one day at a time (each day partition, and each day that
+rows of the default partition fall on: the cost follows the rows that exist,
+not the calendar), ordered by scale and record number and streamed; every
 scale's head (``ingestor_claims``), where retention left each chain
-(``ingestor_alibi_starts``) and the seals (``ingestor_seals``, and the local
-seal file when given). It reports exactly which records were changed,
-deleted, inserted, reordered or cut off (:class:`ingestor.alibi.ChainCheck`),
-which seals are forged, which seals of the file the database lost, and which
-scale's chain no longer holds a link a seal signed
-(:func:`ingestor.alibi.verify_heads`: a chain rewritten consistently after
-the seal). For each scale the greatest sealed record is checked: the links
-between carry the seal back to every earlier record.
+(``ingestor_alibi_starts``) and the seals (``ingestor_seals``, and the seal
+file when given). It names exactly which records were changed, deleted,
+inserted, reordered, moved or cut off (:class:`ingestor.alibi.ChainCheck`,
+:func:`ingestor.alibi.resolve`), where a head disagrees with its chain, which
+seals are forged, which seals of the file the database lost and which of the
+database the file lacks, and which scale's chain no longer holds a link a
+seal signed (a chain rewritten consistently after the seal). Each tampered
+record is named by one finding; a row that cannot be an event as received
+(a data field not ``{"val": text}``, a time out of range) is a changed
+record, never an error.
 
 A time range (``since``/``until``, by ``created_at``) checks the links inside
 it; the first record of each scale in the range is taken as stored (its
@@ -20,36 +24,40 @@ predecessor is not read), and records missing after the range's end are not
 With ``archive=True`` the days retention dropped are read back from their
 Parquet archives (``ingestor_archives``, format 2 carries record_no and
 link) before the days PostgreSQL holds, and every chain is checked from its
-first record.
+first record. An archive that cannot be read is a finding; the chains go on
+from the first record after it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import msgspec
 import psycopg
+from psycopg import sql
 
 from . import alibi, seals
 from .alibi import Finding, Record
+from .errors import VerifyError
 from .protocol import DATA_FIELDS
-from .schema import set_search_path
+from .schema import regular_field, set_search_path
 
-_REGULAR = ("({c} IS NULL OR (jsonb_typeof({c}->'val') = 'string' AND {c} - 'val' = '{{}}'::jsonb "
-            "AND octet_length({c}->>'val') <= 64))")
-# measured_at and created_at as µs since 1970; a data field that is not {"val": text} marks the row irregular
-# (it cannot be the event as received: the canonical encoding has no room for it)
-_COLUMNS = ("scale_id, id, record_no, link, seq, (extract(epoch FROM measured_at) * 1000000)::bigint, "
-            "(extract(epoch FROM created_at) * 1000000)::bigint, "
-            + ", ".join(f"{c}->>'val'" for c in DATA_FIELDS) + ", NOT (" + " AND ".join(
-                _REGULAR.format(c=c) for c in DATA_FIELDS) + ")")
-ROWS_SQL = (f"SELECT {_COLUMNS} FROM weighing_logs WHERE created_at >= %(lo)s AND created_at < %(hi)s "
-            "AND (%(scale)s::int IS NULL OR scale_id = %(scale)s) ORDER BY scale_id, record_no, id")
+# µs since 1970 as int64, NULL for a time that cannot be one (±infinity, or past year 290,000)
+_US = "CASE WHEN isfinite({c}) AND {c} < '290000-01-01 00:00+00' THEN (extract(epoch FROM {c}) * 1000000)::bigint END"
+# a row that cannot be the event as received (a data field not {"val": text}, a time out of range) is flagged:
+# its encoding is b"" and it is a changed record whatever it holds
+_COLUMNS = ("scale_id, id, record_no, link, seq, " + _US.format(c="measured_at") + ", " + _US.format(c="created_at")
+            + ", " + ", ".join(f"{c}->>'val'" for c in DATA_FIELDS)
+            + ", NOT (" + " AND ".join(regular_field(c) for c in DATA_FIELDS) + ")")
 FETCH_ROWS = 20_000
+_DAY_PARTITION = re.compile(r"^weighing_logs_p([0-9]{8})$")
+_EPOCH = dt.date(1970, 1, 1)
 
 
 class Report(NamedTuple):
@@ -68,91 +76,169 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
     """Verify the chains of every scale (or ``scale``) over the rows with ``since <= created_at < until``.
 
     ``public_keys``: Ed25519 public keys (:func:`ingestor.seals.load_public`)
-    whose seals count; none: seals are not checked. ``archive``: also the
-    dropped days' archives (``endpoint``: the S3-compatible store's URL).
-    Raises psycopg.Error from PostgreSQL, OSError when ``seal_file`` or an
-    archive cannot be read.
+    whose seals count; none: signatures are not checked. ``seal_file``: the
+    service's seal file, reconciled with the database's seals. ``archive``:
+    also the dropped days' archives (``endpoint``: the S3-compatible store's
+    URL). Raises VerifyError when ``seal_file`` cannot be read (missing, a
+    directory, unreadable), psycopg.Error from PostgreSQL.
     """
     public_keys = list(public_keys)
+    file_seals = _read_seal_file(seal_file) if seal_file is not None else None
     findings: list[Finding] = []
     with psycopg.connect(dsn) as conn:
         set_search_path(conn, schema)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        heads = {s: (no, bytes(link)) for s, no, link in conn.execute(
+        conn.execute("SET LOCAL TimeZone TO 'UTC'")
+        heads = {s: (no, None if link is None else bytes(link)) for s, no, link in conn.execute(
             "SELECT scale_id, record_no, link FROM ingestor_claims WHERE record_no IS NOT NULL")}
         starts = {s: (no + 1, bytes(link)) for s, no, link in conn.execute(
             "SELECT scale_id, record_no, link FROM ingestor_alibi_starts")}
-        stored_seals = [(i, text) for i, text in conn.execute("SELECT id, seal FROM ingestor_seals ORDER BY id")]
-        sealed, genuine = {}, 0
-        if public_keys:
-            sealed, genuine, seal_findings = _check_seals(stored_seals, seal_file, public_keys, until)
-            findings += seal_findings
+        stored_seals = conn.execute("SELECT id, instance, to_json(sealed_at) #>> '{}', key_id, seal "
+                                    "FROM ingestor_seals ORDER BY id").fetchall()
+        sealed, genuine, seal_findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until)
+        findings += seal_findings
         checks: dict[int, alibi.ChainCheck] = {}
-        held: dict[int, bytes] = {}  # each scale's greatest sealed record's stored link, once read
+        held: dict[int, bytes | None] = {}  # each scale's greatest sealed record's stored link, once read
         if archive:
             starts = {}  # from the first record: the dropped days are read back
-        pieces = itertools.chain(_archived(conn, endpoint, since, until, scale) if archive else (),
-                                 (_stored(conn, lo, hi, scale) for lo, hi in _days(conn, since, until)))
+        trust_next = [False]  # after an archive that cannot be read: each chain goes on from its next record
+
+        def check_of(scale_id: int) -> alibi.ChainCheck:
+            check = checks.get(scale_id)
+            if check is None:
+                start = (1, None) if since is not None or trust_next[0] else starts.get(scale_id)
+                check = checks[scale_id] = alibi.ChainCheck(scale_id, start, heads.get(scale_id, (0, None)))
+            return check
+
+        def unreadable(finding: Finding) -> None:
+            findings.append(finding)
+            trust_next[0] = True
+            for check in checks.values():
+                check.prev = None
+
+        pieces = itertools.chain(_archived(conn, endpoint, since, until, scale, unreadable) if archive else (),
+                                 _stored(conn, since, until, scale))
         for piece in pieces:  # one at a time: a day of PostgreSQL streamed, an archive's row group
             for scale_id, group in itertools.groupby(piece, key=lambda r: r[0]):
                 records = _records(list(group))
-                check = checks.get(scale_id)
-                if check is None:
-                    start = (1, None) if since is not None else starts.get(scale_id)
-                    check = checks[scale_id] = alibi.ChainCheck(scale_id, start)
-                findings += check.feed(records)
+                check_of(scale_id).feed(records)
                 if scale_id in sealed:
                     wanted = sealed[scale_id][0]
                     held.update((scale_id, r.link) for r in records if r.record_no == wanted)
         conn.rollback()
-    for scale_id in (heads if scale is None else [scale] if scale in heads else []):
-        check = checks.get(scale_id) or alibi.ChainCheck(scale_id, starts.get(scale_id))
-        if until is None:
-            findings += check.finish(heads[scale_id][0])
-    findings += _sealed_heads(sealed, held, starts, checks, scale, since is not None)
+    wanted_scales = heads if scale is None else [scale] if scale in heads else []
+    for scale_id in wanted_scales:
+        check_of(scale_id)
+    for check in checks.values():
+        if until is not None:
+            check.head = None  # the rows read end before the chain's end
+    findings += alibi.resolve(checks.values())
+    findings += _sealed_heads(sealed, held, starts, checks, scale, since is not None, findings)
     scales = len(set(checks) | (set(heads) if scale is None else {scale} & set(heads)))
     return Report(sum(c.records for c in checks.values()), scales, genuine, bool(public_keys),
                   sorted(findings, key=_order))
 
 
-def _stored(conn: psycopg.Connection, lo: dt.datetime, hi: dt.datetime, scale: int | None) -> Iterator[tuple]:
-    """The rows of PostgreSQL with ``lo <= created_at < hi``, as ROWS_SQL gives them, streamed."""
+# -- the rows, a day at a time ---------------------------------------------------------------------
+
+def _stored(conn: psycopg.Connection, since: dt.datetime | None, until: dt.datetime | None,
+            scale: int | None) -> Iterator[Iterator[tuple]]:
+    """The rows PostgreSQL holds, one day at a time, oldest first: each day partition, and each day that rows of
+    another partition (the default) fall on, those out of every day's range (±infinity) last."""
+    params = {"since": since, "until": until, "scale": scale}
+    window = _window(since, until, scale)
+    pieces: list[tuple[float, str, sql.Composable]] = []  # (day number, partition, its rows of that day)
+    for (name,) in conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                "WHERE i.inhparent = 'weighing_logs'::regclass"):
+        day = _day_of(name)
+        if day is not None:
+            lo = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+            if (until is None or lo < until) and (since is None or lo + dt.timedelta(days=1) > since):
+                pieces.append(((day - _EPOCH).days, name, window))
+            continue
+        days = sql.SQL("SELECT DISTINCT CASE WHEN isfinite(created_at) THEN "
+                       "floor(extract(epoch FROM created_at) / 86400)::bigint END FROM {} WHERE {}").format(
+            sql.Identifier(name), window)
+        for (number,) in conn.execute(days, params):
+            if number is None:
+                pieces.append((math.inf, name, sql.SQL("NOT isfinite(created_at) AND {}").format(window)))
+            else:
+                pieces.append((number, name, sql.SQL(
+                    "created_at >= to_timestamp({}) AND created_at < to_timestamp({}) AND {}").format(
+                    sql.Literal(number * 86400), sql.Literal((number + 1) * 86400), window)))
+    for _, name, where in sorted(pieces, key=lambda p: (p[0], p[1])):
+        yield _rows(conn, sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY scale_id, record_no, id").format(
+            sql.SQL(_COLUMNS), sql.Identifier(name), where), params)
+
+
+def _day_of(partition: str) -> dt.date | None:
+    match = _DAY_PARTITION.match(partition)
+    try:
+        return dt.datetime.strptime(match[1], "%Y%m%d").date() if match else None
+    except ValueError:
+        return None
+
+
+def _window(since: dt.datetime | None, until: dt.datetime | None, scale: int | None) -> sql.Composable:
+    parts = [sql.SQL("true")]
+    if since is not None:
+        parts.append(sql.SQL("created_at >= %(since)s"))
+    if until is not None:
+        parts.append(sql.SQL("created_at < %(until)s"))
+    if scale is not None:
+        parts.append(sql.SQL("scale_id = %(scale)s"))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict) -> Iterator[tuple]:
     with conn.cursor(name="alibi_rows") as rows:
         rows.itersize = FETCH_ROWS
-        rows.execute(ROWS_SQL, {"lo": lo, "hi": hi, "scale": scale})
+        rows.execute(query, params)
         yield from rows
 
 
 def _archived(conn: psycopg.Connection, endpoint: str, since: dt.datetime | None, until: dt.datetime | None,
-              scale: int | None) -> Iterator[Iterator[tuple]]:
-    """Each dropped day's archive, oldest first, as rows shaped like ROWS_SQL's (per row group: whole scales)."""
+              scale: int | None, unreadable) -> Iterator[Iterator[tuple]]:
+    """Each dropped day's archive, oldest first, as rows shaped like _COLUMNS' (per row group: whole scales).
+    An archive that cannot be read is passed to ``unreadable`` as a finding."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from .archive import Target
 
     dropped = conn.execute(
-        "SELECT location FROM ingestor_archives a WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class c "
-        "ON c.oid = i.inhrelid WHERE i.inhparent = 'weighing_logs'::regclass AND c.relname = a.partition) "
+        "SELECT partition, location FROM ingestor_archives a WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN "
+        "pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'weighing_logs'::regclass AND c.relname = a.partition) "
         "ORDER BY day").fetchall()
-    for (location,) in dropped:
-        target, name = Target.of_location(location, endpoint)
-        with target.fs.open_input_file(target.path(name)) as f:
-            parquet = pq.ParquetFile(f)
-            if "record_no" not in parquet.schema_arrow.names:
-                continue  # format 1: written before the chain existed
-            for i in range(parquet.num_row_groups):
-                table = parquet.read_row_group(i)
-                keep = pc.scalar(True)
-                if scale is not None:
-                    keep = pc.and_(keep, pc.equal(table["scale_id"], scale))
-                if since is not None:
-                    keep = pc.and_(keep, pc.greater_equal(table["created_at"], since))
-                if until is not None:
-                    keep = pc.and_(keep, pc.less(table["created_at"], until))
-                table = table.filter(keep).sort_by([("scale_id", "ascending"), ("record_no", "ascending"),
-                                                    ("id", "ascending")])
-                yield _archive_rows(table)
+    for partition, location in dropped:
+        try:
+            target, name = Target.of_location(location, endpoint)
+            with target.fs.open_input_file(target.path(name)) as f:
+                parquet = pq.ParquetFile(f)
+                if "record_no" not in parquet.schema_arrow.names:
+                    continue  # format 1: written before the chain existed
+                for i in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(i)
+                    keep = pc.scalar(True)
+                    if scale is not None:
+                        keep = pc.and_(keep, pc.equal(table["scale_id"], scale))
+                    if since is not None:
+                        keep = pc.and_(keep, pc.greater_equal(table["created_at"], since))
+                    if until is not None:
+                        keep = pc.and_(keep, pc.less(table["created_at"], until))
+                    table = table.filter(keep).sort_by([("scale_id", "ascending"), ("record_no", "ascending"),
+                                                        ("id", "ascending")])
+                    yield _archive_rows(table)
+        except (OSError, pa.ArrowException, KeyError, ValueError) as e:
+            unreadable(Finding(None, "archive", (), f"the archive of {partition} at {location} cannot be read "
+                                                    f"({_reason(e)}): its records are not verified"))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def _archive_rows(table) -> Iterator[tuple]:
@@ -162,150 +248,309 @@ def _archive_rows(table) -> Iterator[tuple]:
     columns = {c: table[c].to_pylist() for c in ("scale_id", "id", "record_no", "link", "seq", *DATA_FIELDS)}
     for i in range(table.num_rows):
         link = columns["link"][i]
+        try:
+            link = None if link is None else bytes.fromhex(link)
+        except ValueError:
+            link = b"?"  # not hex: a link no record can have
         vals = [columns[c][i] for c in DATA_FIELDS]
-        yield (columns["scale_id"][i], columns["id"][i], columns["record_no"][i],
-               None if link is None else bytes.fromhex(link), columns["seq"][i], us["measured_at"][i],
-               us["created_at"][i], *vals, any(v is not None and len(v.encode()) > 64 for v in vals))
+        yield (columns["scale_id"][i], columns["id"][i], columns["record_no"][i], link, columns["seq"][i],
+               us["measured_at"][i], us["created_at"][i], *vals, False)
 
 
-def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, bytes], starts: dict,
-                  checks: dict[int, alibi.ChainCheck], scale: int | None, ranged: bool) -> list[Finding]:
-    """Each scale's greatest sealed record against its stored link (``held``: those read)."""
-    findings = []
+def _records(rows: list[tuple]) -> list[Record]:
+    """Records of rows shaped like _COLUMNS'. A row that cannot be encoded (flagged irregular, a time out of range,
+    a val over 64 bytes) gets the event b"": it is a changed record whatever it holds."""
+    def fields(r: tuple) -> tuple:
+        return (r[0], r[4], r[5], r[6], *r[7:12])
+
+    regular = [r for r in rows if not r[12] and r[5] is not None and r[6] is not None]
+    try:
+        encoded = alibi.canonical_from_rows([fields(r) for r in regular])
+        events = {id(r): encoded.event(i) for i, r in enumerate(regular)}
+    except (ValueError, OverflowError, alibi.struct.error):
+        events = {}
+        for r in regular:
+            try:
+                events[id(r)] = alibi.canonical_from_rows([fields(r)]).event(0)
+            except (ValueError, OverflowError, alibi.struct.error):
+                pass
+    return [Record(r[2], r[1], None if r[3] is None else bytes(r[3]), events.get(id(r), b"")) for r in rows]
+
+
+# -- the seals --------------------------------------------------------------------------------------
+
+def _read_seal_file(path: str | os.PathLike) -> list[tuple[int, seals.Seal | None]]:
+    """(line number, the seal or None when the line is not one) of each line of the seal file; a torn last line
+    (a crash mid-append) left out. Raises VerifyError when the file cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise VerifyError(f"seal file {os.fspath(path)!r}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    out: list[tuple[int, seals.Seal | None]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, msgspec.json.decode(line, type=seals.Seal)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            if number == len(lines):  # the last line without its newline: a torn append
+                break
+            out.append((number, None))
+    return out
+
+
+def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
+                 file_seals: list[tuple[int, seals.Seal | None]] | None, public_keys: list,
+                 until: dt.datetime | None) -> tuple[dict[int, tuple[int, bytes]], int, list[Finding]]:
+    """Each scale's greatest sealed head among the genuine seals (before ``until``), their count, and one finding
+    per seal that is forged, altered, lost from the database (unrecorded) or missing from the file (unfiled).
+
+    Seals are matched across the database and the file by (instance, sealed_at); signatures are checked only
+    with ``public_keys``.
+    """
+    findings: list[Finding] = []
+    by_key = {seals.key_id(k): k for k in public_keys}
+    copies: dict[tuple[str, str], dict[str, list]] = {}
+    unreadable: dict[tuple[str, object], list[tuple[int, str]]] = {}
+    for seal_id, instance, sealed_at, key_id, text in stored:
+        try:
+            seal = msgspec.json.decode(text, type=seals.Seal)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            # keyed by its columns, so its copy in the file is named with it, not again as unrecorded
+            unreadable.setdefault((instance, _moment(sealed_at)), []).append((seal_id, str(e)))
+            continue
+        entry = copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})
+        columns = [name for name, column, signed in (("instance", instance, seal.instance),
+                                                      ("key_id", key_id, seal.key_id)) if column != signed]
+        if not _same_moment(sealed_at, seal.sealed_at):
+            columns.append("sealed_at")
+        entry["db"].append((seal_id, seal, columns))
+    for number, seal in file_seals or ():
+        if seal is None:
+            findings.append(Finding(None, "forged", (number,), f"line {number} of {seal_file} is not a seal"))
+            continue
+        copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})["file"].append(
+            (number, seal))
+    for key, rows in unreadable.items():
+        twin = copies.pop(key, {"file": []})["file"] if not copies.get(key, {}).get("db") else []
+        findings.append(Finding(None, "forged", tuple(i for i, _ in rows), "; ".join(
+            f"seal {i} of the database is not a seal ({why})" for i, why in rows)
+            + "".join(f"; line {n} of {seal_file} holds the seal it replaced" for n, _ in twin)))
+    sealed: dict[int, tuple[int, bytes]] = {}
+    genuine = 0
+    # a file holds its own instance's seals (two instances may share the database); a file holding none holds
+    # none of any
+    filed_instances = {s.instance for _, s in file_seals or () if s is not None} or {k[0] for k in copies}
+    for (instance, moment), entry in copies.items():
+        sealed_at = entry["db"][0][1].sealed_at if entry["db"] else entry["file"][0][1].sealed_at
+        in_db, in_file = entry["db"], entry["file"]
+        where = [f"seal {i} of the database" for i, _, _ in in_db] + [f"line {n} of {seal_file}" for n, _ in in_file]
+        versions = {msgspec.json.encode(s) for _, s, _ in in_db} | {msgspec.json.encode(s) for _, s in in_file}
+        problems = []
+        kind = None
+        if len(versions) > 1:
+            kind, problems = "forged", [f"{' and '.join(where)} differ"]
+        for i, _, columns in in_db:
+            if columns:
+                kind = "forged"
+                problems.append(f"the {', '.join(columns)} column(s) of seal {i} differ from its signed text")
+        good = []
+        if public_keys:
+            for version in versions:
+                seal = msgspec.json.decode(version, type=seals.Seal)
+                key = by_key.get(seal.key_id)
+                if key is not None and seals.is_genuine(seal, key):
+                    good.append(seal)
+                else:
+                    kind = "forged"
+                    problems.append("signed by no key given" if key is None else "its signature does not hold")
+        if not in_db and file_seals is not None:
+            kind = kind or "unrecorded"
+            problems.append("missing from the database")
+        if not in_file and file_seals is not None and instance in filed_instances:
+            kind = kind or "unfiled"
+            problems.append(f"missing from {seal_file}")
+        numbers = tuple(i for i, _, _ in in_db) or tuple(n for n, _ in in_file)
+        if kind is not None:
+            findings.append(Finding(None, kind, numbers, f"{' and '.join(where)} ({instance}, {sealed_at}): "
+                                                         + "; ".join(problems)))
+        if len(good) != 1:
+            continue  # two genuine versions cannot be told apart: neither pins anything
+        genuine += 1
+        seal = good[0]
+        if until is not None and not _before(seal.sealed_at, until):
+            continue
+        for head in seal.heads:
+            if head.record_no > sealed.get(head.scale_id, (0, b""))[0]:
+                try:
+                    sealed[head.scale_id] = (head.record_no, bytes.fromhex(head.link))
+                except ValueError:
+                    pass
+    return sealed, genuine, findings
+
+
+def _moment(text: str | None) -> object:
+    """A seal's time as a datetime to match copies by; the text itself when it is not one."""
+    try:
+        return dt.datetime.fromisoformat(text) if text is not None else None
+    except ValueError:
+        return text
+
+
+def _same_moment(column: str | None, signed: str) -> bool:
+    try:
+        return column is not None and dt.datetime.fromisoformat(column) == dt.datetime.fromisoformat(signed)
+    except ValueError:
+        return False
+
+
+def _before(sealed_at: str, until: dt.datetime) -> bool:
+    try:
+        return dt.datetime.fromisoformat(sealed_at) < until
+    except (ValueError, TypeError):
+        return False
+
+
+def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, bytes | None], starts: dict,
+                  checks: dict[int, alibi.ChainCheck], scale: int | None, ranged: bool,
+                  findings: list[Finding]) -> list[Finding]:
+    """Each scale's greatest sealed record against its stored link (``held``: those read); a record another
+    finding names already is not named again."""
+    named = {(f.scale_id, n) for f in findings if f.scale_id is not None and f.kind != "inserted" for n in f.records}
+    out = []
     for scale_id, (record_no, link) in sealed.items():
         if scale is not None and scale_id != scale:
             continue
         start = starts.get(scale_id, (1, None))[0]
-        if record_no < start or (ranged and scale_id not in held
-                                 and record_no < _first(checks.get(scale_id))):
+        check = checks.get(scale_id)
+        first = check._first_read if check is not None and check._first_read is not None else 0
+        if record_no < start or (ranged and scale_id not in held and record_no < first):
             continue  # dropped by retention, or before the range: not ours to check
+        if (scale_id, record_no) in named:
+            continue
         records = [Record(record_no, 0, held[scale_id], b"")] if scale_id in held else []
-        findings += alibi.verify_heads(scale_id, records, [(record_no, link)])
-    return findings
-
-
-def _first(check: alibi.ChainCheck | None) -> int:
-    return 0 if check is None else check.expected - check.records
+        out += alibi.verify_heads(scale_id, records, [(record_no, link)])
+    return out
 
 
 def _order(f: Finding) -> tuple:
     return (f.scale_id is not None, f.scale_id or 0, f.records)
 
 
-def _records(rows: list[tuple]) -> list[Record]:
-    # an irregular row is encoded without its fields (its event is b"" below: it is a change whatever it holds)
-    encoded = alibi.canonical_from_rows([(r[0], r[4], r[5], r[6], *((None,) * 5 if r[12] else r[7:12])) for r in rows])
-    return [Record(r[2], r[1], None if r[3] is None else bytes(r[3]), b"" if r[12] else encoded.event(i))
-            for i, r in enumerate(rows)]
-
-
-def _days(conn: psycopg.Connection, since: dt.datetime | None, until: dt.datetime | None) -> list[tuple]:
-    """The UTC days to read, oldest first: those of the day partitions and of the default partition's rows."""
-    days = [dt.datetime.strptime(name[len("weighing_logs_p"):], "%Y%m%d").date() for (name,) in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'weighing_logs'::regclass AND c.relname ~ '^weighing_logs_p[0-9]{8}$'")]
-    lo, hi = conn.execute("SELECT min(created_at), max(created_at) FROM weighing_logs_default").fetchone()
-    if lo is not None:
-        days += [lo.astimezone(dt.timezone.utc).date(), hi.astimezone(dt.timezone.utc).date()]
-    if not days:
-        return []
-    first, last = min(days), max(days)
-    windows = []
-    for n in range((last - first).days + 1):
-        start = dt.datetime.combine(first + dt.timedelta(days=n), dt.time(), dt.timezone.utc)
-        end = start + dt.timedelta(days=1)
-        start, end = max(start, since) if since else start, min(end, until) if until else end
-        if start < end:
-            windows.append((start, end))
-    return windows
-
-
-def _check_seals(stored: list[tuple[int, str]], seal_file: str | os.PathLike | None, public_keys: list,
-                 until: dt.datetime | None) -> tuple[dict[int, tuple[int, bytes]], int, list[Finding]]:
-    """Each scale's greatest sealed head among the genuine seals (before ``until``), their count, and findings:
-    forged seals, and seals of the file that the database lost."""
-    findings = []
-    by_key = {seals.key_id(k): k for k in public_keys}
-    in_db = set()
-    candidates: list[tuple[str, seals.Seal]] = []
-    for seal_id, text in stored:
-        in_db.add(text)
-        try:
-            candidates.append((f"seal {seal_id} in the database", msgspec.json.decode(text, type=seals.Seal)))
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            findings.append(Finding(None, "forged", (seal_id,), f"seal {seal_id} in the database is not a seal ({e})"))
-    if seal_file is not None and Path(seal_file).exists():
-        for n, seal in enumerate(seals.read(seal_file), 1):
-            if msgspec.json.encode(seal).decode() not in in_db:
-                candidates.append((f"seal {n} of {seal_file}", seal))
-                findings.append(Finding(None, "unrecorded", (n,), f"seal {n} of {seal_file} ({seal.sealed_at}) is "
-                                                                  "missing from the database"))
-    sealed: dict[int, tuple[int, bytes]] = {}
-    genuine = 0
-    for where, seal in candidates:
-        key = by_key.get(seal.key_id)
-        if key is None or not seals.is_genuine(seal, key):
-            why = "signed by no key given" if key is None else "its signature does not hold"
-            findings.append(Finding(None, "forged", (), f"{where} ({seal.sealed_at}): {why}"))
-            continue
-        genuine += 1
-        if until is not None and dt.datetime.fromisoformat(seal.sealed_at) >= until:
-            continue
-        for head in seal.heads:
-            if head.record_no > sealed.get(head.scale_id, (0, b""))[0]:
-                sealed[head.scale_id] = (head.record_no, bytes.fromhex(head.link))
-    return sealed, genuine, findings
-
-
 # -- one record, for a receipt ---------------------------------------------------------------------
 
-SHOW_SQL = (f"SELECT {_COLUMNS}, measured_at, created_at, data_1, data_2, data_3, data_4, data_5 "
-            "FROM weighing_logs WHERE scale_id = %s AND record_no = ANY(%s) ORDER BY record_no, id")
+SHOW_SQL = (f"SELECT {_COLUMNS}, to_json(measured_at) #>> '{{}}', to_json(created_at) #>> '{{}}', "
+            "data_1, data_2, data_3, data_4, data_5 "
+            "FROM weighing_logs WHERE scale_id = %s AND record_no BETWEEN %s AND %s ORDER BY record_no, id")
 
 
 class Shown(NamedTuple):
     """One record as stored, with its chain position (:func:`show`)."""
 
     row: dict  #: the stored columns
-    verdict: str  #: what its link says
-    sealed_by: str | None  #: the first seal covering it (its time), None when none does yet
+    verdict: str  #: what its links say
+    sealed_by: str | None  #: the seal covering it, and whether it was checked; None when none does yet
+    intact: bool  #: its link holds, its successor's holds against it, and (keys given) a covering seal is genuine
+    #: and pins it
 
 
-def show(dsn: str, schema: str, scale: int, record_no: int) -> Shown | None:
-    """Record ``record_no`` of ``scale``'s chain as stored, with the check of its link against its predecessor's,
-    and the first seal whose head for the scale is at or past it; None when no such record is stored."""
+def show(dsn: str, schema: str, scale: int, record_no: int, public_keys: Iterable = (),
+         seal_file: str | os.PathLike | None = None) -> Shown | None:
+    """Record ``record_no`` of ``scale``'s chain as stored, checked as an inspector needs it; None when no such
+    record is stored.
+
+    Its link is checked against its predecessor's, its successor's against
+    it (a record rewritten with a link of its own breaks there), and, with
+    ``public_keys``, the first genuine seal whose head for the scale is at or
+    past it: every link from the record up to that head, and the head's
+    stored link against the seal. Without keys the seal is named, marked
+    unchecked. Raises VerifyError when ``seal_file`` cannot be read,
+    psycopg.Error from PostgreSQL.
+    """
+    public_keys = list(public_keys)
+    file_seals = _read_seal_file(seal_file) if seal_file is not None else None
     with psycopg.connect(dsn) as conn:
         set_search_path(conn, schema)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        rows = conn.execute(SHOW_SQL, (scale, [record_no - 1, record_no])).fetchall()
+        conn.execute("SET LOCAL TimeZone TO 'UTC'")
         start = conn.execute("SELECT record_no, link FROM ingestor_alibi_starts WHERE scale_id = %s",
                              (scale,)).fetchone()
-        stored_seals = [text for (text,) in conn.execute("SELECT seal FROM ingestor_seals ORDER BY id")]
+        stored_seals = conn.execute("SELECT id, instance, to_json(sealed_at) #>> '{}', key_id, seal "
+                                    "FROM ingestor_seals ORDER BY id").fetchall()
+        seal, seal_said = _covering_seal(stored_seals, file_seals, public_keys, scale, record_no)
+        last = seal[0] if seal is not None else record_no + 1
+        rows = conn.execute(SHOW_SQL, (scale, record_no - 1, max(last, record_no + 1))).fetchall()
+        conn.rollback()
     mine = [r for r in rows if r[2] == record_no]
     if not mine:
         return None
     r = mine[0]
-    records = _records([x[:13] for x in rows])
-    this = next(x for x in records if x.record_no == record_no)
     if record_no == 1:
         prev = alibi.genesis(scale)
     elif start is not None and start[0] == record_no - 1:
         prev = bytes(start[1])
     else:
-        prev = next((x.link for x in records if x.record_no == record_no - 1), None)
-    if prev is None:
-        verdict = f"cannot be checked: record {record_no - 1}, its predecessor, is not stored"
-    elif alibi.verify_chain(scale, [this], start=(record_no, prev)):
-        verdict = "CHANGED: it differs from what was linked"
+        prev = None
+    records = _records([x[:13] for x in rows])
+    check = alibi.ChainCheck(scale, (record_no - 1, None) if prev is None else (record_no, prev))
+    check.feed(records)
+    found = [f for f in alibi.resolve([check]) if f.kind != "inserted" or r[1] in f.records]
+    if prev is None and not any(x.record_no == record_no - 1 for x in records):
+        verdict, intact = f"cannot be checked: record {record_no - 1}, its predecessor, is not stored", False
+    elif found:
+        verdict, intact = "CHANGED: " + "; ".join(f.detail for f in found), False
     else:
-        verdict = "intact: its link holds against its predecessor's"
-    sealed_by = None
-    for text in stored_seals:
-        seal = msgspec.json.decode(text, type=seals.Seal)
-        if any(h.scale_id == scale and h.record_no >= record_no for h in seal.heads):
-            sealed_by = f"{seal.sealed_at} (key {seal.key_id}, instance {seal.instance})"
-            break
-    row = {"scale_id": scale, "record_no": record_no, "row_id": r[1], "seq": r[4],
-           "measured_at": r[13].isoformat(), "created_at": r[14].isoformat(),
-           **{c: v for c, v in zip(DATA_FIELDS, r[15:20])}, "link": None if r[3] is None else bytes(r[3]).hex()}
-    return Shown(row, verdict, sealed_by)
+        nxt = next((x for x in records if x.record_no == record_no + 1), None)
+        verdict = "intact: its link holds against its predecessor's" + (
+            ", and its successor's against its own" if nxt is not None else " (it is the newest record)")
+        intact = True
+    if seal is not None and intact:
+        sealed_no, sealed_link = seal
+        stored = next((x.link for x in records if x.record_no == sealed_no), None)
+        if stored != sealed_link:
+            verdict, intact = (f"CHANGED: record {sealed_no}, the head the seal signed, "
+                               f"{'is gone' if stored is None else 'holds another link'}: rewritten since"), False
+        else:
+            verdict += f"; every link up to record {sealed_no}, the head the seal signed, holds"
+    if seal_said is not None and seal_said.startswith("FORGED"):
+        intact = False
+    row = {"scale_id": scale, "record_no": record_no, "row_id": r[1], "seq": r[4], "measured_at": r[13],
+           "created_at": r[14], **{c: v for c, v in zip(DATA_FIELDS, r[15:20])},
+           "link": None if r[3] is None else bytes(r[3]).hex()}
+    return Shown(row, verdict, seal_said, intact)
+
+
+def _covering_seal(stored: list[tuple], file_seals: list | None, public_keys: list, scale: int,
+                   record_no: int) -> tuple[tuple[int, bytes] | None, str | None]:
+    """(the head a genuine seal signed for ``scale`` at or past ``record_no``, to check the chain up to; what to say
+    of the seal). The first such seal by sealed_at; without keys the first stored one, unchecked."""
+    candidates = []
+    for seal_id, _, _, _, text in stored:
+        try:
+            candidates.append((f"seal {seal_id} of the database", msgspec.json.decode(text, type=seals.Seal)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    candidates += [(f"line {n} of the seal file", s) for n, s in file_seals or () if s is not None]
+    covering = sorted(((s.sealed_at, where, s, h) for where, s in candidates for h in s.heads
+                       if h.scale_id == scale and h.record_no >= record_no), key=lambda c: (c[0], c[1]))
+    if not covering:
+        return None, None
+    if not public_keys:
+        sealed_at, where, s, _ = covering[0]
+        return None, f"{sealed_at} (key {s.key_id}, instance {s.instance}; {where}): signature not checked " \
+                     "(no --public-key)"
+    by_key = {seals.key_id(k): k for k in public_keys}
+    forged = []
+    for sealed_at, where, s, h in covering:
+        key = by_key.get(s.key_id)
+        if key is not None and seals.is_genuine(s, key):
+            try:
+                link = bytes.fromhex(h.link)
+            except ValueError:
+                continue
+            said = f"{sealed_at} (key {s.key_id}, instance {s.instance}; {where}): signature holds"
+            return (h.record_no, link), said
+        forged.append(f"{where} ({sealed_at}): " + ("signed by no key given" if key is None
+                                                    else "its signature does NOT hold"))
+    return None, "FORGED: " + "; ".join(forged)
