@@ -405,6 +405,7 @@ class ChainCheck:
                     used.add(id(r))
         for number in sorted(placed):
             s, r, holds = placed[number]
+            s = int.from_bytes(r.event[:4], "little", signed=True) if r.event else s  # the scale it is stored as
             elsewhere = s != scale or r.record_no != number
             where = f"stored as scale {s} record {r.record_no} (row id {r.row_id})"
             if elsewhere and holds:

@@ -98,7 +98,7 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
         sealed, genuine, seal_findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until)
         findings += seal_findings
         checks: dict[int, alibi.ChainCheck] = {}
-        held: dict[int, bytes | None] = {}  # each scale's greatest sealed record's stored link, once read
+        held: dict[int, set] = {}  # each scale's greatest sealed record's stored links (a second row: named apart)
         if archive:
             starts = {}  # from the first record: the dropped days are read back
         trust_next = [False]  # after an archive that cannot be read: each chain goes on from its next record
@@ -124,7 +124,9 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
                 check_of(scale_id).feed(records)
                 if scale_id in sealed:
                     wanted = sealed[scale_id][0]
-                    held.update((scale_id, r.link) for r in records if r.record_no == wanted)
+                    for r in records:
+                        if r.record_no == wanted:
+                            held.setdefault(scale_id, set()).add(r.link)
         conn.rollback()
     wanted_scales = heads if scale is None else [scale] if scale in heads else []
     for scale_id in wanted_scales:
@@ -412,7 +414,7 @@ def _before(sealed_at: str, until: dt.datetime) -> bool:
         return False
 
 
-def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, bytes | None], starts: dict,
+def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, set], starts: dict,
                   checks: dict[int, alibi.ChainCheck], scale: int | None, ranged: bool,
                   findings: list[Finding]) -> list[Finding]:
     """Each scale's greatest sealed record against its stored link (``held``: those read); a record another
@@ -429,7 +431,8 @@ def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, bytes | 
             continue  # dropped by retention, or before the range: not ours to check
         if (scale_id, record_no) in named:
             continue
-        records = [Record(record_no, 0, held[scale_id], b"")] if scale_id in held else []
+        links = held.get(scale_id, set())
+        records = [Record(record_no, 0, link if link in links else next(iter(links)), b"")] if links else []
         out += alibi.verify_heads(scale_id, records, [(record_no, link)])
     return out
 

@@ -7,6 +7,8 @@ import hashlib
 import time
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 
 from ingestor import alibi, copy_payload
@@ -146,3 +148,66 @@ def test_a_chain_whose_oldest_days_were_dropped_verifies_from_its_first_kept_rec
     chain = stored_chain()
     assert alibi.verify_chain(7, chain[5:], last=12, start=(6, chain[4].link)) == []
     assert kinds(alibi.verify_chain(7, chain[5:], last=12)) == [("deleted", (1, 2, 3, 4, 5))]
+
+
+# -- property: pieces in any order verify; any tampering never does ----------------------------------
+
+def _plant(scales: int, n: int) -> dict[int, list[alibi.Record]]:
+    out = {}
+    for s in range(1, scales + 1):
+        out[s] = [r._replace(row_id=1000 * s + r.row_id) for r in stored_chain(n, s)]
+    return out
+
+
+TAMPERINGS = ["event", "link", "delete", "duplicate", "renumber", "unnumber", "swap", "move", "head"]
+
+
+@given(scales=st.integers(1, 3), n=st.integers(2, 25), pieces=st.integers(1, 5), seed=st.integers(0, 2**32),
+       tamper=st.lists(st.tuples(st.sampled_from(TAMPERINGS), st.integers(0, 10**6)), max_size=3))
+@settings(max_examples=400, deadline=None)
+def test_any_tampering_is_found_and_untouched_chains_in_any_order_are_not(scales, n, pieces, seed, tamper):
+    import random
+
+    rng = random.Random(seed)
+    chains = _plant(scales, n)
+    heads = {s: (n, rs[-1].link) for s, rs in chains.items()}
+    rows = [(s, r) for s, rs in chains.items() for r in rs]
+    for what, x in tamper:
+        i = x % len(rows)
+        s, r = rows[i]
+        if what == "event":
+            rows[i] = (s, r._replace(event=r.event[:-1] + bytes([r.event[-1] ^ 1])))
+        elif what == "link":
+            rows[i] = (s, r._replace(link=hashlib.sha256(r.link).digest()))
+        elif what == "delete":
+            del rows[i]
+        elif what == "duplicate":
+            rows.append((s, r._replace(row_id=10**7 + x)))
+        elif what == "renumber":
+            rows[i] = (s, r._replace(record_no=(r.record_no or 0) + 1 + x % 5))
+        elif what == "unnumber":
+            rows[i] = (s, r._replace(record_no=None))
+        elif what == "swap":
+            j = (i + 1 + x % (len(rows) - 1)) % len(rows) if len(rows) > 1 else i
+            if j == i or alibi.as_scale(rows[j][1].event, s) == r.event:
+                continue
+            (t, q) = rows[j]  # the content swapped, each row keeping its scale_id
+            rows[i], rows[j] = (s, r._replace(event=alibi.as_scale(q.event, s))), (t, q._replace(
+                event=alibi.as_scale(r.event, t)))
+        elif what == "move":
+            to = s % scales + 1 if scales > 1 else 99  # a row's encoding follows its scale_id column
+            rows[i] = (to if to in chains else s, r._replace(event=alibi.as_scale(r.event, to)))
+        elif what == "head":
+            heads[s] = (max(0, heads[s][0] - 1 - x % 3), heads[s][1])
+        if not rows:
+            break
+    touched = [t for t in tamper] != [] and (rows != [(s, r) for s, rs in chains.items() for r in rs]
+                                             or heads != {s: (n, rs[-1].link) for s, rs in chains.items()})
+    rng.shuffle(rows)  # rows come in pieces in any order: a record's day can follow its successors'
+    checks = {s: alibi.ChainCheck(s, None, heads[s]) for s in chains}
+    for p in range(pieces):
+        piece = rows[p::pieces]
+        for s in checks:
+            checks[s].feed([r for t, r in piece if t == s])
+    found = alibi.resolve(checks.values())
+    assert bool(found) == touched, (tamper, found)
