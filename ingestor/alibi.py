@@ -277,58 +277,82 @@ class ChainCheck:
 
     def feed(self, records: Sequence[Record]) -> None:
         """Check the next piece (any order within it)."""
-        by_no: dict[int, list[Record]] = {}
+        by_no: dict[int, Record | list[Record]] = {}  # one row per number, the common case, or a list
         head_no = None if self.head is None else self.head[0]
+        expected = self.expected
         for r in records:
-            if r.record_no is None:
+            k = r.record_no
+            if k is None:
                 self.strays.append(r)
-            elif head_no is not None and r.record_no > head_no:
+            elif head_no is not None and k > head_no:
                 self._beyond.append(r)
-            elif r.record_no < self.expected:
+            elif k < expected:
                 self.late.append(r)
             else:
-                by_no.setdefault(r.record_no, []).append(r)
+                got = by_no.get(k)
+                by_no[k] = r if got is None else [*got, r] if isinstance(got, list) else [got, r]
         numbers = sorted(by_no)
         if numbers and self._first_read is None:
             self._first_read = numbers[0]
+        sha256 = hashlib.sha256
+        prev, alt = self.prev, self._alt
         i = 0
         while i < len(numbers):
             k = numbers[i]
-            rows = by_no[k]
-            self.records += 1
-            if self.prev is None or k > self.expected:
-                r = _followed(rows, by_no.get(k + 1)) or min(rows, key=lambda r: r.row_id)
-                if self.prev is not None:
-                    self._gaps.append(_Gap(self.expected, k - 1, self.prev, r))
-                self.strays += [x for x in rows if x is not r]
-                self.prev, self._alt, self.expected, i = r.link, None, k + 1, i + 1
-                continue
-            r = next((x for x in rows if _holds(self.prev, x.event, x.link)), None)
-            if r is None and self._alt is not None:
-                r = next((x for x in rows if _holds(self._alt, x.event, x.link)), None)
-                if r is not None:  # the predecessor's content holds; its stored link was altered
-                    f = self.findings[-1]
-                    self.findings[-1] = f._replace(detail=f"record {f.records[0]} has an altered link (its content "
-                                                          "links to its predecessor, its successor to the original link)")
-            if r is not None:
-                self.strays += [x for x in rows if x is not r]
-                self.prev, self._alt, self.expected, i = r.link, None, k + 1, i + 1
-                continue
-            r = min(rows, key=lambda r: r.row_id)
-            self.strays += [x for x in rows if x is not r]
-            after = by_no.get(k + 1, [None])[0] if i + 1 < len(numbers) and numbers[i + 1] == k + 1 else None
-            if after is not None and _holds(self.prev, after.event, r.link) and _holds(r.link, r.event, after.link):
-                self.findings.append(Finding(self.scale_id, "reordered", (k, k + 1),
-                                             f"records {k} and {k + 1} hold each other's content"))
-                self.strays += by_no[k + 1][1:]
+            r = by_no[k]
+            # the common case: the next number, one row, its link holds against its predecessor's
+            if k == expected and prev is not None and not isinstance(r, list) and r.event and r.link is not None \
+                    and sha256(prev + r.event).digest() == r.link:
+                prev, alt, expected, i = r.link, None, k + 1, i + 1
                 self.records += 1
-                self.prev, self._alt, self.expected, i = after.link, None, k + 2, i + 2
                 continue
-            self.findings.append(Finding(self.scale_id, "changed", (k,), f"record {k} (row id {r.row_id}) does not "
-                                         "link to its predecessor: it was changed, or the predecessor and its link "
-                                         "were rewritten"))
-            self._alt = hashlib.sha256(self.prev + r.event).digest() if r.event else None
-            self.prev, self.expected, i = r.link, k + 1, i + 1
+            self.prev, self._alt, self.expected = prev, alt, expected
+            i += self._step(k, r if isinstance(r, list) else [r], by_no, numbers, i)
+            prev, alt, expected = self.prev, self._alt, self.expected
+        self.prev, self._alt, self.expected = prev, alt, expected
+
+    def _step(self, k: int, rows: list[Record], by_no: dict, numbers: list[int], i: int) -> int:
+        """Record number ``k`` when it is not the common case; returns how many numbers it took (1 or 2)."""
+        def rows_of(n: int) -> list[Record]:
+            got = by_no.get(n)
+            return [] if got is None else got if isinstance(got, list) else [got]
+
+        self.records += 1
+        if self.prev is None or k > self.expected:
+            r = _followed(rows, rows_of(k + 1)) or min(rows, key=lambda r: r.row_id)
+            if self.prev is not None:
+                self._gaps.append(_Gap(self.expected, k - 1, self.prev, r))
+            self.strays += [x for x in rows if x is not r]
+            self.prev, self._alt, self.expected = r.link, None, k + 1
+            return 1
+        r = next((x for x in rows if _holds(self.prev, x.event, x.link)), None)
+        if r is None and self._alt is not None:
+            r = next((x for x in rows if _holds(self._alt, x.event, x.link)), None)
+            if r is not None:  # the predecessor's content holds; its stored link was altered
+                f = self.findings[-1]
+                self.findings[-1] = f._replace(detail=f"record {f.records[0]} has an altered link (its content "
+                                                      "links to its predecessor, its successor to the original link)")
+        if r is not None:
+            self.strays += [x for x in rows if x is not r]
+            self.prev, self._alt, self.expected = r.link, None, k + 1
+            return 1
+        r = min(rows, key=lambda r: r.row_id)
+        self.strays += [x for x in rows if x is not r]
+        following = rows_of(k + 1) if i + 1 < len(numbers) and numbers[i + 1] == k + 1 else []
+        after = following[0] if following else None
+        if after is not None and _holds(self.prev, after.event, r.link) and _holds(r.link, r.event, after.link):
+            self.findings.append(Finding(self.scale_id, "reordered", (k, k + 1),
+                                         f"records {k} and {k + 1} hold each other's content"))
+            self.strays += following[1:]
+            self.records += 1
+            self.prev, self._alt, self.expected = after.link, None, k + 2
+            return 2
+        self.findings.append(Finding(self.scale_id, "changed", (k,), f"record {k} (row id {r.row_id}) does not "
+                                     "link to its predecessor: it was changed, or the predecessor and its link "
+                                     "were rewritten"))
+        self._alt = hashlib.sha256(self.prev + r.event).digest() if r.event else None
+        self.prev, self.expected = r.link, k + 1
+        return 1
 
     def _close(self) -> None:
         """Before the gaps are filled: the head (records past it, its link) and the gap up to it."""

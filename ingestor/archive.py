@@ -45,6 +45,7 @@ import psycopg
 
 from .errors import ArchiveError, ConfigError
 from .failpoints import failpoint
+from .schema import regular_field
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,16 @@ CHAIN = COLUMNS[10:]  # the alibi chain's (migration 010; NULL with it off): for
 # checksum is unchanged.
 # Order-free, so PostgreSQL and DuckDB may read the rows in any order; any
 # changed, missing or extra row changes it (but for a chance of 2^-60).
-_PG_US = "(extract(epoch FROM {c}) * 1000000)::bigint"
+# NULL for a time that is no int64 of µs (±infinity): such a row is refused (_PG_IRREGULAR) before it matters
+_PG_US = "CASE WHEN isfinite({c}) AND {c} < '290000-01-01 00:00+00' THEN (extract(epoch FROM {c}) * 1000000)::bigint END"
 _PG_FIELD = "coalesce(octet_length({c}->>'val') || ':' || ({c}->>'val'), '-')"
 _PG_CANON = "concat_ws('|', id, scale_id, seq, {}, {}, {}, record_no, encode(link, 'hex'))".format(
     _PG_US.format(c="measured_at"), _PG_US.format(c="created_at"), ", ".join(_PG_FIELD.format(c=c) for c in DATA))
 # A data field survives the archive only as {"val": "<text>"} (docs/PROTOCOL.md §8); others refuse it.
-_PG_IRREGULAR = " OR ".join(
-    f"NOT ({c} IS NULL OR (jsonb_typeof({c}->'val') = 'string' AND {c} - 'val' = '{{}}'::jsonb))" for c in DATA)
+# Any other shape (another key, a val that is not a string, '{}', an array, a scalar) is refused, never turned into
+# NULL; so is a time the columns cannot hold (±infinity, past year 290,000).
+_PG_IRREGULAR = " OR ".join([f"NOT {regular_field(c)}" for c in DATA] + [
+    f"NOT (isfinite({c}) AND {c} < '290000-01-01 00:00+00')" for c in ("measured_at", "created_at")])
 CHECKSUM_PG = (f"SELECT count(*), coalesce(sum(('x' || left(md5({_PG_CANON}), 15))::bit(60)::bigint), 0), "
                f"min(id) FILTER (WHERE {_PG_IRREGULAR}) "
                "FROM weighing_logs WHERE created_at >= %(lo)s AND created_at < %(hi)s")
@@ -203,8 +207,8 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
         rows, checksum, irregular = conn.execute(CHECKSUM_PG, bounds).fetchone()
         rows, checksum = int(rows), int(checksum)
         if irregular is not None:
-            raise ArchiveError(f"{partition}: row id {irregular} has a data field that is not {{\"val\": text}}; "
-                               "the archive's columns could not hold it: not archived")
+            raise ArchiveError(f"{partition}: row id {irregular} has a data field that is not {{\"val\": text}} "
+                               "or a time out of range; the archive's columns could not hold it: not archived")
         table_bytes = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (partition,)).fetchone()[0]
         if _already_archived(conn, target, partition, name, rows, checksum):
             tmp = None  # the final name holds exactly these rows: only the record is missing

@@ -12,6 +12,16 @@ edge, and the copy resumes where it stopped, each row once.
 Only inserts and updates are published: the edge's retention (dropping old
 day partitions) and any TRUNCATE stay on the edge, and the central server
 keeps the whole history. Both objects are named ``ingestor_<schema>``.
+
+A subscription made again (after it was dropped, or its slot invalidated by
+``max_slot_wal_keep_size``) copies the edge's tables anew into tables that
+already hold most of them. So the central tables carry two triggers of their
+own (:data:`ONCE_SQL`, fired by the apply and table-sync workers too:
+``ENABLE ALWAYS``): a ``weighing_logs`` row whose (scale_id, seq,
+created_at) is there already is skipped, and a ``scale_current_states`` row
+of a scale that is there already updates it when it is as new or newer (by
+measured_at, then seq: the table's rule). Every row stays once, and the
+latest states keep following the edge.
 """
 
 from __future__ import annotations
@@ -30,6 +40,43 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
 LAG_EVERY_S = 10.0  # how often a running service reads its central copy's lag
+
+# The central server's own triggers (see the module's docstring). The (scale_id, seq) index serves the lookup;
+# created_at in it prunes the lookup to the one day partition a copy of the row can be in.
+ONCE_SQL = """
+CREATE INDEX IF NOT EXISTS weighing_logs_scale_id_seq ON {schema}.weighing_logs (scale_id, seq);
+
+CREATE OR REPLACE FUNCTION {schema}.ingestor_central_log_once() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM {schema}.weighing_logs WHERE scale_id = NEW.scale_id AND seq = NEW.seq
+               AND created_at = NEW.created_at) THEN
+        RETURN NULL;  -- a copy of a row the central server holds already
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION {schema}.ingestor_central_state_once() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {schema}.scale_current_states s SET seq = NEW.seq, measured_at = NEW.measured_at, data_1 = NEW.data_1,
+        data_2 = NEW.data_2, data_3 = NEW.data_3, data_4 = NEW.data_4, data_5 = NEW.data_5, updated_at = NEW.updated_at
+    WHERE s.scale_id = NEW.scale_id AND (s.measured_at, s.seq) <= (NEW.measured_at, NEW.seq);
+    IF FOUND OR EXISTS (SELECT FROM {schema}.scale_current_states WHERE scale_id = NEW.scale_id) THEN
+        RETURN NULL;  -- the scale's row is there: updated when this one is as new or newer
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER ingestor_central_log_once BEFORE INSERT ON {schema}.weighing_logs
+    FOR EACH ROW EXECUTE FUNCTION {schema}.ingestor_central_log_once();
+ALTER TABLE {schema}.weighing_logs ENABLE ALWAYS TRIGGER ingestor_central_log_once;
+CREATE OR REPLACE TRIGGER ingestor_central_state_once BEFORE INSERT ON {schema}.scale_current_states
+    FOR EACH ROW EXECUTE FUNCTION {schema}.ingestor_central_state_once();
+ALTER TABLE {schema}.scale_current_states ENABLE ALWAYS TRIGGER ingestor_central_state_once;
+"""
 PUBLISHED = ("weighing_logs", "scale_current_states")
 
 
@@ -74,6 +121,8 @@ def setup(edge_dsn: str, central_dsn: str, schema: str, publisher_dsn: str | Non
             log.info("Edge: publication %s of %s created", name, ", ".join(f"{schema}.{t}" for t in PUBLISHED))
     schema_mod.migrate(central_dsn, schema, partitions_ahead)
     with psycopg.connect(central_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as central:
+        with central.transaction():
+            central.execute(sql.SQL(ONCE_SQL.replace("{schema}", "{0}")).format(sql.Identifier(schema)))
         subscribed = central.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone() is None
         if subscribed:
             # CREATE SUBSCRIPTION runs outside a transaction block (autocommit) and copies what

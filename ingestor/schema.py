@@ -48,9 +48,10 @@ def migrations() -> list[Migration]:
 def regular_field(column: str) -> str:
     """SQL that is true when jsonb ``column`` is NULL or exactly ``{"val": <string>}`` (docs/PROTOCOL.md §8), the one
     shape a writer stores; false for any other object, array or scalar. Never NULL, never an error, whatever the
-    column holds (``->`` on a scalar is NULL, and ``=`` compares whole values)."""
-    return (f"coalesce({column} IS NULL OR (jsonb_typeof({column}->'val') = 'string' "
-            f"AND {column} = jsonb_build_object('val', {column}->'val')), false)")
+    column holds."""
+    # CASE evaluates in order, so '-' (an error on a scalar) only ever sees an object
+    return (f"CASE WHEN {column} IS NULL THEN true WHEN jsonb_typeof({column}) <> 'object' THEN false "
+            f"ELSE coalesce(jsonb_typeof({column}->'val') = 'string' AND {column} - 'val' = '{{}}'::jsonb, false) END")
 
 
 def set_search_path(conn: psycopg.Connection, schema: str) -> None:

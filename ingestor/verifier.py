@@ -268,6 +268,9 @@ def _records(rows: list[tuple]) -> list[Record]:
     regular = [r for r in rows if not r[12] and r[5] is not None and r[6] is not None]
     try:
         encoded = alibi.canonical_from_rows([fields(r) for r in regular])
+        if len(regular) == len(rows):  # the common case: every row an event as received
+            return [Record(r[2], r[1], None if r[3] is None else bytes(r[3]), encoded.event(i))
+                    for i, r in enumerate(rows)]
         events = {id(r): encoded.event(i) for i, r in enumerate(regular)}
     except (ValueError, OverflowError, alibi.struct.error):
         events = {}

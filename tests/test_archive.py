@@ -69,10 +69,21 @@ def test_archive_round_trip_gives_back_every_row_and_value_and_drops_nothing(dsn
     assert again == []  # archived once
 
 
-def test_a_data_field_the_columns_cannot_hold_refuses_the_archive_naming_the_row(dsn, conn, tmp_path):
+# every shape but {"val": text}: finding 2 of issue 26 ('{}' on a NULL field was archived as NULL) and 3 (a scalar
+# was an error); times the columns cannot hold
+UNARCHIVABLE = {"another key": "data_3 = '{\"val\": \"1\", \"unit\": \"kg\"}'", "{} on NULL": "data_3 = '{}'",
+                "{} on a value": "data_1 = '{}'", "val null": "data_2 = '{\"val\": null}'",
+                "val a number": "data_2 = '{\"val\": 5}'", "an array": "data_4 = '[]'", "JSON null": "data_1 = 'null'",
+                "a number": "data_5 = '12.5'", "a string": "data_1 = '\"12.5\"'",
+                "measured_at infinity": "measured_at = 'infinity'",
+                "measured_at past year 290000": "measured_at = '294000-01-01 00:00+00'"}
+
+
+@pytest.mark.parametrize("what", UNARCHIVABLE)
+def test_a_row_the_columns_cannot_hold_refuses_the_archive_naming_the_row(dsn, conn, tmp_path, what):
     day = past_day(2)
     fill_day(conn, day)
-    bad = conn.execute("UPDATE weighing_logs SET data_3 = '{\"val\": \"1\", \"unit\": \"kg\"}' WHERE id = "
+    bad = conn.execute(f"UPDATE weighing_logs SET {UNARCHIVABLE[what]} WHERE id = "
                        "(SELECT min(id) FROM weighing_logs) RETURNING id").fetchone()[0]
     done, errors = partitions.archive_before(dsn, "public", archive.Target(str(tmp_path)), past_day(1))
     assert done == [] and f"row id {bad} has a data field" in errors[0]

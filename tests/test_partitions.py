@@ -37,6 +37,35 @@ def test_retention_with_a_target_drops_only_verified_archives_and_refuses_the_re
     assert next(p for p in listed if p.partition == partition_name(unarchived)).rows == 280
 
 
+def test_retention_reads_the_archive_back_and_refuses_one_changed_since_at_the_same_size(dsn, conn, tmp_path):
+    # finding 8 of issue 26: retention trusted a file's size
+    days = [past_day(n) for n in range(12, 3, -1)]
+    target = archive.Target(str(tmp_path))
+    for d in days:
+        fill_day(conn, d)
+        archive.archive_partition(conn, target, partition_name(d), d)
+    intact = {}
+    for n, d in enumerate(days):  # one byte flipped at 10 %, 20 %, … of each file: the size stays
+        path = tmp_path / f"{partition_name(d)}.parquet"
+        data = bytearray(path.read_bytes())
+        at = len(data) * (n + 1) // 10
+        data[at] ^= 0x10
+        path.write_bytes(bytes(data))
+        rows, checksum = conn.execute("SELECT rows, checksum FROM ingestor_archives WHERE partition = %s",
+                                      (partition_name(d),)).fetchone()
+        try:
+            intact[partition_name(d)] = archive.verify(target, path.name) == (rows, int(checksum))
+        except Exception:  # noqa: BLE001 - not Parquet any more: pyarrow's or DuckDB's error
+            intact[partition_name(d)] = False
+    retired = partitions.retire(dsn, "public", past_day(2), target)
+    # dropped exactly where the bytes still hold the archived rows (a flip in statistics or padding changes none)
+    assert {p for p, _ in retired.dropped} == {p for p, ok in intact.items() if ok}
+    assert len(retired.refused) >= 5, retired
+    for partition, why in retired.refused:
+        assert "changed since it was verified" in why or "cannot read" in why, why
+        assert partition in live_partitions(conn)
+
+
 def test_retention_without_a_target_drops_as_before(dsn, conn):
     fill_day(conn, past_day(4))
     assert partitions.retire(dsn, "public", past_day(2), None).dropped == [(partition_name(past_day(4)), -1)]
