@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import NamedTuple
 
 import psycopg
@@ -91,6 +92,10 @@ class Lag(NamedTuple):
     slot: str
     active: bool  #: the central server is connected and streaming
     lag_bytes: int | None  #: WAL the central server has not confirmed; None before its first confirmation
+    confirmed: str | None = None  #: the slot's confirmed_flush_lsn, as text
+    #: table-sync slots on the edge's database: tables of a central copy whose initial copy has not finished
+    #: (one that fails again and again keeps its slot: an error loop of the central server shows here)
+    syncing_tables: int = 0
 
 
 def setup(edge_dsn: str, central_dsn: str, schema: str, publisher_dsn: str | None = None,
@@ -145,9 +150,53 @@ def lag(edge_dsn: str, schema: str) -> Lag | None:
 def read_lag(edge: psycopg.Connection, schema: str) -> Lag | None:
     """:func:`lag` on an open (autocommit) connection to the edge."""
     row = edge.execute(
-        "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+        "SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+        "confirmed_flush_lsn::text, (SELECT count(*) FROM pg_replication_slots s WHERE s.database = current_database() "
+        "AND s.slot_name ~ '^pg_[0-9]+_sync_[0-9]+_[0-9]+$')::int "
         "FROM pg_replication_slots WHERE slot_name = %s", (name_of(schema),)).fetchone()
     return Lag(*row) if row else None
+
+
+class TableState(NamedTuple):
+    """One table of a subscription, as the central server tells it (``central status --central-dsn``)."""
+
+    table: str
+    state: str  #: pg_subscription_rel.srsubstate: i(nit), d(ata copy), f(inished copy), s(ync), r(eady)
+
+
+class Subscription(NamedTuple):
+    """The subscription on the central server: its tables and the errors it has counted (PostgreSQL 15+)."""
+
+    enabled: bool
+    tables: list[TableState]
+    apply_errors: int | None  #: pg_stat_subscription_stats.apply_error_count; None before PostgreSQL 15
+    sync_errors: int | None  #: … .sync_error_count: failures of the initial copy of a table
+
+    @property
+    def failing(self) -> bool:
+        """Errors counted while a table is not ready (or the subscription is disabled): the copy is not following."""
+        return not self.enabled or (any(t.state != "r" for t in self.tables) and bool(self.sync_errors)) \
+            or bool(self.apply_errors)
+
+
+STATES = {"i": "initializing", "d": "copying data", "f": "copy finished", "s": "synchronized", "r": "ready"}
+
+
+def subscription(central_dsn: str, schema: str) -> Subscription | None:
+    """The subscription of ``schema`` on the central server; None when there is none. psycopg.Error otherwise."""
+    with psycopg.connect(central_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as central:
+        row = central.execute("SELECT oid, subenabled FROM pg_subscription WHERE subname = %s",
+                              (name_of(schema),)).fetchone()
+        if row is None:
+            return None
+        tables = [TableState(t, st) for t, st in central.execute(
+            "SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel WHERE srsubid = %s ORDER BY 1",
+            (row[0],))]
+        errors = (None, None)
+        if central.info.server_version >= 150000:
+            errors = central.execute("SELECT apply_error_count, sync_error_count FROM pg_stat_subscription_stats "
+                                     "WHERE subid = %s", (row[0],)).fetchone() or (0, 0)
+        return Subscription(row[1], tables, *errors)
 
 
 class LagWatch(threading.Thread):
@@ -164,6 +213,23 @@ class LagWatch(threading.Thread):
         self.dsn, self.schema = dsn, schema
         self.latest: Lag | None = None
         self._stop = threading.Event()
+        self._unconfirmed_since: float | None = None  # when the slot's confirmation last stopped moving under lag
+
+    @property
+    def stalled_s(self) -> float:
+        """Seconds the central server has confirmed nothing while WAL waited for it (down, or failing again and
+        again); 0 while it follows."""
+        since = self._unconfirmed_since
+        return 0.0 if since is None else round(time.monotonic() - since, 1)
+
+    def _observe(self, lag: Lag | None) -> None:
+        previous, self.latest = self.latest, lag
+        if lag is None or not lag.lag_bytes:
+            self._unconfirmed_since = None
+        elif previous is None or previous.confirmed != lag.confirmed:
+            self._unconfirmed_since = None if previous is not None else time.monotonic()
+        elif self._unconfirmed_since is None:
+            self._unconfirmed_since = time.monotonic()
 
     def run(self) -> None:
         conn: psycopg.Connection | None = None  # kept between reads; opened again after an error
@@ -171,9 +237,9 @@ class LagWatch(threading.Thread):
             try:
                 if conn is None:
                     conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
-                self.latest = read_lag(conn, self.schema)
+                self._observe(read_lag(conn, self.schema))
             except psycopg.Error as e:
-                self.latest = None
+                self._observe(None)
                 log.debug("Central copy's lag unknown: %s", e)
                 if conn is not None:
                     conn.close()

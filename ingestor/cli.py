@@ -179,6 +179,8 @@ def _add_central_commands(sub: argparse._SubParsersAction) -> None:
     cs = ce_sub.add_parser("status", help="the central copy's lag, read on the edge")
     cs.add_argument("--edge-dsn", required=True, help="the edge's database")
     cs.add_argument("--schema", required=True, help="the edge's schema")
+    cs.add_argument("--central-dsn", help="also ask the central server: each table's state and the errors its "
+                                          "subscription counted; exit 1 when it is failing")
 
 
 def _add_dead_letter_commands(sub: argparse._SubParsersAction) -> None:
@@ -400,6 +402,25 @@ def cmd_central(args: argparse.Namespace) -> int:
         return 1
     lag = "unknown yet" if state.lag_bytes is None else f"{state.lag_bytes} bytes of WAL"
     print(f"{state.slot}: {'streaming' if state.active else 'central server not connected'}, lag {lag}")
+    if state.syncing_tables:
+        print(f"{state.syncing_tables} table(s) of a central copy still in their initial copy (table-sync slots on "
+              "the edge): one that stays is failing on the central server; see its log, or add --central-dsn")
+    if not args.central_dsn:
+        return 0
+    sub = _database(lambda: central.subscription(args.central_dsn, args.schema))
+    if sub is None:
+        print(f"no subscription {central.name_of(args.schema)} on the central server: run 'ingestor central setup'",
+              file=sys.stderr)
+        return 1
+    for t in sub.tables:
+        print(f"{t.table}: {central.STATES.get(t.state, t.state)}")
+    errors = "unknown (PostgreSQL before 15)" if sub.apply_errors is None else \
+        f"{sub.apply_errors} applying changes, {sub.sync_errors} copying tables"
+    print(f"subscription {'enabled' if sub.enabled else 'DISABLED'}; errors counted: {errors}")
+    if sub.failing:
+        print(f"ingestor central status: the central copy of {args.schema} is FAILING: its subscription counts errors "
+              "(the central server's log names them)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -85,7 +85,11 @@ class _Collector:
         )
         if s.central_lag_bytes is not None:  # only where a central server subscribes to this edge
             gauges += (("central_lag_bytes", "WAL bytes the central server has not confirmed yet.",
-                        s.central_lag_bytes),)
+                        s.central_lag_bytes),
+                       ("central_stalled_seconds", "Seconds the central server has confirmed nothing while WAL "
+                        "waited for it (down, or its subscription failing again and again).", s.central_stalled_s),
+                       ("central_syncing_tables", "Tables of the central copy whose initial copy has not finished "
+                        "(table-sync slots on this database).", s.central_syncing_tables))
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
             g.add_metric([], value)

@@ -278,6 +278,11 @@ class Figures(msgspec.Struct, kw_only=True):
     #: WAL bytes the central server has not confirmed (docs/operations.md#every-plant-into-one-central-database);
     #: None without a subscription to this schema
     central_lag_bytes: int | None = None
+    #: seconds the central server has confirmed nothing while WAL waited for it (down, or its subscription failing
+    #: again and again); 0 while it follows; None without a subscription
+    central_stalled_s: float | None = None
+    #: tables of a central copy whose initial copy has not finished (their table-sync slots on this database)
+    central_syncing_tables: int | None = None
     latency_ms: Latency = msgspec.field(default_factory=Latency)
     recent_events: list[RecentEvent] = []
     writers: list[WriterFigures] = []

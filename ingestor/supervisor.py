@@ -583,6 +583,7 @@ class Supervisor:
         f.database_connected = self.database_connected()
         if self.central_lag is not None and (lag := self.central_lag.latest) is not None:
             f.central_lag_bytes = lag.lag_bytes
+            f.central_stalled_s, f.central_syncing_tables = self.central_lag.stalled_s, lag.syncing_tables
         f.writers = [WriterFigures(pid=c.process.pid if c.alive() else 0, alive=c.alive(), restarts=c.restarts,
                                    persisted=0, batches=0, last_batch_ms=0.0) for c in self.writers]
         return self.counters.read_into(f)

@@ -10,12 +10,14 @@ holds every row of both plants exactly once.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import msgspec
@@ -145,3 +147,83 @@ def test_setup_refuses_an_edge_without_logical_wal_naming_the_setting(dsn):
     assert "Traceback" not in done.stderr
     status = ingestor("central", "status", "--edge-dsn", dsn, "--schema", "plant_1")
     assert status.returncode == 1 and "no replication slot ingestor_plant_1" in status.stderr
+
+
+def setup_central(edge: EmbeddedPostgres, central: EmbeddedPostgres, schema: str) -> subprocess.CompletedProcess:
+    password = edge.passfile.read_text().strip().rsplit(":", 1)[1]
+    publisher = f"host=127.0.0.1 port={edge.port} user=postgres dbname=postgres password={password}"
+    return ingestor("central", "setup", "--edge-dsn", edge.dsn, "--central-dsn", central.dsn,
+                    "--publisher-dsn", publisher, "--schema", schema)
+
+
+def states(server: EmbeddedPostgres, schema: str) -> list[tuple]:
+    with psycopg.connect(server.dsn, autocommit=True) as c:
+        return c.execute(f"SELECT scale_id, seq, measured_at, data_1 FROM {schema}.scale_current_states ORDER BY 1"
+                         ).fetchall()
+
+
+def wait_states_follow(edge: EmbeddedPostgres, central: EmbeddedPostgres, schema: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (c := states(central, schema)) != (e := states(edge, schema)):
+        assert time.monotonic() < deadline, f"central states {c[:3]}… do not follow the edge's {e[:3]}…"
+        time.sleep(0.2)
+
+
+def status(edge: EmbeddedPostgres, central: EmbeddedPostgres, schema: str) -> subprocess.CompletedProcess:
+    return ingestor("central", "status", "--edge-dsn", edge.dsn, "--schema", schema, "--central-dsn", central.dsn)
+
+
+def test_the_documented_recovery_makes_the_subscription_again_with_every_row_once_and_states_following(
+        edges_and_central, service_factory):
+    # finding 1 of issue 26: dropped and set up again, the central history doubled and its states stopped
+    (edge, _), central = edges_and_central
+    svc = service_factory("--dsn", edge.dsn, "--schema", "plant_1", "--writers", "2", box="plant_1")
+    svc.wait_ready()
+    assert setup_central(edge, central, "plant_1").returncode == 0
+    svc.send(*frames(1, 25))
+    svc.wait_for(lambda s: s["persisted"] == 25 * SCALES)
+    wait_central(central, "plant_1", 25 * SCALES)
+    with psycopg.connect(central.dsn, autocommit=True) as c:
+        c.execute("DROP SUBSCRIPTION ingestor_plant_1")  # operations.md: drop it on the central server …
+    done = setup_central(edge, central, "plant_1")  # … and run setup again: it copies the tables anew
+    assert done.returncode == 0 and "subscription ingestor_plant_1 on the central server: created" in done.stdout
+    deadline = time.monotonic() + 60
+    while (st := status(edge, central, "plant_1")).stdout.count(": ready") != 2:
+        assert time.monotonic() < deadline, st.stdout + st.stderr
+        time.sleep(0.5)
+    assert st.returncode == 0 and "errors counted: 0 applying changes, 0 copying tables" in st.stdout, st.stdout
+    assert central_rows(central, "plant_1") == (25 * SCALES,) * 2  # every row once, none copied twice
+    wait_states_follow(edge, central, "plant_1")
+    svc.send(*frames(26, 25))  # and the copy goes on
+    svc.wait_for(lambda s: s["persisted"] == 50 * SCALES)
+    wait_central(central, "plant_1", 50 * SCALES)
+    wait_states_follow(edge, central, "plant_1")
+    assert setup_central(edge, central, "plant_1").returncode == 0  # a further run changes nothing
+    assert central_rows(central, "plant_1") == (50 * SCALES,) * 2
+    assert svc.terminate() == 0
+
+
+def test_a_subscription_failing_again_and_again_is_reported_by_status_stats_and_metrics(
+        edges_and_central, service_factory):
+    (edge, _), central = edges_and_central
+    svc = service_factory("--dsn", edge.dsn, "--schema", "plant_1", "--writers", "2", box="plant_1")
+    svc.wait_ready()
+    assert setup_central(edge, central, "plant_1").returncode == 0
+    svc.send(*frames(1, 5))
+    wait_central(central, "plant_1", 5 * SCALES)
+    assert status(edge, central, "plant_1").returncode == 0
+    with psycopg.connect(central.dsn, autocommit=True) as c:  # the central server now refuses every new state
+        c.execute("ALTER TABLE plant_1.scale_current_states ADD CONSTRAINT refuse CHECK (seq < 0) NOT VALID")
+    svc.send(*frames(6, 5))
+    deadline = time.monotonic() + 60
+    while (st := status(edge, central, "plant_1")).returncode != 1:
+        assert time.monotonic() < deadline, st.stdout + st.stderr
+        time.sleep(0.5)
+    assert "is FAILING" in st.stderr and "Traceback" not in st.stderr
+    s = svc.wait_for(lambda s: (s["central_stalled_s"] or 0) > 0, timeout_s=60)  # the edge sees it too
+    assert s["central_lag_bytes"] > 0
+    metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=10).read().decode()
+    alerts = (Path(__file__).resolve().parent.parent / "docs" / "alerts.yml").read_text()
+    for metric in set(re.findall(r"\b(ingestor_central_\w+)", alerts)):  # the alerts' metrics exist here
+        assert f"{metric} " in metrics, metric
+    assert svc.terminate() == 0
