@@ -107,6 +107,24 @@ def arrow_schema():
         pa.field("record_no", pa.int64()), pa.field("link", pa.string())])
 
 
+def masked(uri: str) -> str:
+    """``uri`` with any user and password of its authority shown as ``***`` (error messages reach the journal)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]))
+
+
+def check_endpoint(endpoint: str) -> dict:
+    """pyarrow's S3 options for an S3-compatible store's URL ``http(s)://HOST[:PORT]``; ConfigError naming it (its
+    credentials masked) otherwise."""
+    ep = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if ep.scheme not in ("http", "https") or not ep.hostname or "@" in ep.netloc or ep.path.strip("/") or ep.query:
+        raise ConfigError(f"archive endpoint {masked(endpoint)!r}: expected http(s)://HOST[:PORT], credentials "
+                          "in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    return {"endpoint_override": ep.netloc, "scheme": ep.scheme}
+
+
 class Target:
     """Where archives go: a directory (local or mounted), or ``s3://bucket/prefix``.
 
@@ -122,16 +140,13 @@ class Target:
         parsed = urllib.parse.urlsplit(self.uri)
         if parsed.scheme == "s3":
             if "@" in parsed.netloc or parsed.query:
-                raise ConfigError(f"archive target {uri!r}: credentials and options do not go in the URI; "
+                raise ConfigError(f"archive target {masked(uri)!r}: credentials and options do not go in the URI; "
                                   "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
             if not parsed.netloc:
                 raise ConfigError(f"archive target {uri!r}: no bucket (s3://BUCKET/PREFIX)")
             options: dict = {"connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S}
             if endpoint:
-                ep = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-                if ep.scheme not in ("http", "https") or not ep.netloc:
-                    raise ConfigError(f"archive endpoint {endpoint!r}: expected http(s)://HOST[:PORT]")
-                options.update(endpoint_override=ep.netloc, scheme=ep.scheme)
+                options.update(check_endpoint(endpoint))
             self.fs = pafs.S3FileSystem(**options)
             self.base = (parsed.netloc + parsed.path).rstrip("/")
             self.local = False
@@ -142,6 +157,17 @@ class Target:
             self.local = True
         else:
             raise ConfigError(f"archive target {uri!r}: expected a directory or s3://BUCKET/PREFIX")
+
+    def check(self) -> None:
+        """ConfigError when a local target cannot be a directory (it, or a folder above it, is a file); nothing is
+        made. An S3 target is checked by its first write."""
+        if not self.local:
+            return
+        for path in (Path(self.base), *Path(self.base).parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ConfigError(f"archive target {self.uri!r}: {path} is a file, not a directory")
+                return
 
     @classmethod
     def of_location(cls, location: str, endpoint: str = "") -> tuple[Target, str]:

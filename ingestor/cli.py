@@ -18,6 +18,15 @@ from .errors import ConfigError, DatabaseError, IngestorError, StatsUnavailable
 
 DEFAULT_STATS_ENDPOINT = config_mod.Config().stats_endpoint
 T = TypeVar("T")
+EXIT_CLOSED_PIPE = 141  # what a shell reports for a command its reader left (128 + SIGPIPE), quietly
+DSN_OPTIONS = ("dsn", "edge_dsn", "central_dsn", "publisher_dsn")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a refusal of one line (docs/operations.md#exit-codes): what is wrong, and where the help is."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -89,9 +98,20 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
 
+def _endpoint(text: str) -> str:
+    if text:
+        from .archive import check_endpoint
+
+        try:
+            check_endpoint(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _add_endpoint_option(p: argparse.ArgumentParser) -> None:
     """--endpoint of the commands that read or write archives."""
-    p.add_argument("--endpoint", default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
+    p.add_argument("--endpoint", type=_endpoint, default=os.environ.get("INGESTOR_ARCHIVE_ENDPOINT", ""),
                    help="URL of the S3-compatible store holding s3:// archives (default: $INGESTOR_ARCHIVE_ENDPOINT, "
                         "else AWS)")
 
@@ -203,7 +223,7 @@ def _add_dead_letter_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingestor", description="Scale measurements from ZeroMQ into PostgreSQL.")
+    parser = _Parser(prog="ingestor", description="Scale measurements from ZeroMQ into PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"scale-ingestor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -266,7 +286,8 @@ def _load_config(args: argparse.Namespace) -> tuple[config_mod.Config, dict[str,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config, _ = _load_config(args)
+    config, sources = _load_config(args)
+    config_mod.check_directories(config, sources)
     setup_logging(config.log_level, config.instance)
     for name in config_mod.unknown_environment():
         logging.getLogger("ingestor").warning("Ignoring %s: no such option (options: ingestor config show)", name)
@@ -375,6 +396,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
         print(f"verified {len(verdicts) - bad} of {len(verdicts)} archive(s)" + (f"; {bad} FAILED" if bad else ""))
         return 1 if bad else 0
     target = archive.Target(args.to, args.endpoint)
+    target.check()
     done, errors = _database(lambda: partitions.archive_before(args.dsn, args.schema, target, args.before))
     for a in done:
         print(f"{a.location}: {a.rows} rows, {a.file_bytes} bytes (PostgreSQL: {a.table_bytes} bytes), verified")
@@ -435,9 +457,13 @@ def cmd_rebuild_state(args: argparse.Namespace) -> int:
 
 def _dead_letter_dir(args: argparse.Namespace) -> Path:
     if args.dead_letter_dir:
-        return Path(args.dead_letter_dir)
-    config, _ = config_mod.load({}, config_file=args.config)
-    return config.resolved_dead_letter_dir()
+        directory, source = Path(args.dead_letter_dir), "--dead-letter-dir"
+    else:
+        config, sources = config_mod.load({}, config_file=args.config)
+        directory, source = config.resolved_dead_letter_dir(), sources["dead_letter_dir"]
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"dead-letter directory {str(directory)!r} (from {source}) is a file, not a directory")
+    return directory
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
@@ -549,14 +575,26 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit code (docs/operations.md#exit-codes). A refusal is one line on stderr and 2; a
+    reader that went away (``ingestor … | head``) ends the command quietly with 141."""
     try:
-        return COMMANDS[args.command](args)
-    except ConfigError as e:
-        print(f"ingestor: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        for option in DSN_OPTIONS:  # malformed is refused before anything is done (a service would retry it)
+            if getattr(args, option, None):
+                config_mod.check_dsn(getattr(args, option), "--" + option.replace("_", "-"))
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader is gone: what is left unprinted goes nowhere, and Python's flush at exit must not complain
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     except IngestorError as e:  # one line, exit 2 (docs/operations.md#exit-codes)
         print(f"ingestor: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written where a file or directory was named
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ingestor: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -113,6 +113,26 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.seal_file or Path(self.data_dir) / "alibi-seals.jsonl")
 
 
+def check_directories(config: Config, sources: Mapping[str, str]) -> None:
+    """ConfigError naming the option when a directory the service writes cannot be one or cannot be written: it, or
+    a folder above it, is a file; or the nearest existing folder is not writable. Nothing is made here."""
+
+
+    wanted = [("data_dir", Path(config.data_dir)), ("dead_letter_dir", config.resolved_dead_letter_dir()),
+              ("spool_dir", config.resolved_spool_dir()), ("seal_file", config.resolved_seal_file().parent)]
+    for key, directory in wanted:
+        source = sources[key] if sources.get(key, "default") != "default" or key == "data_dir" \
+            else f"{sources['data_dir']}, as DATA_DIR"
+        for path in (directory, *directory.parents):
+            if not path.exists():
+                continue
+            if not path.is_dir():
+                raise ConfigError(f"{key} = {str(directory)!r} (from {source}): {path} is a file, not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ConfigError(f"{key} = {str(directory)!r} (from {source}): {path} is not writable by this user")
+            break
+
+
 def auto_writers(cpus: int) -> int:
     """Writer count for ``--writers auto``: one per core, at least 2, at most 8.
 
@@ -243,10 +263,18 @@ def check_dsn(dsn: str, source: str) -> None:
     import psycopg.conninfo
 
     try:
-        psycopg.conninfo.conninfo_to_dict(dsn)
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as e:
         raise ConfigError(f"dsn = {mask_password(dsn)!r} (from {source}): not a libpq connection string or URI "
                           f"({' '.join(str(e).split())})") from None
+    # libpq checks these only when it connects, and a service would retry a bad one for ever
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"dsn = {mask_password(dsn)!r} (from {source}): port {port!r} is not a port number")
+    for key in ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"):
+        value = str(params.get(key) or "")
+        if value and not value.lstrip("-").isdigit():
+            raise ConfigError(f"dsn = {mask_password(dsn)!r} (from {source}): {key} {value!r} is not a number")
 
 
 _TYPES = {f.name: f.type for f in msgspec.inspect.type_info(Config).fields}
@@ -270,6 +298,8 @@ def _rule(t: msgspec.inspect.Type) -> str:
         return f"{kind} of at most {high}" if high else kind
     if isinstance(t, mi.StrType):
         return _PATTERN_RULES.get(t.pattern, "text") if t.pattern else "text"
+    if isinstance(t, mi.BoolType):
+        return "true or false"
     return type(t).__name__
 
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 import psycopg
 
 from . import archive
+from .errors import ArchiveError
 from .schema import set_search_path
 
 # `archived` (a pyarrow dataset of Parquet archives) and `live` (the rows PostgreSQL
@@ -38,7 +39,8 @@ def history(dsn: str, schema: str, scale_id: int, since: dt.datetime, until: dt.
     (measured_at, seq), as a ``pyarrow.Table`` of :func:`ingestor.archive.arrow_schema`.
 
     ``endpoint``: the S3-compatible store's URL for archives under ``s3://``.
-    Raises psycopg.Error from PostgreSQL; OSError when an archive cannot be read.
+    Raises psycopg.Error from PostgreSQL; ArchiveError naming the archive when one cannot be read (the history
+    would be incomplete).
     """
     import duckdb
     import pyarrow as pa
@@ -53,21 +55,35 @@ def history(dsn: str, schema: str, scale_id: int, since: dt.datetime, until: dt.
         dropped = conn.execute(
             "SELECT location FROM ingestor_archives a WHERE day >= %s AND NOT EXISTS (SELECT FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'weighing_logs'::regclass "
-            "AND c.relname = a.partition) ORDER BY day", ((since - FUTURE_TOLERANCE).date(),)).fetchall()
+            "AND c.relname = a.partition) ORDER BY day", (_day_before(since),)).fetchall()
     by_directory: dict[str, list[str]] = defaultdict(list)
     for (location,) in dropped:
         by_directory[location.rsplit("/", 1)[0]].append(location)
-    parts = []
-    for locations in by_directory.values():
-        targets = [archive.Target.of_location(loc, endpoint) for loc in locations]
-        fs = targets[0][0].fs
-        parts.append(ds.dataset([t.path(n) for t, n in targets], schema=archive.arrow_schema(), format="parquet",
-                                filesystem=fs))
-    archived = ds.dataset(parts, schema=archive.arrow_schema()) if parts else archive.arrow_schema().empty_table()
     con = duckdb.connect()
     try:
+        parts = []
+        for locations in by_directory.values():
+            targets = [archive.Target.of_location(loc, endpoint) for loc in locations]
+            fs = targets[0][0].fs
+            parts.append(ds.dataset([t.path(n) for t, n in targets], schema=archive.arrow_schema(),
+                                    format="parquet", filesystem=fs))
+        archived = ds.dataset(parts, schema=archive.arrow_schema()) if parts else archive.arrow_schema().empty_table()
         con.register("archived", archived)
         con.register("live", live)
         return con.sql(HISTORY_SQL, params=params).to_arrow_table()
+    except (OSError, pa.ArrowException, duckdb.Error) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:300] \
+            or type(e).__name__
+        where = getattr(e, "filename", None) or ", ".join(loc for (loc,) in dropped)
+        raise ArchiveError(f"an archive of a dropped day cannot be read ({where}: {reason}): the history across it "
+                           "would be incomplete; 'ingestor partitions verify' checks every archive") from None
     finally:
         con.close()
+
+
+def _day_before(since: dt.datetime) -> dt.date:
+    """The first UTC day whose archive can hold a row measured at ``since`` or later."""
+    try:
+        return (since - FUTURE_TOLERANCE).date()
+    except OverflowError:  # since the year 1: every day
+        return dt.date.min

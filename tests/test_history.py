@@ -65,3 +65,15 @@ def test_the_documented_duckdb_query_gives_the_same_history(dsn, history_spread,
     exec(compile(code, str(DOC), "exec"), namespace)
     rows = namespace["history"].fetchall()
     assert [(r[0], r[2], r[3], r[5]) for r in rows] == expected
+
+
+def test_history_from_the_year_1_answers_and_a_lost_archive_is_one_line_and_exit_2(dsn, history_spread):
+    # finding 7 of issue 26: OverflowError and FileNotFoundError tracebacks
+    directory, expected = history_spread
+    r = cli("history", "--scale", str(SCALE), "--since", "0001-01-01", "--until", "9999-12-31", "--json", "--dsn", dsn)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == len(expected), r.stderr
+    lost = directory / f"{partition_name(past_day(5))}.parquet"
+    lost.unlink()
+    r = cli("history", "--scale", str(SCALE), "--since", str(past_day(10)), "--dsn", dsn)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert str(lost) in r.stderr and "incomplete" in r.stderr and "Traceback" not in r.stderr
