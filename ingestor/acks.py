@@ -22,10 +22,11 @@ Counts only grow, so a stale read merely delays a reply.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from multiprocessing.shared_memory import SharedMemory
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import msgspec
 import numpy as np
@@ -100,9 +101,11 @@ class _Awaiting(NamedTuple):
     invalid: int  # rejected by the decoder
     since: float  # time.monotonic() when received
     error: str | None  # docs/PROTOCOL.md §5 v1.1: "bad_token" or "no_frames" when the message broke 1.3 itself
+    reasons: tuple[str, ...]  # v1.2: why the decoder refused events, "kind: reason", the first MAX_REASONS
 
 
 _REPLY = msgspec.msgpack.Encoder()
+MAX_REASONS = 10  # a reply names why at most this many events were invalid (all are in the dead-letter store)
 
 
 class Replies:
@@ -120,14 +123,17 @@ class Replies:
     def full(self) -> bool:
         return len(self._awaiting) >= MAX_AWAITING
 
-    def add(self, identity: bytes, token: bytes, accepted: int, invalid: int, error: str | None = None) -> int:
+    def add(self, identity: bytes, token: bytes, accepted: int, invalid: int, error: str | None = None,
+            reasons: Iterable[str] = ()) -> int:
         """Await the commit of a message's ``accepted`` events; return the tag to stamp on their records.
 
-        ``error`` (``"bad_token"``, ``"no_frames"``) goes into the reply map as ``"error"``.
+        ``error`` (``"bad_token"``, ``"no_frames"``) goes into the reply map as ``"error"``; ``reasons`` (why
+        events were invalid, "kind: reason") as ``"reasons"``, the first MAX_REASONS different ones.
         """
         tag = self._next_tag
         self._next_tag += 1
-        self._awaiting[tag] = _Awaiting(identity, token, accepted, invalid, time.monotonic(), error)
+        self._awaiting[tag] = _Awaiting(identity, token, accepted, invalid, time.monotonic(), error,
+                                        tuple(itertools.islice(dict.fromkeys(reasons), MAX_REASONS)))
         if accepted:
             self.table.open(tag)
         return tag
@@ -152,6 +158,8 @@ class Replies:
                          "invalid": m.invalid + failed}
                 if m.error:
                     reply["error"] = m.error
+                if m.reasons:
+                    reply["reasons"] = list(m.reasons)
                 yield [m.identity, m.token, _REPLY.encode(reply)]
             elif now - m.since > EXPIRE_S:
                 # Counts lost with a writer killed between its commit and its count: the

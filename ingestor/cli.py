@@ -90,10 +90,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_database_options(p: argparse.ArgumentParser) -> None:
-    """--dsn and --schema of the one-shot database commands."""
-    p.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"), required="INGESTOR_DSN" not in os.environ,
-                   help="libpq connection string or URI of the database (default: $INGESTOR_DSN); keep the "
-                        "password in a password file (PGPASSFILE), not here")
+    """--dsn and --schema of the one-shot database commands; without a --dsn, the running service's database."""
+    p.add_argument("--dsn", default=os.environ.get("INGESTOR_DSN"),
+                   help="libpq connection string or URI of the database (default: $INGESTOR_DSN, else the database "
+                        "of the service answering on --stats-endpoint); keep the password in a password file "
+                        "(PGPASSFILE), not here")
+    p.add_argument("--stats-endpoint", default=os.environ.get("INGESTOR_STATS_ENDPOINT", DEFAULT_STATS_ENDPOINT),
+                   help="where to ask the running service for its database when no --dsn is given "
+                        f"(default: $INGESTOR_STATS_ENDPOINT, else {DEFAULT_STATS_ENDPOINT})")
+    p.set_defaults(find_dsn=True)
     p.add_argument("--schema", default=os.environ.get("INGESTOR_SCHEMA", "public"),
                    help="schema of the tables (default: $INGESTOR_SCHEMA, else public)")
 
@@ -326,6 +331,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     applied = _database(lambda: schema.migrate(args.dsn, args.schema))
     print(f"schema {args.schema!r} is up to date ({len(applied)} migration(s) applied now)")
     return 0
+
+
+def _running_dsn(endpoint: str) -> str:
+    """The database of the service answering on ``endpoint`` (as ``ingestor stats`` finds it); ConfigError when
+    none answers or it has not reached its database yet."""
+    try:
+        dsn = stats.fetch(endpoint, 2.0).dsn
+    except StatsUnavailable:
+        raise ConfigError(f"no --dsn given, INGESTOR_DSN is not set, and no running ingestor answered on {endpoint} "
+                          "to say its database") from None
+    if not dsn:
+        raise ConfigError(f"no --dsn given, and the ingestor on {endpoint} does not know its database yet (starting)")
+    return dsn
 
 
 def _database(call: Callable[[], T]) -> T:
@@ -579,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     reader that went away (``ingestor … | head``) ends the command quietly with 141."""
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "find_dsn", False) and not args.dsn:
+            args.dsn = _running_dsn(args.stats_endpoint)
         for option in DSN_OPTIONS:  # malformed is refused before anything is done (a service would retry it)
             if getattr(args, option, None):
                 config_mod.check_dsn(getattr(args, option), "--" + option.replace("_", "-"))

@@ -333,6 +333,16 @@ _PASSWORD_KV = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
 _PASSWORD_URI = re.compile(r"^(postgres(?:ql)?://[^:/@]*:)([^@]*)(@)", re.I)
 
 
+def without_password(dsn: str) -> str:
+    """``dsn`` (a key=value string or URI libpq accepts) with any password left out: what the service may tell
+    others of its database (``ingestor stats``); a client brings its own password, or a password file."""
+    import psycopg.conninfo
+
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**params)
+
+
 def mask_password(dsn: str) -> str:
     """``dsn`` with the password of a key=value string or a URI replaced by ``****``."""
     return _PASSWORD_URI.sub(r"\1****\3", _PASSWORD_KV.sub(r"\1****", dsn))

@@ -163,7 +163,7 @@ class Front:
                 error = None if frames else "no_frames"
                 batch.decode(frames)
             tag = self.replies.add(identity, token, len(batch.builder) - start, len(batch.rejected) - invalid_before,
-                                   error)
+                                   error, (f"{r.kind}: {r.reason}" for r in batch.rejected[invalid_before:]))
             tagged.append((tag, start, len(batch.builder)))
         c = self.counters
         # Held and invalid are counted before received: a stats reader may see an

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .errors import ConfigError
-from .stats import Figures, LatencyHistogram, counter_fields
+from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Figures, LatencyHistogram, counter_fields, cumulative_buckets
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,14 @@ class _Collector:
         yield alive
         yield restarts
         yield _latency(s.latency_histogram)
+        # before the first counts (PostgreSQL awaited at start) the histograms are empty: every bucket 0
+        sizes = s.batch_size_histogram or cumulative_buckets([0] * (len(BATCH_SIZE_BOUNDS) + 1), BATCH_SIZE_BOUNDS)
+        durations = s.batch_ms_histogram or cumulative_buckets([0] * (len(BATCH_MS_BOUNDS) + 1), BATCH_MS_BOUNDS)
         size = HistogramMetricFamily(f"{PREFIX}_batch_size_events", "Events per committed batch.")
-        size.add_metric([], s.batch_size_histogram, sum_value=s.persisted + s.duplicates + s.failed)
+        size.add_metric([], sizes, sum_value=s.persisted + s.duplicates + s.failed)
         yield size
         seconds = HistogramMetricFamily(f"{PREFIX}_batch_duration_seconds", "Wall time of a committed batch.")
-        seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in s.batch_ms_histogram],
+        seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in durations],
                            sum_value=s.batch_us_total / 1e6)
         yield seconds
 

@@ -37,8 +37,15 @@ _ONE_US = _dt.timedelta(microseconds=1)
 # PostgreSQL's timestamptz covers 4713 BC .. 294276 AD; Python's datetime covers
 # years 1 .. 9999, so integer ts are held to the same range as string ts.
 _TS_MIN_MS = (_dt.datetime(1, 1, 1, tzinfo=_dt.timezone.utc) - _EPOCH) // _dt.timedelta(milliseconds=1)
+# docs/PROTOCOL.md §3 (v1.2): a ts before this is no plant's measurement. Its usual cause is a sender counting seconds
+# (1.7e9) instead of milliseconds, which would store 1970-01-20 without a word: refused, saying so.
+PLAUSIBLE_SINCE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 Text = str | int | float | None
+
+
+def _iso(ms: int) -> str:
+    return (_EPOCH + _dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Event(msgspec.Struct, gc=False):
@@ -105,7 +112,7 @@ _BAD_EVENT = (msgspec.DecodeError, UnicodeDecodeError, msgspec.ValidationError)
 class Rejected(NamedTuple):
     """An invalid event (or an undecodable frame) and why (docs/PROTOCOL.md §3)."""
 
-    kind: str  #: short category: undecodable, invalid, too_many_events, future_ts, text_too_long, not_finite
+    kind: str  #: short category: undecodable, invalid, too_many_events, future_ts, past_ts, text_too_long, not_finite
     reason: str  #: one sentence naming the field and the rule broken
     scale_id: int | None  #: when the event says it and it is an integer
     raw: bytes  #: the frame, or the event's own bytes inside an array frame
@@ -157,9 +164,12 @@ class RecordBuilder:
     order.
     """
 
-    __slots__ = ("scale_id", "seq", "measured_us", "texts", "nulls", "_chunks", "_chunked")
+    __slots__ = ("scale_id", "seq", "measured_us", "texts", "nulls", "_chunks", "_chunked", "_oldest_ms")
 
-    def __init__(self) -> None:
+    def __init__(self, oldest_ms: int = PLAUSIBLE_SINCE_MS) -> None:
+        """``oldest_ms``: a ts before it is ``past_ts`` (default PLAUSIBLE_SINCE_MS, as the front and replay use);
+        tests of other modules pass _TS_MIN_MS to keep small readable ts."""
+        self._oldest_ms = oldest_ms
         self.scale_id: list[int] = []
         self.seq: list[int] = []
         self.measured_us: list[int] = []
@@ -185,7 +195,7 @@ class RecordBuilder:
             ts = np.fromiter(map(_TS, events), np.int64, n)
         except (TypeError, OverflowError):  # a datetime ts, or an integer beyond int64
             return False
-        if n and (ts.min() < _TS_MIN_MS or ts.max() > (now_us + FUTURE_TOLERANCE_US) // 1000):
+        if n and (ts.min() < self._oldest_ms or ts.max() > (now_us + FUTURE_TOLERANCE_US) // 1000):
             return False
         out = np.zeros(n, RECORD_DTYPE)
         for k, field in enumerate(_DATA_GETTERS):
@@ -214,11 +224,16 @@ class RecordBuilder:
                 raise _Invalid("invalid", f"ts {ts} ms is before year 1")
             if ts > (now_us + FUTURE_TOLERANCE_US) // 1000:
                 raise _Invalid("future_ts", f"ts {ts} ms is more than 24 h in the future")
+            if ts < self._oldest_ms:
+                hint = " (seconds instead of milliseconds?)" if ts * 1000 >= self._oldest_ms and ts < 10**11 else ""
+                raise _Invalid("past_ts", f"ts {ts} ms is before {_iso(self._oldest_ms)}{hint}")
             us = ts * 1000
         else:
             us = (ts - _EPOCH) // _ONE_US
             if us > now_us + FUTURE_TOLERANCE_US:
                 raise _Invalid("future_ts", f"ts {ts.isoformat()} is more than 24 h in the future")
+            if us < self._oldest_ms * 1000:
+                raise _Invalid("past_ts", f"ts {ts.isoformat()} is before {_iso(self._oldest_ms)}")
         texts = []
         nulls = 0
         for k, value in enumerate((event.data_1, event.data_2, event.data_3, event.data_4, event.data_5)):

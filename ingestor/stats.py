@@ -235,6 +235,9 @@ class Figures(msgspec.Struct, kw_only=True):
     """
 
     instance: str = ""  #: --instance (docs/operations.md#scaling-out-and-failover)
+    #: the service's database as a libpq string without its password (the embedded server's changes every start):
+    #: the one-shot commands use it when given no --dsn; None until it is known
+    dsn: str | None = None
     status: Literal["starting", "running", "draining"] = "starting"
     uptime_s: float = 0.0
     received_frames: Annotated[int, _counter("Frames received (ZeroMQ message parts).")] = 0

@@ -47,7 +47,7 @@ from . import central, child, children, database, leftovers, schema, seals, secu
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .lifecycle import LifecycleArgs
-from .config import Config
+from .config import Config, without_password
 from .embedded_pg import EmbeddedPostgres
 from .monitoring import Monitoring
 from .recent import RecentEvents
@@ -139,6 +139,8 @@ class Supervisor:
         self._wakeup_r = self._wakeup_w = -1
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self.recent = RecentEvents()  # what an operator should see in `ingestor top`
+        self._batches_logged = 0  # writers' batches counted by the last [RATE] line
+        self._told_dsn: str | None = None
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self.sealer: seals.Sealer | None = None
         self._last_seal = float("-inf")  # the first tick seals: the heads as this run found them
@@ -244,6 +246,7 @@ class Supervisor:
             self.embedded = EmbeddedPostgres(cfg.data_dir)
             self.dsn = self.embedded.start()
             print(f"Using embedded PostgreSQL: {self.dsn}", flush=True)
+        self._told_dsn = without_password(self.dsn)  # for `ingestor partitions|history|alibi` without --dsn
         if not self.wait_for_database():
             return False
         if cfg.alibi_key:
@@ -273,6 +276,7 @@ class Supervisor:
                 self.monitoring.start()
             except OSError as e:
                 raise IngestorError(f"cannot bind the HTTP monitoring endpoint {cfg.http_bind}: {e}") from None
+            self.monitoring.update(self.snapshot())  # /metrics from the first second: database_connected 0 meanwhile
 
     def create_shared_blocks(self, writers: int) -> SharedBlocks:
         """Create the ring (one lane per writer), the counters and the ack table; record them for leftovers."""
@@ -301,6 +305,8 @@ class Supervisor:
             deadline = time.monotonic() + delay_s
             while time.monotonic() < deadline:
                 self.sleep()
+                if self.monitoring is not None:
+                    self.monitoring.update(self.snapshot())
                 if self.stop_requested_while_starting():
                     return False
             return True
@@ -508,8 +514,12 @@ class Supervisor:
         if now - self._last_rate_log >= RATE_LOG_EVERY_S:
             self._last_rate_log = now
             s = figures
-            log.info("[RATE] %.1f events/s; %d persisted, %d pending, %d invalid, ring %d/%d",
-                     s.events_per_s, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
+            # the summary of the per-batch lines (at DEBUG: ~25 a second at full speed flood a journal)
+            batches = sum(w.batches for w in s.writers)
+            done, self._batches_logged = batches - self._batches_logged, batches
+            log.info("[RATE] %.1f events/s; %d batches since the last line (average %.0f events, %.0f ms); "
+                     "%d persisted, %d pending, %d invalid, ring %d/%d", s.events_per_s, done, s.average_batch_size,
+                     s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
             self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
                                  f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
@@ -574,6 +584,7 @@ class Supervisor:
         """The figures of docs/operations.md#stats, from the shared counters (the defaults while starting)."""
         self.notice_ready()  # here: a stats request sees "running" the moment the front listens
         f = Figures(instance=self.config.instance, status=self.phase.status, uptime_s=round(time.time() - self.started, 1),
+                    dsn=self._told_dsn,
                     ring_capacity=self.config.ring_capacity,
                     recent_events=self.recent.list())
         if self.counters is None:

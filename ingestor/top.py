@@ -31,8 +31,9 @@ from .errors import StatsUnavailable
 from .stats import Figures
 
 
-def render(s: Figures | None, endpoint: str, error: str | None = None) -> Panel:
-    """One frame for the figures ``s`` (None: nobody answered, ``error`` says why)."""
+def render(s: Figures | None, endpoint: str, error: str | None = None, live: bool = True) -> Panel:
+    """One frame for the figures ``s`` (None: nobody answered, ``error`` says why); ``live``: it is redrawn and q
+    quits it (not for --once)."""
     if s is None:
         return Panel(Text(f"No ingestor answers on {endpoint}: {error}\nStill asking; q quits.", style="bold red"),
                      title="ingestor top")
@@ -73,7 +74,7 @@ def render(s: Figures | None, endpoint: str, error: str | None = None) -> Panel:
     if not s.recent_events:
         recent.add_row("", Text("none", style="dim"))
     return Panel(Group(head, Text(""), fill, Text(""), writers, Text(""), recent),
-                 title=f"ingestor top — {endpoint}", subtitle="q quits")
+                 title=f"ingestor top — {endpoint}", subtitle="q quits" if live else None)
 
 
 @contextlib.contextmanager
@@ -107,7 +108,7 @@ def run(endpoint: str, interval_s: float = 1.0, once: bool = False) -> int:
         if s is None:
             print(f"ingestor top: {error}", file=sys.stderr)
             return 1
-        console.print(render(s, endpoint))
+        console.print(render(s, endpoint, live=False))
         return 0
     s, error = _ask(endpoint, 2.0)
     if s is None:

@@ -233,7 +233,7 @@ class Writer:
         c["last_batch_us"] = elapsed_us
         c["batch_size_hist"][bucket_of(len(records), BATCH_SIZE_BOUNDS)] += 1
         c["batch_ms_hist"][bucket_of(elapsed_us / 1000, BATCH_MS_BOUNDS)] += 1
-        log.info("[BATCH] Persisted %d events in %d ms", len(records), round(elapsed_us / 1000))
+        log.debug("[BATCH] Persisted %d events in %d ms", len(records), round(elapsed_us / 1000))
 
     def _write_range(self, records: np.ndarray, first: int) -> None:
         """Commit ``records``, the lane's records at absolute positions ``first`` … ``first + len - 1``.

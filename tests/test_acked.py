@@ -64,9 +64,16 @@ def test_acked_reply_comes_only_after_the_events_are_committed(service_factory, 
     (token, reply), = sender.replies(10, want=1)
     # the reply is the promise: the rows must be there the moment it arrives
     assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 5
-    assert (token, reply) == (b"t-1", {"accepted": 5, "duplicates": 0, "invalid": 1})
+    assert (token, reply) == (b"t-1", {"accepted": 5, "duplicates": 0, "invalid": 1,
+                                       "reasons": ["invalid: invalid event: Expected `int` >= 1 - at `$.scale_id`"]})
     sender.send(b"t-2", frame(11, range(4)))  # three re-sent, one new
     assert sender.replies(10, want=1) == [(b"t-2", {"accepted": 1, "duplicates": 3, "invalid": 0})]
+    seconds = msgspec.msgpack.encode([{"scale_id": 13, "seq": i, "ts": 1_700_000_000 + i} for i in range(12)])
+    sender.send(b"t-3", seconds)  # ts in seconds: refused, and the reply says why (the first 10 reasons)
+    (_, reply), = sender.replies(10, want=1)
+    assert (reply["accepted"], reply["invalid"], len(reply["reasons"])) == (0, 12, 10)
+    assert reply["reasons"][0] == ("past_ts: ts 1700000000 ms is before 2000-01-01T00:00:00Z "
+                                   "(seconds instead of milliseconds?)")
     sender.close()
     assert svc.terminate() == 0
 
@@ -81,7 +88,8 @@ def test_acked_message_breaking_the_token_rule_counts_and_dead_letters_each_even
     sender = AckedSender(svc.ack_bind)
     sender.send(b"x" * 65, frame(13, range(5)), frame(14, range(2)))
     assert sender.replies(10, want=1) == [
-        (b"x" * 65, {"accepted": 0, "duplicates": 0, "invalid": 7, "error": "bad_token"})]
+        (b"x" * 65, {"accepted": 0, "duplicates": 0, "invalid": 7, "error": "bad_token",
+                     "reasons": ["bad_token: acked-mode token is 65 bytes, more than 64 (docs/PROTOCOL.md §5)"]})]
     sender.send(b"forgot-the-token-or-the-frame")
     assert sender.replies(10, want=1) == [
         (b"forgot-the-token-or-the-frame", {"accepted": 0, "duplicates": 0, "invalid": 0, "error": "no_frames"})]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -241,3 +243,27 @@ def test_run_without_the_password_it_needs_fails_at_once_like_a_wrong_one(servic
     svc = service_factory("--dsn", dsn, "--writers", "1")
     assert svc.proc.wait(30) == 2
     assert "no password supplied" in svc.output() and "Waiting for PostgreSQL" not in svc.output()
+
+
+@pytest.mark.slow
+def test_database_commands_without_a_dsn_use_the_running_services_database(service_factory, request):
+    # finding 9 of issue 26: the embedded server's port changes every start; `stats` found the service, the rest
+    # needed --dsn
+    data = tempfile.mkdtemp(prefix="ingestor-cli-embedded-")
+    os.chmod(data, 0o755)  # PostgreSQL runs as 'postgres' when the tests run as root: it must reach its directory
+    request.addfinalizer(lambda: shutil.rmtree(data, ignore_errors=True))
+    svc = service_factory("--writers", "1", "--data-dir", data)  # no --dsn: the embedded PostgreSQL under it
+    svc.wait_ready()
+    svc.send(b'{"scale_id": 1, "seq": 1, "ts": 1700000000000, "data_1": "12.5"}')
+    svc.wait_for(lambda s: s["persisted"] == 1)
+    assert "password" not in svc.stats()["dsn"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTOR_")}
+    env["INGESTOR_STATS_ENDPOINT"] = svc.stats_endpoint
+    r = ingestor("alibi", "verify", env=env)
+    assert (r.returncode, r.stdout.split(",")[0]) == (0, "verified: 1 records"), r.stderr
+    r = ingestor("history", "--scale", "1", "--since", "2023-01-01", "--json", env=env)
+    assert r.returncode == 0 and '"12.5"' in r.stdout, r.stderr
+    assert ingestor("partitions", "list", env=env).returncode == 0
+    assert svc.terminate() == 0
+    r = ingestor("alibi", "verify", env=env)  # the service is gone: one line, exit 2
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "no running ingestor answered" in r.stderr

@@ -92,6 +92,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "run: --writers many": (["run", "--writers", "many"], "'many'"),
     "run: --batch-size 0": (["run", "--batch-size", "0"], "--batch-size"),
     "an unknown subcommand": (["archive"], "'archive'"),
+    "alibi verify: no DSN and no service to ask": (["alibi", "verify", "--stats-endpoint", "tcp://127.0.0.1:9"],
+                                                   "no running ingestor answered"),
     "an unknown option": (["alibi", "verify", "--publik", "x", "--dsn", "{dsn}"], "--publik"),
 }
 

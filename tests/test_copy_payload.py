@@ -8,13 +8,13 @@ import time
 import psycopg
 
 from ingestor import copy_payload
-from ingestor.protocol import Event, RecordBuilder
+from ingestor.protocol import _TS_MIN_MS, Event, RecordBuilder
 
 NOW_US = time.time_ns() // 1000
 
 
 def build(events: list[Event]):
-    b = RecordBuilder()
+    b = RecordBuilder(oldest_ms=_TS_MIN_MS)  # small, readable ts: the front's floor is tested in test_protocol
     for e in events:
         b.add(e, NOW_US)
     return b.build(time.time_ns())

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingestor.monitoring import health
 from ingestor.stats import Figures, WriterFigures, counter_fields
+from tests.fix_service import free_port
 
 pytestmark = pytest.mark.slow
 ALERTS = Path(__file__).resolve().parent.parent / "docs" / "alerts.yml"
@@ -112,3 +113,16 @@ def test_health_rules_name_the_failing_condition():
     ok, reason = health(stalled, 60, now=1767225600 + 61)
     assert not ok and reason == "nothing committed for 61 s with 5 events pending"
     assert health(stalled, 60, now=1767225600 + 30) == (True, "ok")
+
+
+def test_metrics_are_served_from_the_first_second_while_postgresql_is_awaited(service_factory):
+    # finding 9 of issue 26: /metrics answered an empty body until the database was up, so the alert
+    # IngestorDatabaseUnreachable could never fire at start
+    svc = service_factory("--dsn", f"host=127.0.0.1 port={free_port()} connect_timeout=1")  # nobody listens there
+    svc.wait_for(lambda s: s["status"] == "starting")
+    status, body = get_when(svc, "/metrics", lambda status, body: b"ingestor_database_connected" in body)
+    assert status == 200
+    metrics = {m.name: m for m in text_string_to_metric_families(body.decode())}
+    assert metrics["ingestor_database_connected"].samples[0].value == 0
+    assert svc.stats()["status"] == "starting"
+    svc.terminate()

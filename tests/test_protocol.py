@@ -86,6 +86,19 @@ def test_ts_more_than_24h_in_the_future_is_invalid():
     assert len(recs) == 1 and not rejected
 
 
+@pytest.mark.parametrize("ts,why", [
+    (1_700_000_000, "before 2000-01-01T00:00:00Z (seconds instead of milliseconds?)"),  # finding 9 of issue 26
+    (0, "before 2000-01-01T00:00:00Z"), (946_684_799_999, "before 2000-01-01"), ("1999-12-31T23:59:59Z", "before 2000"),
+])
+def test_ts_before_2000_is_invalid_and_seconds_are_named(ts, why):
+    for frame in (j([ev(ts=ts)] * 10), m(ev(ts=ts))):  # the column path and the per-event path alike
+        _, recs, rejected = decode(frame)
+        assert len(recs) == 0 and rejected[0].kind == "past_ts" and why in rejected[0].reason, rejected[0]
+        assert ("seconds" in rejected[0].reason) == ("seconds" in why)
+    _, recs, rejected = decode(j(ev(ts=946_684_800_000)))
+    assert len(recs) == 1 and not rejected
+
+
 @pytest.mark.parametrize("field", ["scale_id", "seq", "ts"])
 def test_missing_required_field_is_invalid(field):
     _, recs, rejected = decode(j(ev(**{field: ...})))

@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ingestor import protocol
-from ingestor.protocol import MAX_EVENTS_PER_FRAME, RecordBuilder, decode_frame
+from ingestor.protocol import MAX_EVENTS_PER_FRAME, PLAUSIBLE_SINCE_MS, RecordBuilder, decode_frame
 
 NOW_US = time.time_ns() // 1000
 NOW_MS = NOW_US // 1000
@@ -40,7 +40,7 @@ valid_event = st.fixed_dictionaries(
     {
         "scale_id": st.integers(1, 2**31 - 1),
         "seq": st.integers(0, 2**63 - 1),
-        "ts": st.integers(0, NOW_MS + DAY_MS - 60_000),
+        "ts": st.integers(PLAUSIBLE_SINCE_MS, NOW_MS + DAY_MS - 60_000),
     },
     optional={f"data_{k}": data_value for k in range(1, 6)} | {"unknown_field": st.integers(-(2**63), 2**63 - 1)},
 )
@@ -53,6 +53,8 @@ MUTATIONS = [
     ("seq", -1, "invalid"),
     ("seq", 2**63, "invalid"),
     ("ts", NOW_MS + DAY_MS + 3_600_000, "future_ts"),
+    ("ts", PLAUSIBLE_SINCE_MS - 1, "past_ts"),
+    ("ts", NOW_MS // 1000, "past_ts"),  # seconds, not milliseconds
     ("ts", "yesterday", "invalid"),
     ("ts", 1.5, "invalid"),
     ("data_1", "x" * 65, "text_too_long"),
