@@ -389,8 +389,20 @@ class ChainCheck:
               budget: list[int]) -> None:
         """Put late records and strays (any scale's: ``pool``) into ``gap`` where their links say they belong;
         name what they say was done, and what stays empty as deleted (or truncated, at the head)."""
+        placed, used, back = self._place(gap, late, pool, budget)
+        self._name_placed(gap, placed, back)
+        self._name_empty(gap, placed)
+        pool[:] = [(s, r) for s, r in pool if id(r) not in used]
+        for number, rows in list(late.items()):
+            late[number] = [r for r in rows if id(r) not in used]
+
+    def _place(self, gap: _Gap, late: dict[int, list[Record]], pool: list[tuple[int, Record]],
+               budget: list[int]) -> tuple[dict[int, tuple[int, Record, bool]], set[int], int]:
+        """Where rows fit ``gap``: forward from the link before it, backward from the record after it (a row's
+        link is what its successor links to), then late rows of their own number in between. Returns
+        (position -> (its scale, the row, its content holds), ids of the rows used, where going backward stopped)."""
         scale = self.scale_id
-        placed: dict[int, tuple[int, Record, bool]] = {}  # position -> (its scale, the row, its content holds)
+        placed: dict[int, tuple[int, Record, bool]] = {}
         used: set[int] = set()
 
         def candidates(position: int) -> Iterator[tuple[int, Record]]:
@@ -403,7 +415,7 @@ class ChainCheck:
                     yield s, r
 
         position, prev = gap.first, gap.before
-        while position <= gap.last and prev is not None:  # forward, from the link before the gap
+        while position <= gap.last and prev is not None:
             found = next(((s, r) for s, r in candidates(position) if _holds(prev, as_scale(r.event, scale), r.link)),
                          None)
             if found is None:
@@ -412,7 +424,7 @@ class ChainCheck:
             used.add(id(found[1]))
             prev, position = found[1].link, position + 1
         back, after = gap.last, gap.after
-        while back >= position and after is not None and after.event:  # backward, from the record after the gap
+        while back >= position and after is not None and after.event:
             event = as_scale(after.event, scale)
             found = next(((s, r) for s, r in candidates(back) if _holds(r.link, event, after.link)), None)
             if found is None:
@@ -422,11 +434,15 @@ class ChainCheck:
             used.add(id(found[1]))
             after, back = found[1], back - 1
         for number, rows in late.items():  # late rows of their own number that link to neither side
-            if position <= number <= back and number not in placed:
-                r = next((r for r in rows if id(r) not in used), None)
-                if r is not None:
-                    placed[number] = (scale, r, False)
-                    used.add(id(r))
+            r = next((r for r in rows if id(r) not in used), None)
+            if position <= number <= back and number not in placed and r is not None:
+                placed[number] = (scale, r, False)
+                used.add(id(r))
+        return placed, used, back
+
+    def _name_placed(self, gap: _Gap, placed: dict[int, tuple[int, Record, bool]], back: int) -> None:
+        """A finding for each placed row that is not simply a late record of its own number that links."""
+        scale = self.scale_id
         for number in sorted(placed):
             s, r, holds = placed[number]
             s = int.from_bytes(r.event[:4], "little", signed=True) if r.event else s  # the scale it is stored as
@@ -445,26 +461,25 @@ class ChainCheck:
             if not _holds(placed[gap.last][1].link, gap.after.event, gap.after.link):
                 self.findings.append(Finding(scale, "changed", (gap.last + 1,), (
                     f"record {gap.last + 1} (row id {gap.after.row_id}) does not link to its predecessor")))
-        run: list[int] = []
-        empty = [n for n in range(gap.first, gap.last + 1) if n not in placed] if gap.last - gap.first < MAX_NAMED \
-            else None
-        if empty is None:  # a vast gap: a forged record number; its ends are what can be named
-            self.findings.append(Finding(scale, "truncated" if gap.after is None else "deleted",
+        if gap.after is None and gap.last in placed and self.head is not None and self.head[1] is not None \
+                and placed[gap.last][1].link != self.head[1]:
+            self.findings.append(Finding(scale, "head", (gap.last,), (
+                f"the head in ingestor_claims holds another link for record {gap.last} than the one stored")))
+
+    def _name_empty(self, gap: _Gap, placed: dict) -> None:
+        """Each run of positions nothing fills: deleted, or truncated where it reaches the head."""
+        if gap.last - gap.first >= MAX_NAMED:  # a vast gap: a forged record number; its ends are what can be named
+            self.findings.append(Finding(self.scale_id, "truncated" if gap.after is None else "deleted",
                                          (gap.first, gap.last), f"records {gap.first}..{gap.last} missing"))
-        for n in empty or ():
+            return
+        run: list[int] = []
+        for n in (n for n in range(gap.first, gap.last + 1) if n not in placed):
             if run and n != run[-1] + 1:
                 self._missing(run, gap, False)
                 run = []
             run.append(n)
         if run:
             self._missing(run, gap, gap.after is None and run[-1] == gap.last)
-        if gap.after is None and gap.last in placed and self.head is not None and self.head[1] is not None \
-                and placed[gap.last][1].link != self.head[1]:
-            self.findings.append(Finding(scale, "head", (gap.last,), (
-                f"the head in ingestor_claims holds another link for record {gap.last} than the one stored")))
-        pool[:] = [(s, r) for s, r in pool if id(r) not in used]
-        for number, rows in list(late.items()):
-            late[number] = [r for r in rows if id(r) not in used]
 
     def _missing(self, run: list[int], gap: _Gap, at_head: bool) -> None:
         if at_head:

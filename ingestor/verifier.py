@@ -84,7 +84,6 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
     """
     public_keys = list(public_keys)
     file_seals = _read_seal_file(seal_file) if seal_file is not None else None
-    findings: list[Finding] = []
     with psycopg.connect(dsn) as conn:
         set_search_path(conn, schema)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -95,50 +94,58 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
             "SELECT scale_id, record_no, link FROM ingestor_alibi_starts")}
         stored_seals = conn.execute("SELECT id, instance, to_json(sealed_at) #>> '{}', key_id, seal "
                                     "FROM ingestor_seals ORDER BY id").fetchall()
-        sealed, genuine, seal_findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until)
-        findings += seal_findings
-        checks: dict[int, alibi.ChainCheck] = {}
-        held: dict[int, set] = {}  # each scale's greatest sealed record's stored links (a second row: named apart)
-        if archive:
-            starts = {}  # from the first record: the dropped days are read back
-        trust_next = [False]  # after an archive that cannot be read: each chain goes on from its next record
-
-        def check_of(scale_id: int) -> alibi.ChainCheck:
-            check = checks.get(scale_id)
-            if check is None:
-                start = (1, None) if since is not None or trust_next[0] else starts.get(scale_id)
-                check = checks[scale_id] = alibi.ChainCheck(scale_id, start, heads.get(scale_id, (0, None)))
-            return check
-
-        def unreadable(finding: Finding) -> None:
-            findings.append(finding)
-            trust_next[0] = True
-            for check in checks.values():
-                check.prev = None
-
-        pieces = itertools.chain(_archived(conn, endpoint, since, until, scale, unreadable) if archive else (),
-                                 _stored(conn, since, until, scale))
-        for piece in pieces:  # one at a time: a day of PostgreSQL streamed, an archive's row group
-            for scale_id, group in itertools.groupby(piece, key=lambda r: r[0]):
-                records = _records(list(group))
-                check_of(scale_id).feed(records)
-                if scale_id in sealed:
-                    wanted = sealed[scale_id][0]
-                    for r in records:
-                        if r.record_no == wanted:
-                            held.setdefault(scale_id, set()).add(r.link)
+        sealed, genuine, findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until)
+        chains = _Chains(heads, {} if archive else starts, sealed, since is not None)  # archive: from record 1
+        for piece in itertools.chain(_archived(conn, endpoint, since, until, scale, chains.unreadable)
+                                     if archive else (), _stored(conn, since, until, scale)):
+            chains.feed(piece)  # one at a time: a day of PostgreSQL streamed, an archive's row group
         conn.rollback()
-    wanted_scales = heads if scale is None else [scale] if scale in heads else []
-    for scale_id in wanted_scales:
-        check_of(scale_id)
-    for check in checks.values():
+    for scale_id in (heads if scale is None else [scale] if scale in heads else []):
+        chains.check_of(scale_id)  # a scale none of whose records was read: truncated, unless a range
+    for check in chains.checks.values():
         if until is not None:
             check.head = None  # the rows read end before the chain's end
-    findings += alibi.resolve(checks.values())
-    findings += _sealed_heads(sealed, held, starts, checks, scale, since is not None, findings)
-    scales = len(set(checks) | (set(heads) if scale is None else {scale} & set(heads)))
-    return Report(sum(c.records for c in checks.values()), scales, genuine, bool(public_keys),
+    findings += chains.findings + alibi.resolve(chains.checks.values())
+    findings += _sealed_heads(sealed, chains.held, chains.starts, chains.checks, scale, since is not None, findings)
+    scales = len(set(chains.checks) | (set(heads) if scale is None else {scale} & set(heads)))
+    return Report(sum(c.records for c in chains.checks.values()), scales, genuine, bool(public_keys),
                   sorted(findings, key=_order))
+
+
+class _Chains:
+    """Every scale's :class:`ingestor.alibi.ChainCheck` as the pieces come, and each scale's greatest sealed
+    record's stored links (``held``; a second row under that number is named apart)."""
+
+    def __init__(self, heads: dict, starts: dict, sealed: dict[int, tuple[int, bytes]], ranged: bool) -> None:
+        self.heads, self.starts, self.sealed, self.ranged = heads, starts, sealed, ranged
+        self.checks: dict[int, alibi.ChainCheck] = {}
+        self.held: dict[int, set] = {}
+        self.findings: list[Finding] = []
+        self._trust_next = False  # after an archive that cannot be read: each chain goes on from its next record
+
+    def check_of(self, scale_id: int) -> alibi.ChainCheck:
+        check = self.checks.get(scale_id)
+        if check is None:
+            start = (1, None) if self.ranged or self._trust_next else self.starts.get(scale_id)
+            check = self.checks[scale_id] = alibi.ChainCheck(scale_id, start, self.heads.get(scale_id, (0, None)))
+        return check
+
+    def unreadable(self, finding: Finding) -> None:
+        """An archive could not be read: named once, and every chain taken up again at its next record."""
+        self.findings.append(finding)
+        self._trust_next = True
+        for check in self.checks.values():
+            check.prev = None
+
+    def feed(self, piece: Iterable[tuple]) -> None:
+        for scale_id, group in itertools.groupby(piece, key=lambda r: r[0]):
+            records = _records(list(group))
+            self.check_of(scale_id).feed(records)
+            if scale_id in self.sealed:
+                wanted = self.sealed[scale_id][0]
+                links = [r.link for r in records if r.record_no == wanted]
+                if links:
+                    self.held.setdefault(scale_id, set()).update(links)
 
 
 # -- the rows, a day at a time ---------------------------------------------------------------------
@@ -314,9 +321,36 @@ def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
     Seals are matched across the database and the file by (instance, sealed_at); signatures are checked only
     with ``public_keys``.
     """
-    findings: list[Finding] = []
+    copies, findings = _copies(stored, seal_file, file_seals)
     by_key = {seals.key_id(k): k for k in public_keys}
-    copies: dict[tuple[str, str], dict[str, list]] = {}
+    # a file holds its own instance's seals (two instances may share the database); a file holding none holds
+    # none of any
+    filed = {s.instance for _, s in file_seals or () if s is not None} or {k[0] for k in copies}
+    sealed: dict[int, tuple[int, bytes]] = {}
+    genuine = 0
+    for (instance, _), entry in copies.items():
+        finding, good = _judge(instance, entry, seal_file, file_seals is not None, instance in filed, by_key)
+        findings += [finding] if finding is not None else []
+        if len(good) != 1:
+            continue  # none genuine, or two genuine versions that cannot be told apart: neither pins anything
+        genuine += 1
+        if until is not None and not _before(good[0].sealed_at, until):
+            continue
+        for head in good[0].heads:
+            if head.record_no > sealed.get(head.scale_id, (0, b""))[0]:
+                try:
+                    sealed[head.scale_id] = (head.record_no, bytes.fromhex(head.link))
+                except ValueError:
+                    pass
+    return sealed, genuine, findings
+
+
+def _copies(stored: list[tuple], seal_file: str | os.PathLike | None,
+            file_seals: list[tuple[int, seals.Seal | None]] | None) -> tuple[dict, list[Finding]]:
+    """Every seal's copies, keyed by (instance, sealed_at): ``{"db": [(id, seal, columns that differ from its
+    signed text)], "file": [(line, seal)]}``; and a finding for each row or line that is not a seal."""
+    findings: list[Finding] = []
+    copies: dict[tuple[str, object], dict[str, list]] = {}
     unreadable: dict[tuple[str, object], list[tuple[int, str]]] = {}
     for seal_id, instance, sealed_at, key_id, text in stored:
         try:
@@ -325,12 +359,11 @@ def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
             # keyed by its columns, so its copy in the file is named with it, not again as unrecorded
             unreadable.setdefault((instance, _moment(sealed_at)), []).append((seal_id, str(e)))
             continue
-        entry = copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})
         columns = [name for name, column, signed in (("instance", instance, seal.instance),
                                                       ("key_id", key_id, seal.key_id)) if column != signed]
-        if not _same_moment(sealed_at, seal.sealed_at):
-            columns.append("sealed_at")
-        entry["db"].append((seal_id, seal, columns))
+        columns += [] if _same_moment(sealed_at, seal.sealed_at) else ["sealed_at"]
+        copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})["db"].append(
+            (seal_id, seal, columns))
     for number, seal in file_seals or ():
         if seal is None:
             findings.append(Finding(None, "forged", (number,), f"line {number} of {seal_file} is not a seal"))
@@ -342,57 +375,41 @@ def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
         findings.append(Finding(None, "forged", tuple(i for i, _ in rows), "; ".join(
             f"seal {i} of the database is not a seal ({why})" for i, why in rows)
             + "".join(f"; line {n} of {seal_file} holds the seal it replaced" for n, _ in twin)))
-    sealed: dict[int, tuple[int, bytes]] = {}
-    genuine = 0
-    # a file holds its own instance's seals (two instances may share the database); a file holding none holds
-    # none of any
-    filed_instances = {s.instance for _, s in file_seals or () if s is not None} or {k[0] for k in copies}
-    for (instance, moment), entry in copies.items():
-        sealed_at = entry["db"][0][1].sealed_at if entry["db"] else entry["file"][0][1].sealed_at
-        in_db, in_file = entry["db"], entry["file"]
-        where = [f"seal {i} of the database" for i, _, _ in in_db] + [f"line {n} of {seal_file}" for n, _ in in_file]
-        versions = {msgspec.json.encode(s) for _, s, _ in in_db} | {msgspec.json.encode(s) for _, s in in_file}
-        problems = []
-        kind = None
-        if len(versions) > 1:
-            kind, problems = "forged", [f"{' and '.join(where)} differ"]
-        for i, _, columns in in_db:
-            if columns:
-                kind = "forged"
-                problems.append(f"the {', '.join(columns)} column(s) of seal {i} differ from its signed text")
-        good = []
-        if public_keys:
-            for version in versions:
-                seal = msgspec.json.decode(version, type=seals.Seal)
-                key = by_key.get(seal.key_id)
-                if key is not None and seals.is_genuine(seal, key):
-                    good.append(seal)
-                else:
-                    kind = "forged"
-                    problems.append("signed by no key given" if key is None else "its signature does not hold")
-        if not in_db and file_seals is not None:
-            kind = kind or "unrecorded"
-            problems.append("missing from the database")
-        if not in_file and file_seals is not None and instance in filed_instances:
-            kind = kind or "unfiled"
-            problems.append(f"missing from {seal_file}")
-        numbers = tuple(i for i, _, _ in in_db) or tuple(n for n, _ in in_file)
-        if kind is not None:
-            findings.append(Finding(None, kind, numbers, f"{' and '.join(where)} ({instance}, {sealed_at}): "
-                                                         + "; ".join(problems)))
-        if len(good) != 1:
-            continue  # two genuine versions cannot be told apart: neither pins anything
-        genuine += 1
-        seal = good[0]
-        if until is not None and not _before(seal.sealed_at, until):
-            continue
-        for head in seal.heads:
-            if head.record_no > sealed.get(head.scale_id, (0, b""))[0]:
-                try:
-                    sealed[head.scale_id] = (head.record_no, bytes.fromhex(head.link))
-                except ValueError:
-                    pass
-    return sealed, genuine, findings
+    return copies, findings
+
+
+def _judge(instance: str, entry: dict, seal_file: str | os.PathLike | None, file_given: bool, filed: bool,
+           by_key: dict) -> tuple[Finding | None, list[seals.Seal]]:
+    """One seal's finding (None when its copies agree, are where they belong, and, with keys, are genuine) and its
+    genuine versions (with keys)."""
+    in_db, in_file = entry["db"], entry["file"]
+    sealed_at = in_db[0][1].sealed_at if in_db else in_file[0][1].sealed_at
+    where = [f"seal {i} of the database" for i, _, _ in in_db] + [f"line {n} of {seal_file}" for n, _ in in_file]
+    versions = {msgspec.json.encode(s) for _, s, _ in in_db} | {msgspec.json.encode(s) for _, s in in_file}
+    kind, problems = ("forged", [f"{' and '.join(where)} differ"]) if len(versions) > 1 else (None, [])
+    for i, _, columns in in_db:
+        if columns:
+            kind = "forged"
+            problems.append(f"the {', '.join(columns)} column(s) of seal {i} differ from its signed text")
+    good = []
+    for version in versions if by_key else ():
+        seal = msgspec.json.decode(version, type=seals.Seal)
+        key = by_key.get(seal.key_id)
+        if key is not None and seals.is_genuine(seal, key):
+            good.append(seal)
+        else:
+            kind = "forged"
+            problems.append("signed by no key given" if key is None else "its signature does not hold")
+    if not in_db and file_given:
+        kind = kind or "unrecorded"
+        problems.append("missing from the database")
+    if not in_file and file_given and filed:
+        kind = kind or "unfiled"
+        problems.append(f"missing from {seal_file}")
+    numbers = tuple(i for i, _, _ in in_db) or tuple(n for n, _ in in_file)
+    finding = None if kind is None else Finding(None, kind, numbers, f"{' and '.join(where)} ({instance}, "
+                                                                      f"{sealed_at}): " + "; ".join(problems))
+    return finding, good
 
 
 def _moment(text: str | None) -> object:
@@ -498,33 +515,37 @@ def show(dsn: str, schema: str, scale: int, record_no: int, public_keys: Iterabl
         prev = bytes(start[1])
     else:
         prev = None
-    records = _records([x[:13] for x in rows])
-    check = alibi.ChainCheck(scale, (record_no - 1, None) if prev is None else (record_no, prev))
-    check.feed(records)
-    found = [f for f in alibi.resolve([check]) if f.kind != "inserted" or r[1] in f.records]
-    if prev is None and not any(x.record_no == record_no - 1 for x in records):
-        verdict, intact = f"cannot be checked: record {record_no - 1}, its predecessor, is not stored", False
-    elif found:
-        verdict, intact = "CHANGED: " + "; ".join(f.detail for f in found), False
-    else:
-        nxt = next((x for x in records if x.record_no == record_no + 1), None)
-        verdict = "intact: its link holds against its predecessor's" + (
-            ", and its successor's against its own" if nxt is not None else " (it is the newest record)")
-        intact = True
-    if seal is not None and intact:
-        sealed_no, sealed_link = seal
-        stored = next((x.link for x in records if x.record_no == sealed_no), None)
-        if stored != sealed_link:
-            verdict, intact = (f"CHANGED: record {sealed_no}, the head the seal signed, "
-                               f"{'is gone' if stored is None else 'holds another link'}: rewritten since"), False
-        else:
-            verdict += f"; every link up to record {sealed_no}, the head the seal signed, holds"
+    verdict, intact = _verdict(_records([x[:13] for x in rows]), r[1], scale, record_no, prev, seal)
     if seal_said is not None and seal_said.startswith("FORGED"):
         intact = False
     row = {"scale_id": scale, "record_no": record_no, "row_id": r[1], "seq": r[4], "measured_at": r[13],
            "created_at": r[14], **{c: v for c, v in zip(DATA_FIELDS, r[15:20])},
            "link": None if r[3] is None else bytes(r[3]).hex()}
     return Shown(row, verdict, seal_said, intact)
+
+
+def _verdict(records: list[Record], row_id: int, scale: int, record_no: int, prev: bytes | None,
+             seal: tuple[int, bytes] | None) -> tuple[str, bool]:
+    """(what the links say of record ``record_no``, whether it is intact): its own link against ``prev`` (None:
+    the stored predecessor's), its successor's against it, and up to the head ``seal`` signed, if any."""
+    check = alibi.ChainCheck(scale, (record_no - 1, None) if prev is None else (record_no, prev))
+    check.feed(records)
+    found = [f for f in alibi.resolve([check]) if f.kind != "inserted" or row_id in f.records]
+    if prev is None and not any(x.record_no == record_no - 1 for x in records):
+        return f"cannot be checked: record {record_no - 1}, its predecessor, is not stored", False
+    if found:
+        return "CHANGED: " + "; ".join(f.detail for f in found), False
+    nxt = next((x for x in records if x.record_no == record_no + 1), None)
+    verdict = "intact: its link holds against its predecessor's" + (
+        ", and its successor's against its own" if nxt is not None else " (it is the newest record)")
+    if seal is None:
+        return verdict, True
+    sealed_no, sealed_link = seal
+    stored = next((x.link for x in records if x.record_no == sealed_no), None)
+    if stored != sealed_link:
+        return (f"CHANGED: record {sealed_no}, the head the seal signed, "
+                f"{'is gone' if stored is None else 'holds another link'}: rewritten since"), False
+    return verdict + f"; every link up to record {sealed_no}, the head the seal signed, holds", True
 
 
 def _covering_seal(stored: list[tuple], file_seals: list | None, public_keys: list, scale: int,
