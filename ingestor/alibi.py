@@ -166,7 +166,9 @@ def chain(encoded: Encoded, heads: dict[int, Head]) -> tuple[np.ndarray, list[by
 # -- checking a chain (the verifier's core) ---------------------------------------------------------
 
 MAX_NAMED = 10_000  # a finding over a longer run of records names its first and last only
-PLACE_BUDGET = 2_000_000  # SHA-256 calls spent placing stray rows into gaps, per check; then they stay strays
+# SHA-256 calls one resolve() may spend trying stray rows in gaps (strays × gaps grows fast under mass tampering);
+# past it the strays left are named as inserted and the gaps as deleted: still found, named twice
+PLACE_BUDGET = 2_000_000
 
 
 class Record(NamedTuple):
@@ -183,9 +185,9 @@ class Finding(NamedTuple):
 
     ``kind``: changed, deleted, inserted, reordered, truncated, moved (a
     record stored under another scale_id or record_no), head (the claims
-    row's head disagrees with the stored chain); for seals and archives
-    (``scale_id`` None): sealed (a seal's head does not match), forged,
-    unrecorded, unfiled, archive. ``records``: the record numbers (for
+    row's head disagrees with the stored chain), sealed (the record a seal
+    signed as the scale's head holds another link or is gone); for seals
+    and archives (``scale_id`` None): forged, unrecorded, unfiled, archive. ``records``: the record numbers (for
     ``inserted``: the row ids; a run of more than MAX_NAMED: its first and
     last), each tampered record named by one finding.
     """

@@ -435,6 +435,13 @@ def cmd_central(args: argparse.Namespace) -> int:
         print(f"publication {name} on the edge: {'created' if published else 'already there'}; "
               f"subscription {name} on the central server: {'created' if subscribed else 'already there'}")
         return 0
+    return _central_status(args)
+
+
+def _central_status(args: argparse.Namespace) -> int:
+    """``ingestor central status``: the edge's slot; with --central-dsn, the subscription's tables and errors."""
+    from . import central
+
     state = _database(lambda: central.lag(args.edge_dsn, args.schema))
     if state is None:
         print(f"no replication slot {central.name_of(args.schema)} on the edge: run 'ingestor central setup' first",

@@ -173,16 +173,23 @@ def status(edge: EmbeddedPostgres, central: EmbeddedPostgres, schema: str) -> su
     return ingestor("central", "status", "--edge-dsn", edge.dsn, "--schema", schema, "--central-dsn", central.dsn)
 
 
-def test_the_documented_recovery_makes_the_subscription_again_with_every_row_once_and_states_following(
-        edges_and_central, service_factory):
-    # finding 1 of issue 26: dropped and set up again, the central history doubled and its states stopped
+def copying(edges_and_central, service_factory, seqs: int):
+    """(edge, central server, service): plant_1's service on the first edge, subscribed, ``seqs`` frames of every
+    scale stored on both."""
     (edge, _), central = edges_and_central
     svc = service_factory("--dsn", edge.dsn, "--schema", "plant_1", "--writers", "2", box="plant_1")
     svc.wait_ready()
     assert setup_central(edge, central, "plant_1").returncode == 0
-    svc.send(*frames(1, 25))
-    svc.wait_for(lambda s: s["persisted"] == 25 * SCALES)
-    wait_central(central, "plant_1", 25 * SCALES)
+    svc.send(*frames(1, seqs))
+    svc.wait_for(lambda s: s["persisted"] == seqs * SCALES)
+    wait_central(central, "plant_1", seqs * SCALES)
+    return edge, central, svc
+
+
+def test_the_documented_recovery_makes_the_subscription_again_with_every_row_once_and_states_following(
+        edges_and_central, service_factory):
+    # finding 1 of issue 26: dropped and set up again, the central history doubled and its states stopped
+    edge, central, svc = copying(edges_and_central, service_factory, 25)
     with psycopg.connect(central.dsn, autocommit=True) as c:
         c.execute("DROP SUBSCRIPTION ingestor_plant_1")  # operations.md: drop it on the central server …
     done = setup_central(edge, central, "plant_1")  # … and run setup again: it copies the tables anew
@@ -205,12 +212,7 @@ def test_the_documented_recovery_makes_the_subscription_again_with_every_row_onc
 
 def test_a_subscription_failing_again_and_again_is_reported_by_status_stats_and_metrics(
         edges_and_central, service_factory):
-    (edge, _), central = edges_and_central
-    svc = service_factory("--dsn", edge.dsn, "--schema", "plant_1", "--writers", "2", box="plant_1")
-    svc.wait_ready()
-    assert setup_central(edge, central, "plant_1").returncode == 0
-    svc.send(*frames(1, 5))
-    wait_central(central, "plant_1", 5 * SCALES)
+    edge, central, svc = copying(edges_and_central, service_factory, 5)
     assert status(edge, central, "plant_1").returncode == 0
     with psycopg.connect(central.dsn, autocommit=True) as c:  # the central server now refuses every new state
         c.execute("ALTER TABLE plant_1.scale_current_states ADD CONSTRAINT refuse CHECK (seq < 0) NOT VALID")
