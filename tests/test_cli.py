@@ -46,6 +46,12 @@ def test_stats_prints_lines_for_people_and_json_without_histograms_unless_asked(
     histograms = {"latency_histogram", "batch_size_histogram", "batch_ms_histogram"}
     assert not histograms & set(plain) and histograms <= set(full) and full["latency_histogram"]["count"] == [1]
     assert len(json.dumps(plain, indent=2).splitlines()) < 80
+    # `ingestor stats --json | head -c 0` (finding 9 of issue 26: a BrokenPipeError traceback): quiet, 141
+    proc = subprocess.Popen([sys.executable, "-m", "ingestor.cli", "stats", "--json", "--histograms",
+                             "--stats-endpoint", svc.stats_endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, b"")
     assert svc.terminate() == 0
 
 

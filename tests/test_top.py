@@ -24,6 +24,7 @@ def test_top_once_shows_counts_writers_and_ring(service_factory, dsn):
     assert r.returncode == 0, r.stderr
     for word in ("status", "running", "persisted", "ring", "spool", "writer", "alive", "connected"):
         assert word in r.stdout, word
+    assert "q quits" not in r.stdout  # one frame, printed: nothing to quit (finding 9 of issue 26)
     assert svc.terminate() == 0
 
 
