@@ -15,12 +15,15 @@ seal can be checked from its JSON line alone, in any language.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import msgspec
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SECRET_SUFFIX, PUBLIC_SUFFIX = ".ed25519", ".ed25519.pub"
 TAIL_BLOCK = 64 * 1024  # read from the end of the seal file in blocks this large (a seal of 300 scales is ~25 KB)
@@ -278,9 +281,7 @@ class Sealer:
         for missed in behind:
             append(self.seal_file, missed)
         if behind:
-            import logging
-
-            logging.getLogger(__name__).warning("Seal file %s caught up: %d seal(s) of the database appended",
+            log.warning("Seal file %s caught up: %d seal(s) of the database appended",
                                                 self.seal_file, len(behind))
         self._filed = False
         append(self.seal_file, seal)
@@ -295,9 +296,7 @@ class Sealer:
 
         cut = cut_torn_tail(self.seal_file)
         if cut:
-            import logging
-
-            logging.getLogger(__name__).warning("Seal file %s: cut a torn last line of %d bytes (a crash mid-append)",
+            log.warning("Seal file %s: cut a torn last line of %d bytes (a crash mid-append)",
                                                 self.seal_file, cut)
         latest = last(self.seal_file)
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:

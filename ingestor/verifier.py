@@ -421,16 +421,15 @@ def _moment(text: str | None) -> object:
 
 
 def _same_moment(column: str | None, signed: str) -> bool:
-    try:
-        return column is not None and dt.datetime.fromisoformat(column) == dt.datetime.fromisoformat(signed)
-    except ValueError:
-        return False
+    moment = _moment(column)
+    return isinstance(moment, dt.datetime) and moment == _moment(signed)
 
 
 def _before(sealed_at: str, until: dt.datetime) -> bool:
+    moment = _moment(sealed_at)
     try:
-        return dt.datetime.fromisoformat(sealed_at) < until
-    except (ValueError, TypeError):
+        return isinstance(moment, dt.datetime) and moment < until
+    except TypeError:  # a time without an offset cannot be compared with an aware one: not a genuine seal's
         return False
 
 
