@@ -20,6 +20,8 @@ Endpoints:
 ``/api/v1/monitoring/persistence/metrics`` and ``…/health``
     ScaleHub's JSON shapes and field names, so existing dashboards
     keep working.
+``/`` (and ``/static/…``, ``/api/v1/live``, ``/api/v1/scales/<id>``)
+    The live page for a browser on the plant network: :mod:`ingestor.live`.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import json
 import logging
 import threading
 import time
+from socketserver import ThreadingMixIn
 from typing import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from . import live
 from .errors import ConfigError
 from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Figures, LatencyHistogram, counter_fields, cumulative_buckets
 
@@ -114,16 +119,19 @@ class _Collector:
         yield seconds
 
 
+# Fixed bucket bounds, s: a bucket that appeared only once it held an event would start its rate() late and
+# bend histogram_quantile. Each is a bound of the stats' finer buckets (1 ms to 1 s, then 100 ms), so exact.
+LATENCY_BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
 def _latency(histogram: LatencyHistogram) -> HistogramMetricFamily:
-    buckets, acc = [], 0
-    for upper_ms, count in zip(histogram.upper_ms, histogram.count):
-        acc += count
-        buckets.append((repr(upper_ms / 1000), acc))
-    buckets.append(("+Inf", acc))
+    buckets = []
+    for bound in LATENCY_BOUNDS_S:
+        buckets.append((repr(bound), sum(c for u, c in zip(histogram.upper_ms, histogram.count) if u <= bound * 1000)))
+    buckets.append(("+Inf", sum(histogram.count)))
     h = HistogramMetricFamily(f"{PREFIX}_receive_to_commit_seconds",
-                              "Time from a frame's receipt to the commit of its events (bucket bounds: 1 ms up "
-                              "to 1 s, then 100 ms; only non-empty buckets are listed).")
-    # The exact sum is not kept; the bucket bounds give an upper estimate.
+                              "Time from a frame's receipt to the commit of its events.")
+    # The exact sum is not kept; the stats' 1 ms bucket bounds give an upper estimate.
     total = sum(u / 1000 * c for u, c in zip(histogram.upper_ms, histogram.count))
     h.add_metric([], buckets, sum_value=total)
     return h
@@ -153,6 +161,12 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("http %s", format % args)
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request: a scale lookup waiting on PostgreSQL (up to 2 s) never delays a scrape."""
+
+    daemon_threads = True
+
+
 class Monitoring:
     """The HTTP endpoints on ``bind`` (``host:port``); :meth:`start` binds and serves from a thread.
 
@@ -166,6 +180,7 @@ class Monitoring:
         self._lock = threading.Lock()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self.snapshot))
+        self._lookups: tuple[str, str] | None = None  # (dsn, schema) once the database is known
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -177,8 +192,12 @@ class Monitoring:
         with self._lock:
             return self._snapshot
 
+    def serve_lookups(self, dsn: str, schema: str) -> None:
+        """Answer the live page's scale lookups from database ``dsn``, schema ``schema`` (503 until called)."""
+        self._lookups = (dsn, schema)
+
     def start(self) -> None:
-        self._server = make_server(self.host, self.port, self.app, handler_class=_QuietHandler)
+        self._server = make_server(self.host, self.port, self.app, server_class=_Server, handler_class=_QuietHandler)
         self.port = self._server.server_port
         # shutdown() waits for the serving loop to look up: every 0.1 s, not the default 0.5, so a stop is prompt
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http",
@@ -223,7 +242,24 @@ class Monitoring:
                 "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
                 **({} if ok else {"reason": reason}),
             }})
-        return _json(start_response, 404, {"error": f"no such endpoint {path!r}; try /metrics or /health"})
+        return self._page(path, s, start_response)
+
+    def _page(self, path: str, s: Figures | None, start_response: Callable) -> Iterable[bytes]:
+        if path == "/api/v1/live":
+            return _respond(start_response, 200, live.live(s, *health(s, self.stall_seconds)), "application/json")
+        if path.startswith("/api/v1/scales/"):
+            try:
+                scale_id = live.parse_scale_id(path.removeprefix("/api/v1/scales/"))
+                if self._lookups is None:
+                    raise live.LookupRefused(503, "the database is not known yet: the service is starting")
+                view = live.lookup(*self._lookups, scale_id)
+            except live.LookupRefused as e:
+                return _json(start_response, e.status, {"error": str(e)})
+            return _respond(start_response, 200, msgspec.json.encode(view), "application/json")
+        found = live.static_file("index.html" if path == "/" else path.removeprefix("/static/"))
+        if found is not None and (path == "/" or path.startswith("/static/")):
+            return _respond(start_response, 200, *found)
+        return _json(start_response, 404, {"error": f"no such endpoint {path!r}; try /, /metrics or /health"})
 
 
 def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
@@ -231,6 +267,6 @@ def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
 
 
 def _respond(start_response: Callable, status: int, body: bytes, content_type: str) -> list[bytes]:
-    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}[status]
     start_response(f"{status} {reason}", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [body]

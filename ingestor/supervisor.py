@@ -249,6 +249,8 @@ class Supervisor:
         self._told_dsn = without_password(self.dsn)  # for `ingestor partitions|history|alibi` without --dsn
         if not self.wait_for_database():
             return False
+        if self.monitoring is not None:
+            self.monitoring.serve_lookups(self.dsn, cfg.schema)
         if cfg.alibi_key:
             self.sealer = seals.Sealer(self.dsn, cfg.schema, cfg.instance, cfg.alibi_key, cfg.resolved_seal_file())
         elif cfg.alibi:

@@ -225,7 +225,7 @@ def test_a_subscription_failing_again_and_again_is_reported_by_status_stats_and_
     s = svc.wait_for(lambda s: (s["central_stalled_s"] or 0) > 0, timeout_s=60)  # the edge sees it too
     assert s["central_lag_bytes"] > 0
     metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=10).read().decode()
-    alerts = (Path(__file__).resolve().parent.parent / "docs" / "alerts.yml").read_text()
+    alerts = (Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "alerts.yml").read_text()
     for metric in set(re.findall(r"\b(ingestor_central_\w+)", alerts)):  # the alerts' metrics exist here
         assert f"{metric} " in metrics, metric
     assert svc.terminate() == 0

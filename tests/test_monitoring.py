@@ -18,7 +18,7 @@ from ingestor.stats import Figures, WriterFigures, counter_fields
 from tests.fix_service import free_port
 
 pytestmark = pytest.mark.slow
-ALERTS = Path(__file__).resolve().parent.parent / "docs" / "alerts.yml"
+ALERTS = Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "alerts.yml"
 
 
 def get_when(svc, path: str, ready, timeout_s: float = 10) -> tuple[int, bytes]:
@@ -57,7 +57,7 @@ def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory,
     assert value("ingestor_persisted") == 50 and value("ingestor_received_events") == 50
     for name, _ in counter_fields():  # every count of `ingestor stats`, ack_expired and spool_cut_bytes too
         assert metrics[f"ingestor_{name}"].type == "counter" and value(f"ingestor_{name}") == s[name], name
-    for metric in set(re.findall(r"\b(ingestor_\w+)", ALERTS.read_text())):  # docs/alerts.yml names real metrics
+    for metric in set(re.findall(r"\b(ingestor_\w+)", ALERTS.read_text())):  # monitoring/prometheus/alerts.yml names real metrics
         if not metric.startswith("ingestor_central_"):  # only with a subscription: tests/test_central.py has them
             assert metric in body.decode(), metric
     assert not any("database" in e["event"] for e in s["recent_events"]), s["recent_events"]  # it never went away
