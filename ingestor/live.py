@@ -112,7 +112,7 @@ class LookupRefused(Exception):
 
 def parse_scale_id(text: str) -> int:
     """The scale id in a URL; LookupRefused(400) naming the value when it is not one."""
-    if not text.isdigit() or not 0 <= int(text) <= SCALE_ID_MAX:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= SCALE_ID_MAX:  # "٣" is a digit to isdigit
         raise LookupRefused(400, f"invalid scale id {text!r}: expected an integer from 0 to {SCALE_ID_MAX}")
     return int(text)
 
