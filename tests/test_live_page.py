@@ -91,6 +91,13 @@ def screenshot(driver, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / name, Path(os.environ["INGESTOR_SCREENSHOTS"]) / name)
 
 
+def look_up(driver, scale_id: str) -> None:
+    field = driver.find_element("id", "scale-id")
+    field.clear()
+    field.send_keys(scale_id)
+    driver.find_element("id", "lookup").click()
+
+
 def events(start: int, n: int, scale_id: int | None = None) -> bytes:
     now_ms = int(time.time() * 1000) - 60_000
     return msgspec.msgpack.encode([{"scale_id": scale_id or i % 5 + 1, "seq": i, "ts": now_ms + i,
@@ -138,10 +145,7 @@ def test_the_scale_lookup_finds_a_scale_just_sent_with_its_alibi_record_numbers(
     svc.wait_for(lambda s: s["persisted"] == 12)
     page.get(f"http://{svc.http}/")
     for text, want in (("4242", None), ("99999", "scale 99999 has sent nothing yet")):
-        field = page.find_element("id", "scale-id")
-        field.clear()
-        field.send_keys(text)
-        page.find_element("id", "lookup").click()
+        look_up(page, text)
         wait_page(page, lambda: page_text(page, "scale-latest").startswith(f"scale {text}"), f"scale {text}")
         if want:
             assert page_text(page, "scale-latest") == want
@@ -162,14 +166,22 @@ def test_the_page_turns_red_with_the_reason_while_the_database_is_away_and_green
     svc.wait_ready()
     page.get(f"http://{svc.http}/")
     wait_page(page, lambda: page_text(page, "level") == "GREEN", "green")
+    for k in range(6):  # some flow on the charts before the outage
+        svc.send(events(k * 50, 50))
+        time.sleep(0.5)
+    svc.wait_for(lambda s: s["persisted"] == 300)
     own_pg.stop("immediate")
-    svc.send(events(0, 40))
+    svc.send(events(300, 40))
     wait_page(page, lambda: page_text(page, "level") == "RED", "red")
     assert "the database is unreachable" in page_text(page, "reasons")
     assert page_text(page, "stat-database_connected") == "NO"
+    wait_page(page, lambda: "database unreachable" in page_text(page, "recent"), "the outage in its recent events")
+    look_up(page, "3")
+    wait_page(page, lambda: page_text(page, "scale-error").startswith("the database cannot answer"), "the lookup refused")
     screenshot(page, tmp_path, "live-page-outage.png")
     own_pg.start()
     wait_page(page, lambda: page_text(page, "level") == "GREEN", "green again", timeout_s=60)
-    svc.wait_for(lambda s: s["persisted"] == 40)
+    svc.wait_for(lambda s: s["persisted"] == 340)
     wait_page(page, lambda: "database reachable again" in page_text(page, "recent"), "the database back in its events")
-    assert console_errors(page) == []
+    assert console_errors(page) == [f"http://{svc.http}/api/v1/scales/3 - Failed to load resource: the server "
+                                    "responded with a status of 503 (Service Unavailable)"]

@@ -44,7 +44,9 @@ function makeChart(id, series) {
   const el = document.getElementById(id);
   const opts = {
     width: Math.max(300, el.clientWidth), height: 160, legend: {live: false},
-    scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
+    // at least a minute wide: one sample alone would stretch the time axis over years
+    scales: {x: {time: true, range: (u, min, max) => [Math.min(min, max - 60), max]},
+             y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
     series: [{}, ...series.map(([label, stroke]) => ({label, stroke, width: 2, spanGaps: false}))],
   };
   charts[id] = new uPlot(opts, [[], ...series.map(() => [])], el);
