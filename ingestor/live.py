@@ -4,7 +4,7 @@ Three things the page's script (``web/live.js``) asks for, besides its own
 static files:
 
 ``/api/v1/live``
-    ``{"glance": {"level", "reasons"}, "stats": <the stats socket's figures>}``,
+    ``{"glance": {"level", "reasons"}, "stats": <the stats socket's figures but dsn>}``,
     always 200, so a browser's console stays quiet through an outage: the
     level is the page's colour, the reasons say why in words (:func:`glance`).
 ``/api/v1/scales/<scale_id>``
@@ -156,5 +156,7 @@ def static_file(name: str) -> tuple[bytes, str] | None:
 
 
 def live(s: Figures | None, healthy: bool, reason: str) -> bytes:
-    """The ``/api/v1/live`` body."""
-    return msgspec.json.encode(Live(glance(s, healthy, reason), s))
+    """The ``/api/v1/live`` body: the stats without ``dsn`` (the page may be bound to the plant network; the
+    database's address stays on the stats socket, which is local)."""
+    shown = msgspec.structs.replace(s, dsn=None) if s is not None else None
+    return msgspec.json.encode(Live(glance(s, healthy, reason), shown))

@@ -1,7 +1,8 @@
 """HTTP monitoring (``--http-bind``): Prometheus ``/metrics``, ``/health``, and ScaleHub's JSON monitoring endpoints.
 
-Served by a small WSGI server in one daemon thread of the supervisor. The
-thread never touches the shared counters: the supervisor's loop hands it a
+Served by a small WSGI server in daemon threads of the supervisor (one per
+request, so a scale lookup waiting on PostgreSQL never delays a scrape). They
+never touch the shared counters: the supervisor's loop hands the server a
 fresh docs/operations.md#stats snapshot every turn (:meth:`Monitoring.update`, at least once
 a second), and every request is answered from the latest one.
 
