@@ -106,28 +106,36 @@ class Counters(SharedBlock):
     def _unmap(self) -> None:
         del self.front, self.writers
 
-    def read_into(self, f: Figures) -> Figures:
-        """Fill ``f``'s counts from the block and return it.
+    def read_into(self, f: Figures, ring_used: typing.Callable[[], int]) -> Figures:
+        """Fill ``f``'s counts (and ``ring_used``, from the ring's ``ring_used()``) from the block and return it.
 
         The caller has set what only it knows: ``status``, ``uptime_s``, the
-        ring's ``ring_used``/``ring_capacity``, ``events_per_s``,
-        ``database_connected``, ``recent_events``, and per writer ``alive``,
-        ``restarts`` and the live ``pid`` (0 when dead: the last one is read here).
+        ring's ``ring_capacity``, ``events_per_s``, ``database_connected``,
+        ``recent_events``, and per writer ``alive``, ``restarts`` and the live
+        ``pid`` (0 when dead: the last one is read here).
+
+        Read along the events' way: received (the front counts held and invalid
+        before received), then the front's share of pending, then the ring, then
+        the writers' counts. An event that moves on between two reads is counted
+        twice for a moment, never missed, so every received event is always on the
+        other side of the identity of docs/operations.md#stats.
         """
         c, w = self.front, self.writers
-        persisted, batches = int(w["persisted"].sum()), int(w["batches"].sum())
-        hist = w["latency_hist"].sum(axis=0)
-        last_commit = int(w["last_commit_ns"].max())
         for name in ("received_frames", "received_events", "invalid", "lost", "spool_bytes", "spool_events",
                      "spooled_events", "replayed_events", "spool_cut_bytes", "refused_frames", "acked_messages",
                      "ack_replies", "ack_expired", "refused_clients", "archived_partitions", "archive_failures",
                      "retention_refused", "seals", "seal_failures"):
             setattr(f, name, int(c[name]))
+        front_pending = int(c["front_pending"])
+        f.ring_used = ring_used()
+        persisted, batches = int(w["persisted"].sum()), int(w["batches"].sum())
+        hist = w["latency_hist"].sum(axis=0)
+        last_commit = int(w["last_commit_ns"].max())
         f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
         f.lost_after_commit = int(w["lost_after_commit"].sum())
         f.dead_letter_errors = int(c["dead_letter_errors"]) + int(w["dead_letter_errors"].sum())
         f.dead_letters_dropped = int(c["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum())
-        f.pending = f.ring_used + int(c["front_pending"])
+        f.pending = f.ring_used + front_pending
         f.batch_us_total = int(w["batch_us_total"].sum())
         f.average_batch_size = round(persisted / batches, 1) if batches else 0.0
         f.average_batch_ms = round(f.batch_us_total / batches / 1000, 1) if batches else 0.0

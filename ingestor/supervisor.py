@@ -591,7 +591,7 @@ class Supervisor:
                     recent_events=self.recent.list())
         if self.counters is None:
             return f
-        f.ring_capacity, f.ring_used = self.ring.capacity, self.ring.used()
+        f.ring_capacity = self.ring.capacity
         f.events_per_s = self.events_per_s()
         f.database_connected = self.database_connected()
         if self.central_lag is not None and (lag := self.central_lag.latest) is not None:
@@ -599,7 +599,7 @@ class Supervisor:
             f.central_stalled_s, f.central_syncing_tables = self.central_lag.stalled_s, lag.syncing_tables
         f.writers = [WriterFigures(pid=c.process.pid if c.alive() else 0, alive=c.alive(), restarts=c.restarts,
                                    persisted=0, batches=0, last_batch_ms=0.0) for c in self.writers]
-        return self.counters.read_into(f)
+        return self.counters.read_into(f, self.ring.used)
 
     def serve_stats(self) -> None:
         try:

@@ -130,7 +130,9 @@ def drive(svc, pg: EmbeddedPostgres) -> None:
     time.sleep(5)
     pg.start()
     svc.wait_for(lambda s: s["persisted"] == 650 and s["database_connected"], timeout_s=90)
-    time.sleep(6)  # a few more scrapes with everything back
+    # the lag is read every central.LAG_EVERY_S: wait for a reading after the writes
+    svc.wait_for(lambda s: (s["central_lag_bytes"] or 0) > 0, timeout_s=3 * central.LAG_EVERY_S)
+    time.sleep(4)  # a few more scrapes with everything back
 
 
 def resolve(expr: str, base: str) -> str:
