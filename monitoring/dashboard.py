@@ -122,9 +122,12 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
             Query(f"ingestor_central_lag_bytes{{{SEL}}}", "lag {{instance}}"),),
             "WAL bytes the central server has not confirmed (only where a central server subscribes)."),
         PanelSpec("Central copy stalled", "s", (
-            Query(f"ingestor_central_stalled_seconds{{{SEL}}}", "stalled {{instance}}"),
-            Query(f"ingestor_central_syncing_tables{{{SEL}}}", "tables in their first copy {{instance}}")),
+            Query(f"ingestor_central_stalled_seconds{{{SEL}}}", "stalled {{instance}}"),),
             "Seconds nothing was confirmed while WAL waited (alert IngestorCentralCopyStalled at 900 s)."),
+        PanelSpec("Central tables in their first copy", "short", (
+            Query(f"ingestor_central_syncing_tables{{{SEL}}}", "tables {{instance}}"),),
+            "Tables of the central copy whose initial copy has not finished (alert IngestorCentralCopyNotSynced "
+            "after an hour)."),
         PanelSpec("Archive and retention", "short", (
             Query(f"increase(ingestor_archived_partitions_total{{{SEL}}}[1d])", "archived in a day {{instance}}"),
             Query(f"increase(ingestor_archive_failures_total{{{SEL}}}[1d])", "archive failures in a day {{instance}}"),
