@@ -50,6 +50,7 @@ from .errors import ConfigError
 PROCESS = ("kill", "sleep")
 IO = ("kill", "enospc", "eio", "sleep")
 DB = ("kill", "disconnect", "sleep")
+FILE = ("enospc", "eio", "sleep")  # a file of the supervisor's, kept on the side: an error is logged, not fatal
 
 #: name -> (actions it takes, where it is)
 FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -82,6 +83,7 @@ FAILPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "seal.file": (IO, "sealer: a seal stored in the database, not yet appended to the seal file"),
     "supervisor.drain": (PROCESS, "supervisor: the front stopped, the writers about to be told to drain"),
     "supervisor.spool_leftovers": (IO, "supervisor: putting what the ring holds at stop in front of the spool"),
+    "commits.save": (FILE, "supervisor: writing the record of the last commits (every 2 s and at a clean stop)"),
 }
 
 ENV = "INGESTOR_FAILPOINTS"

@@ -147,8 +147,8 @@ def health(s: Figures | None, stall_seconds: float, now: float | None = None) ->
     if not s.database_connected:
         return False, "the database is unreachable"
     if s.lost_after_commit:
-        return False, (f"{s.lost_after_commit} committed events are missing from the database after a failover "
-                       "(see the log's LOST lines; a restart clears this)")
+        return False, (f"{s.lost_after_commit} committed events are missing from the database after a failover or "
+                       "a restore (see the log's LOST lines; a restart clears this)")
     if s.pending and s.last_persisted_at:
         now = now if now is not None else time.time()
         idle = now - dt.datetime.fromisoformat(s.last_persisted_at).timestamp()

@@ -57,6 +57,8 @@ FRONT_DTYPE = np.dtype(
         # written by the supervisor (ingestor/seals.py: Sealer)
         ("seals", "<i8"),  # seals of the alibi chains' heads signed and stored by this run
         ("seal_failures", "<i8"),  # seals that could not be stored (each logged at ERROR)
+        # committed events the database lacked at start (ingestor/commits.py: a loss while stopped)
+        ("lost_after_commit_at_start", "<i8"),
     ]
 )
 
@@ -79,11 +81,35 @@ WRITER_DTYPE = np.dtype(
         ("dead_letters_dropped", "<i8"),
         ("dead_letter_errors", "<i8"),  # dead letters that could not be written (logged whole instead)
         ("lost_after_commit", "<i8"),  # committed, then missing from the database (a failover)
+        # the lane's last commit acknowledged, for the supervisor's record of it (ingestor/commits.py)
+        ("acknowledged", "<i8"),  # a sequence lock over the two below: odd while written, 0 before any
+        ("acknowledged_position", "<i8"),
+        ("acknowledged_persisted", "<i8"),
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
         ("batch_size_hist", "<i8", (len(BATCH_SIZE_BOUNDS) + 1,)),  # events per committed batch
         ("batch_ms_hist", "<i8", (len(BATCH_MS_BOUNDS) + 1,)),  # ms per committed batch
     ]
 )
+
+
+def acknowledged(writer: np.ndarray) -> tuple[int, int] | None:
+    """A lane's last acknowledged ``(position, persisted)`` from its WRITER_DTYPE record; None before any.
+
+    The writer stores the two under a sequence lock (odd while it writes): read until one
+    read falls between two writes, so the pair is never torn. None too when no such read comes
+    within ACK_READ_TRIES (a writer killed while writing leaves it odd until its successor writes).
+    """
+    for _ in range(ACK_READ_TRIES):
+        before = int(writer["acknowledged"])
+        if before == 0:
+            return None
+        pair = int(writer["acknowledged_position"]), int(writer["acknowledged_persisted"])
+        if before % 2 == 0 and int(writer["acknowledged"]) == before:
+            return pair
+    return None
+
+
+ACK_READ_TRIES = 1000
 
 
 class Counters(SharedBlock):
@@ -132,7 +158,7 @@ class Counters(SharedBlock):
         hist = w["latency_hist"].sum(axis=0)
         last_commit = int(w["last_commit_ns"].max())
         f.duplicates, f.persisted, f.failed = int(w["duplicates"].sum()), persisted, int(w["failed"].sum())
-        f.lost_after_commit = int(w["lost_after_commit"].sum())
+        f.lost_after_commit = int(w["lost_after_commit"].sum()) + int(c["lost_after_commit_at_start"])
         f.dead_letter_errors = int(c["dead_letter_errors"]) + int(w["dead_letter_errors"].sum())
         f.dead_letters_dropped = int(c["dead_letters_dropped"]) + int(w["dead_letters_dropped"].sum())
         f.pending = f.ring_used + front_pending

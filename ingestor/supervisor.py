@@ -43,7 +43,7 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import central, child, children, database, leftovers, schema, seals, security
+from . import central, child, children, commits, database, leftovers, schema, seals, security
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .lifecycle import LifecycleArgs
@@ -57,7 +57,7 @@ from .failpoints import failpoint
 from .protocol import RECORD_DTYPE
 from .ring import Ring
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, Figures, WriterFigures
+from .stats import STATS_REQUEST, Counters, Figures, WriterFigures, acknowledged
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ class Supervisor:
         self._told_dsn: str | None = None
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self.sealer: seals.Sealer | None = None
+        self.commits = commits.Keeper(config.data_dir, config.instance, config.schema)
+        self._last_commit_record = time.monotonic()
+        self._commit_check_failing = False
         self._last_seal = float("-inf")  # the first tick seals: the heads as this run found them
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
@@ -256,6 +259,7 @@ class Supervisor:
         elif cfg.alibi:
             log.warning("Alibi chains on without --alibi-key: the chains are not sealed (docs/alibi.md)")
         shared = self.create_shared_blocks(cfg.writer_count())
+        self.check_commits()  # before any writer commits: the database as the last run left it
         self.children = [Child(args) for args in children.plan(cfg, self.dsn, shared, server_public)]
         for c in self.children:
             self.spawn(c)
@@ -436,6 +440,7 @@ class Supervisor:
                 return 0 if self.spool_ring_leftovers() else 1
             return None
         log.info("Drained: %d events persisted in all, ring empty", int(self.counters.writers["persisted"].sum()))
+        self.record_commits(clean=True)
         if self.sealer is not None:
             self.seal_heads()  # every clean stop ends with a seal of what it wrote
         return 0 if self.ring.used() == 0 else 1
@@ -524,6 +529,10 @@ class Supervisor:
                      s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
             self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
                                  f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
+        if not self.commits.checked:
+            self.check_commits()
+        elif now - self._last_commit_record >= commits.RECORD_EVERY_S:
+            self.record_commits()
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
             self.maintain_partitions()
@@ -541,6 +550,27 @@ class Supervisor:
         if interval and now - self._last_watchdog >= interval:
             self._last_watchdog = now
             self.notifier.notify("WATCHDOG=1")
+
+    def check_commits(self) -> None:
+        """Compare the last run's record of its commits with the database (:mod:`ingestor.commits`); a loss found
+        is counted in ``lost_after_commit``. Retried every tick while the database cannot be read."""
+        try:
+            lost = self.commits.check(self.dsn)
+        except psycopg.Error as e:
+            if not self._commit_check_failing:
+                log.warning("Cannot compare the last run's commits with the database yet (%s); retrying",
+                            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            self._commit_check_failing = True
+            return
+        if lost:
+            self.counters.front["lost_after_commit_at_start"] = lost
+            self.recent.remember(f"{lost} committed events missing at start: lost")
+        self.record_commits()  # at once: a loss found is told once, even if this run is killed before its next record
+
+    def record_commits(self, clean: bool = False) -> None:
+        """Keep each lane's last acknowledged commit on disk (:mod:`ingestor.commits`)."""
+        self._last_commit_record = time.monotonic()
+        self.commits.keep(self.ring.spec.ring_id, [acknowledged(w) for w in self.counters.writers], clean)
 
     def maintain_partitions(self) -> None:
         """Create the coming day partitions (archive and retention are the lifecycle child's)."""

@@ -357,7 +357,7 @@ class Writer:
         c["last_commit_ns"] = now_ns
         c["latency_hist"] += latency_buckets(now_ns - records["received_ns"])
         self.lane.release(len(records))
-        self._acknowledged = (self.lane.tail, persisted)
+        self._acknowledge(self.lane.tail, persisted)
         failpoint("writer.after_release")
 
     def _reject(self, records: np.ndarray, first: int, error: psycopg.Error) -> None:
@@ -394,7 +394,7 @@ class Writer:
             self.acks.count(self.lane.index, records[:1]["tag"], failed=True)
         c["failed"] = checkpoint[-1]
         self.lane.release(1)
-        self._acknowledged = (position, int(c["persisted"]))
+        self._acknowledge(position, int(c["persisted"]))
         log.warning("Dead-lettered scale %d seq %d: SQLSTATE %s %s", r["scale_id"], r["seq"], state, message)
 
     # -- recovery and retries ---------------------------------------------
@@ -411,7 +411,7 @@ class Writer:
         if row is None or row[0] != self.ring_id:
             return
         _, position, persisted, duplicates, failed = row
-        self._acknowledged = (position, persisted)
+        self._acknowledge(position, persisted)
         self.counters["persisted"] = persisted
         self.counters["duplicates"] = duplicates
         self.counters["failed"] = failed
@@ -478,6 +478,18 @@ class Writer:
         self._synchronous = False  # a new session: the role's own synchronous_commit
         self._check_commits_kept(conn)
 
+    def _acknowledge(self, position: int, persisted: int) -> None:
+        """The lane's commits up to ring ``position`` (``persisted`` events this run) are acknowledged."""
+        self._acknowledged = (position, persisted)
+        self._publish_acknowledged(position, persisted)
+
+    def _publish_acknowledged(self, position: int, persisted: int) -> None:
+        """Store the pair under the sequence lock :func:`ingestor.stats.acknowledged` reads."""
+        c = self.counters
+        c["acknowledged"] += 1 + c["acknowledged"] % 2  # odd: being written (still odd if a predecessor died writing)
+        c["acknowledged_position"], c["acknowledged_persisted"] = position, persisted
+        c["acknowledged"] += 1
+
     def _check_commits_kept(self, conn: psycopg.Connection) -> None:
         """Count and log the committed events this connection's server lacks (an asynchronous failover).
 
@@ -504,6 +516,7 @@ class Writer:
         missing = persisted - kept
         self._acknowledged = None  # counted once; the next commit sets it again
         self.counters["lost_after_commit"] += missing
+        self._publish_acknowledged(kept_position or 0, kept)  # the supervisor's record follows the database
         info = conn.info
         # Another run's row: a server without any commit of this run, or another service
         # writing this database under the same --instance name (overwriting our rows).
