@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Iterator
 
 import msgspec
@@ -43,6 +45,14 @@ def frames(first_seq: int, count: int) -> list[bytes]:
     events = [{"scale_id": scale, "seq": seq, "ts": now_ms + seq, "data_1": f"{seq}"}
               for seq in range(first_seq, first_seq + count) for scale in range(1, SCALES + 1)]
     return [msgspec.msgpack.encode(events[i:i + PER_FRAME]) for i in range(0, len(events), PER_FRAME)]
+
+
+def get_health(svc) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{svc.http}/health", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def count_on(cluster: PatroniCluster, node) -> tuple[int, int]:
@@ -156,10 +166,16 @@ def test_a_planned_switchover_under_load_loses_nothing_even_without_synchronous_
     old = patroni.wait_leader()
     candidate = next(n for n in patroni.nodes if n is not old)
     samples: list[tuple[float, int]] = []  # (time, persisted) every 0.1 s through the switchover
+    health: set[int] = set()  # what /health answered meanwhile
 
     def sample() -> None:
         while not stop.is_set():
             samples.append((time.monotonic(), svc.stats()["persisted"]))
+            try:
+                with urllib.request.urlopen(f"http://{svc.http}/health", timeout=2) as r:
+                    health.add(r.status)
+            except urllib.error.HTTPError as e:
+                health.add(e.code)
             time.sleep(0.1)
 
     sampling = threading.Thread(target=sample)
@@ -175,7 +191,12 @@ def test_a_planned_switchover_under_load_loses_nothing_even_without_synchronous_
     sender.join()
     events = len(sent) * 10 * SCALES
     s = svc.wait_for(lambda s: s["pending"] == 0 and s["persisted"] + s["duplicates"] >= events, 120)
-    print(f"\nswitchover under load: {events} events, the writers committed nothing for {waited:.1f} s at most")
+    print(f"\nswitchover under load: {events} events, the writers committed nothing for {waited:.1f} s at most; "
+          f"/health answered {sorted(health)}")
+    deadline = time.monotonic() + 15
+    while get_health(svc) != 200:  # green again once every writer committed on the new leader
+        assert time.monotonic() < deadline, "/health stayed 503 after the switchover"
+        time.sleep(0.2)
     assert count_on(patroni, candidate) == (events, events)
     assert s["lost_after_commit"] == 0 and s["lost"] == 0 and identity_holds(s), s
     assert "LOST" not in svc.output() and svc.proc.poll() is None
