@@ -17,7 +17,6 @@ Prints a Markdown table (each run, then the median); writes
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from compare import RESULTS, save_results  # noqa: E402
 from ingestor import stats  # noqa: E402
 from tests.fix_patroni import LOOP_WAIT_S, RETRY_TIMEOUT_S, TTL_S, PatroniCluster  # noqa: E402
-from throughput import sender, start_service  # noqa: E402
+from throughput import first_commit_after, sender, start_service  # noqa: E402
 
 
 def one_failover(workdir: Path) -> dict:
@@ -44,12 +43,7 @@ def one_failover(workdir: Path) -> dict:
         killed = time.time()
         cluster.wait_leader(other_than=old, timeout_s=60)
         leader = time.time()
-        while True:
-            last = stats.query(stats_ep)["last_persisted_at"]
-            if last and dt.datetime.fromisoformat(last).timestamp() > killed:
-                break
-            time.sleep(0.01)
-        first = dt.datetime.fromisoformat(last).timestamp()
+        first = first_commit_after(stats_ep, killed)
         lost = stats.query(stats_ep)["lost_after_commit"]
         send.kill()
         proc.terminate()

@@ -26,7 +26,6 @@ Prints Markdown tables; writes ``bench/results/scale-out-<date>.json`` and ``.md
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shutil
 import sys
 import tempfile
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from compare import RESULTS, machine, save_results  # noqa: E402
 from ingestor import central, stats  # noqa: E402
 from tests.replication import Replicated  # noqa: E402
-from throughput import copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
+from throughput import copy_baseline, first_commit_after, fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 
 def instances(server, workdir: Path, count: int, events: int) -> dict:
@@ -122,12 +121,7 @@ def failover(workdir: Path) -> dict:
         dead = time.time()  # a commit stamped after this one was made on the new primary
         pair.promote()
         promoted = time.time()
-        while True:
-            last = stats.query(stats_ep)["last_persisted_at"]
-            if last and dt.datetime.fromisoformat(last).timestamp() > dead:
-                break
-            time.sleep(0.01)
-        first = dt.datetime.fromisoformat(last).timestamp()
+        first = first_commit_after(stats_ep, dead)
         send.kill()
         proc.terminate()
         proc.wait(120)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import datetime as dt
 import json
 import os
 import platform
@@ -115,6 +116,15 @@ def start_service(dsn: str, workdir: Path, *extra: str) -> tuple[subprocess.Pope
             pass
         time.sleep(0.2)
     raise SystemExit(f"service did not start; see {workdir}")
+
+
+def first_commit_after(stats_ep: str, moment: float) -> float:
+    """The Unix time of the first commit stamped after ``moment`` (stats' ``last_persisted_at``), once there is one."""
+    while True:
+        last = stats.query(stats_ep)["last_persisted_at"]
+        if last and dt.datetime.fromisoformat(last).timestamp() > moment:
+            return dt.datetime.fromisoformat(last).timestamp()
+        time.sleep(0.01)
 
 
 def wait_persisted(stats_ep: str, n: int, timeout_s: float = 600) -> dict:

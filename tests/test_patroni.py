@@ -137,8 +137,8 @@ def test_async_mode_the_commits_the_new_leader_lacks_are_counted_exactly(patroni
         svc = service_factory("--dsn", patroni.dsn, "--writers", "2", "--batch-timeout-ms", "20")
         svc.wait_ready()
     svc.send(*frames(151, 50))  # the writers write again, on the new leader
-    s = svc.wait_for(lambda s: s["pending"] == 0 and s["lost_after_commit"] == 2000 and s["persisted"] >=
-                     (1000 if during == "stopped" else 4000))
+    svc.wait_for(lambda s: s["pending"] == 0 and s["lost_after_commit"] == 2000 and s["persisted"] >=
+                 (1000 if during == "stopped" else 4000))
     assert logged_losses(svc.output()) == 2000
     assert ("while the service was stopped" in svc.output()) == (during == "stopped")
     assert count_on(patroni, new) == (2000, 2000)
