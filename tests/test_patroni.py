@@ -180,15 +180,18 @@ def test_a_planned_switchover_under_load_loses_nothing_even_without_synchronous_
 
     sampling = threading.Thread(target=sample)
     sampling.start()
-    patroni.switchover(candidate)
-    assert patroni.wait_leader(other_than=old) is candidate
-    svc.wait_for(lambda s: s["persisted"] > samples[-1][1] + 1000, 60)  # committing on the new leader
-    stop.set()
-    sampling.join()
+    try:
+        patroni.switchover(candidate)
+        assert patroni.wait_leader(other_than=old) is candidate
+        mark = svc.stats()["persisted"]
+        svc.wait_for(lambda s: s["persisted"] > mark + 1000, 60)  # committing on the new leader
+    finally:
+        stop.set()
+        sampling.join()
+        sender.join()
     # how long the writers waited: the longest time persisted stood still
     moves = [t for (t, n), (_, before) in zip(samples[1:], samples) if n > before]
     waited = max(b - a for a, b in zip(moves, moves[1:]))
-    sender.join()
     events = len(sent) * 10 * SCALES
     s = svc.wait_for(lambda s: s["pending"] == 0 and s["persisted"] + s["duplicates"] >= events, 120)
     print(f"\nswitchover under load: {events} events, the writers committed nothing for {waited:.1f} s at most; "
