@@ -224,8 +224,14 @@ def test_a_subscription_failing_again_and_again_is_reported_by_status_stats_and_
     assert "is FAILING" in st.stderr and "Traceback" not in st.stderr
     s = svc.wait_for(lambda s: (s["central_stalled_s"] or 0) > 0, timeout_s=60)  # the edge sees it too
     assert s["central_lag_bytes"] > 0
-    metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=10).read().decode()
     alerts = (Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "alerts.yml").read_text()
-    for metric in set(re.findall(r"\b(ingestor_central_\w+)", alerts)):  # the alerts' metrics exist here
-        assert f"{metric} " in metrics, metric
+    wanted = set(re.findall(r"\b(ingestor_central_\w+)", alerts))  # the alerts' metrics exist here
+    deadline = time.monotonic() + 10
+    while True:  # /metrics answers from the loop's last snapshot (refreshed every second): it may lag the stats
+        metrics = urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=10).read().decode()
+        missing = [m for m in wanted if f"{m} " not in metrics]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not missing, missing
     assert svc.terminate() == 0
