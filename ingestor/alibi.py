@@ -260,11 +260,18 @@ class ChainCheck:
     ``head``: (record number, link or None) of the chain's head as recorded
     beside the writers' claims, (0, None) when none is; rows past it are
     not in the chain. None: the end is not known (a range ending early).
+    ``floors``: the skips recorded (``ingestor_alibi_skips``,
+    docs/alibi.md#after-a-restore): the record after any record may be a
+    floor + 1 that links to it, or the head may sit on a floor with the last
+    record's link; each such jump is in :attr:`skipped`, not a gap.
     """
 
     def __init__(self, scale_id: int, start: tuple[int, bytes | None] | None = None,
-                 head: tuple[int, bytes | None] | None = None) -> None:
+                 head: tuple[int, bytes | None] | None = None, floors: frozenset[int] = frozenset()) -> None:
         self.scale_id = scale_id
+        self.floors = floors
+        #: (first, last, the link before first): record numbers first..last skipped to a recorded floor (last)
+        self.skipped: list[tuple[int, int, bytes]] = []
         self.start, self.prev = start if start is not None else (1, genesis(scale_id))
         self.expected = self.start
         self.head = head
@@ -320,6 +327,13 @@ class ChainCheck:
             return [] if got is None else got if isinstance(got, list) else [got]
 
         self.records += 1
+        if k > self.expected and k - 1 in self.floors and self.prev is not None:
+            r = next((x for x in rows if _holds(self.prev, x.event, x.link)), None)
+            if r is not None:  # the chain goes on past a recorded skip, linked across it
+                self.skipped.append((self.expected, k - 1, self.prev))
+                self.strays += [x for x in rows if x is not r]
+                self.prev, self._alt, self.expected = r.link, None, k + 1
+                return 1
         if self.prev is None or k > self.expected:
             r = _followed(rows, rows_of(k + 1)) or min(rows, key=lambda r: r.row_id)
             if self.prev is not None:
@@ -379,7 +393,10 @@ class ChainCheck:
                 self.head = (numbers[-1], None)
                 return
             self.strays += beyond
-        if head_no >= self.expected:
+        if head_no >= self.expected and head_no in self.floors and head_link is not None and head_link == self.prev:
+            self.skipped.append((self.expected, head_no, self.prev))  # moved to a skip's floor, no record after it yet
+            self.expected = head_no + 1
+        elif head_no >= self.expected:
             self._gaps.append(_Gap(self.expected, head_no, self.prev, None))
             self.expected = head_no + 1
         elif head_link is not None and self.records and self.prev != head_link and self._alt != head_link:

@@ -16,6 +16,11 @@ committed, or a new chain for a scale it has not written (:meth:`Chains.guess`),
 and the database function refuses the batch, having written nothing, when a
 head is not the one guessed (migration 010); the general path then takes it,
 and this writer knows the head from then on.
+
+After a skip (``ingestor_alibi_skips``, docs/alibi.md#after-a-restore) a
+chain begun anew starts after the skip's floor, linked from its genesis;
+the supervisor publishes that floor, and writers commit no record number
+past the numbers it reserved on disk (:class:`Unreserved`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,38 @@ from . import alibi
 from .alibi import Head
 from .copy_payload import Chained
 
+
+class Unreserved(Exception):
+    """A batch's record numbers run past the numbers the supervisor reserved on disk (ingestor/commits.py): the
+    writer rolls back and waits for it. ``wanted``: the greatest number of the batch; ``reserved``: the limit."""
+
+    def __init__(self, wanted: int, reserved: int) -> None:
+        super().__init__(f"record {wanted} is past the {reserved} reserved")
+        self.wanted, self.reserved = wanted, reserved
+
+
+class Reservation:
+    """The record numbers a writer may use: read from the front's shared counters (``records_reserved``,
+    ``record_floor``, written by the supervisor), the greatest used reported in the writer's own
+    (``record_no_max``, before the commit). Without counters (a writer alone in a test): no limit, floor 0."""
+
+    def __init__(self, front: np.ndarray | None = None, mine: np.ndarray | None = None) -> None:
+        self._front, self._mine = front, mine
+
+    def limit(self) -> int:
+        return UNLIMITED if self._front is None else int(self._front["records_reserved"])
+
+    def floor(self) -> int:
+        return 0 if self._front is None else int(self._front["record_floor"])
+
+    def use(self, number: int) -> None:
+        if self._mine is not None and number > self._mine["record_no_max"]:
+            self._mine["record_no_max"] = number
+
+
+UNLIMITED = 2**62
+
+
 class Chains:
     """Links batches into their scales' chains, for one writer (one connection's transactions).
 
@@ -35,7 +72,8 @@ class Chains:
     remembered between commits only for the small-batch path's guess.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reservation: Reservation | None = None) -> None:
+        self.reservation = reservation or Reservation()
         self._known: dict[int, Head] = {}
         self._pending: dict[int, Head] = {}
         self._moved: dict[int, Head] = {}  #: the heads the last :meth:`link` moved
@@ -46,11 +84,18 @@ class Chains:
         ``heads``: every scale of the batch's head as locked (or as cached),
         absent or record 0 for a chain not begun. ``created_us``: the rows'
         ``created_at`` in Unix µs, part of each link.
+        Raises :class:`Unreserved` when a number is past the numbers reserved
+        (the greatest is reported first: the supervisor reserves on from it).
         """
         after = dict(heads)
         numbers, links = alibi.chain(alibi.canonical_from_records(records, created_us), after)
         self._moved = {s: after[s] for s in set(records["scale_id"].tolist())}
         self._pending = after
+        top = int(numbers.max(initial=0))
+        self.reservation.use(top)
+        reserved = self.reservation.limit()
+        if top > reserved:
+            raise Unreserved(top, reserved)
         return Chained(numbers, np.frombuffer(b"".join(links), np.uint8).reshape(len(links), alibi.LINK_BYTES))
 
     def moved_heads(self) -> dict[int, tuple[int, bytes]]:
@@ -58,12 +103,12 @@ class Chains:
         return {s: (h.record_no, h.link) for s, h in self._moved.items()}
 
     def guess(self, scales: list[int]) -> dict[int, Head]:
-        """Each of ``scales``' head as this writer last committed it, else record 0 at its genesis (a new scale).
+        """Each of ``scales``' head as this writer last committed it, else the floor at its genesis (a new scale).
 
         A wrong guess costs a round trip: the small-batch function refuses it.
         """
-        known = self._known
-        return {s: known[s] if s in known else Head(0, alibi.genesis(s)) for s in scales}
+        known, floor = self._known, self.reservation.floor()
+        return {s: known[s] if s in known else Head(floor, alibi.genesis(s)) for s in scales}
 
     def committed(self) -> None:
         """The last linked batch committed: its heads are the scales' heads now."""
@@ -76,6 +121,7 @@ class Chains:
         self._pending = {}
 
 
-def locked_heads(stored: dict[int, tuple[int | None, bytes | None]]) -> dict[int, Head]:
-    """The claim's locked heads as :class:`Head` (record 0 at the genesis for a chain not begun)."""
-    return {s: Head(0, alibi.genesis(s)) if no is None else Head(no, bytes(link)) for s, (no, link) in stored.items()}
+def locked_heads(stored: dict[int, tuple[int | None, bytes | None]], floor: int = 0) -> dict[int, Head]:
+    """The claim's locked heads as :class:`Head` (``floor`` at the genesis for a chain not begun)."""
+    return {s: Head(floor, alibi.genesis(s)) if no is None else Head(no, bytes(link))
+            for s, (no, link) in stored.items()}

@@ -532,7 +532,12 @@ def cmd_alibi(args: argparse.Namespace) -> int:
         shown = _database(lambda: verifier.show(args.dsn, args.schema, int(scale), int(number), keys,
                                                 args.seal_file))
         if shown is None:
-            print(f"ingestor: no record {number} of scale {scale} is stored", file=sys.stderr)
+            skip = _database(lambda: verifier.passed_over(args.dsn, args.schema, int(scale), int(number)))
+            print(f"ingestor: no record {number} of scale {scale} is stored"
+                  + ("" if skip is None else f"; its chain skipped records up to {skip[0]} at {skip[1]} after "
+                     + (f"{skip[2]} committed events were found missing" if skip[2] else "a killed run")
+                     + ": a receipt naming it names a weighing the database lost (docs/alibi.md#after-a-restore)"),
+                  file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps({**shown.row, "verdict": shown.verdict, "sealed_by": shown.sealed_by,
@@ -550,6 +555,11 @@ def cmd_alibi(args: argparse.Namespace) -> int:
     for f in report.findings:
         where = "seals" if f.scale_id is None else f"scale {f.scale_id}"
         print(f"{f.kind.upper()}: {where}: {f.detail}")
+    for k in report.skips:
+        print(f"SKIP: record numbers up to {k.floor} skipped at {k.skipped_at} by {k.instance} after "
+              + (f"{k.lost} committed events were found missing" if k.lost else "a killed run")
+              + f": {k.chains} chain(s) read continue past it, linked across; {k.seals_lost} seal(s) of the seal file "
+              "lost with the database's last commits (docs/alibi.md#after-a-restore)")
     seals_said = f"{report.seals} seals" if report.seals_checked else "seals not checked (no --public-key)"
     if report.findings:
         print(f"NOT verified: {len(report.findings)} finding(s) in {report.records} records of {report.scales} "

@@ -20,6 +20,16 @@ A record written at a clean stop is exact; one written while running (the
 service was killed) may be older than the last commits, so the count is "at
 least". A record of another database (``ingestor_database.id`` differs: a new,
 empty one) is not compared.
+
+The same record reserves the alibi chains' record numbers
+(docs/alibi.md#after-a-restore), as PostgreSQL logs a sequence's values
+ahead of their use: the writers commit no record number above
+``records_reserved`` (published to them in the shared counters only after
+the record holding it was written), and the supervisor raises it by
+:data:`RESERVE` whenever a writer's number comes within half of it. When a
+loss is found at start, or the last run was killed (its commits after the
+record cannot be told from the record alone), every chain skips to the
+reserved number (:func:`skip`): no number a receipt may name is given again.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from .schema import set_search_path
 log = logging.getLogger(__name__)
 
 RECORD_EVERY_S = 2.0
+RESERVE = 100_000  # record numbers reserved ahead of the greatest a writer used (a scale's ~1 day at 1 event/s)
 
 
 class LaneCommit(msgspec.Struct):
@@ -59,6 +70,7 @@ class Record(msgspec.Struct):
     clean: bool  #: written at a clean stop: nothing was committed after it
     written_at: str  #: RFC 3339, UTC
     lanes: dict[int, LaneCommit]
+    records_reserved: int = 0  #: no alibi record number above this was given while the record held it
 
 
 class Shortfall(NamedTuple):
@@ -127,15 +139,43 @@ def shortfalls(record: Record, held: dict[int, LaneCommit]) -> list[Shortfall]:
     return out
 
 
-class Keeper:
-    """The supervisor's side: :meth:`check` once at start, then :meth:`keep` every RECORD_EVERY_S and at a clean stop."""
+def skip(conn: psycopg.Connection, floor: int, instance: str, lost: int) -> int:
+    """Every chain of the database ``conn`` reaches continues after ``floor`` (docs/alibi.md#after-a-restore).
 
-    def __init__(self, data_dir: str | os.PathLike[str], instance: str, schema: str) -> None:
+    In one transaction: the skip recorded in ``ingestor_alibi_skips`` and each
+    head below ``floor`` moved to it, its link kept (the next record links to
+    the last one stored), locked in ``scale_id`` order like every claim.
+    Returns the number of chains moved. Raises psycopg.Error (nothing changed).
+    """
+    with conn.transaction():
+        conn.execute("INSERT INTO ingestor_alibi_skips (floor, instance, lost) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (floor) DO NOTHING", (floor, instance, lost))
+        conn.execute("SELECT FROM ingestor_claims WHERE record_no < %s ORDER BY scale_id FOR UPDATE", (floor,))
+        return conn.execute("UPDATE ingestor_claims SET record_no = %s WHERE record_no < %s", (floor, floor)).rowcount
+
+
+def numbers_held(conn: psycopg.Connection) -> tuple[int, int]:
+    """(the greatest record number of any chain's head, the greatest skip floor) the database holds; 0 for none."""
+    return conn.execute("SELECT (SELECT coalesce(max(record_no), 0) FROM ingestor_claims), "
+                        "(SELECT coalesce(max(floor), 0) FROM ingestor_alibi_skips)").fetchone()
+
+
+class Keeper:
+    """The supervisor's side: :meth:`check` once at start, then :meth:`keep` every RECORD_EVERY_S and at a clean stop.
+
+    ``reserved`` and ``floor`` are for the writers (0 until :meth:`check` succeeded): the greatest record number
+    they may commit, and where a chain begun now starts.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], instance: str, schema: str, alibi: bool = True) -> None:
         self.file = path(data_dir, instance, schema)
-        self.instance, self.schema = instance, schema
+        self.instance, self.schema, self.alibi = instance, schema, alibi
         self._database: str | None = None  # known once check() succeeded: no record is written before
         self._lanes: dict[int, LaneCommit] = {}
         self._failing = False
+        self.reserved = 0
+        self.floor = 0
+        self.skipped = False  #: check() moved the chains to a new floor (the supervisor seals them before going on)
 
     @property
     def checked(self) -> bool:
@@ -144,25 +184,39 @@ class Keeper:
     def check(self, dsn: str) -> int:
         """Compare the record left by the last run with the database; log each shortfall at ERROR as ``LOST``.
 
-        Returns the events missing (0 when none, no record, or a record of another database).
-        Raises psycopg.Error when the database cannot be read (call again later).
+        With the chains on, a loss found or a record left by a killed run makes
+        every chain skip to the numbers the last run reserved (:func:`skip`).
+        Returns the events missing (0 when none, no record, or a record of
+        another database). Raises psycopg.Error when the database cannot be
+        read or the skip written (nothing was logged: call again later).
         """
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            database, held = database_state(conn, self.schema, self.instance)
-            host, port = conn.info.host, conn.info.port
-        self._database, self._lanes = database, dict(held)  # this run starts from what the database holds
         try:
             record = load(self.file)
         except ValueError as e:
             log.error("%s: a loss while the service was stopped cannot be told", e)
-            return 0
-        if record is None:
-            return 0
-        if record.database != database:
-            log.warning("%s records commits to another database (%s; this one is %s): not compared",
-                        self.file, record.database, database)
-            return 0
-        found = shortfalls(record, held)
+            record = None
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            database, held = database_state(conn, self.schema, self.instance)
+            host, port = conn.info.host, conn.info.port
+            top, floor = numbers_held(conn) if self.alibi else (0, 0)
+            if record is not None and record.database != database:
+                log.warning("%s records commits to another database (%s; this one is %s): not compared",
+                            self.file, record.database, database)
+                record = None
+            found = shortfalls(record, held) if record is not None else []
+            lost = sum(s.missing for s in found)
+            reserved = max(record.records_reserved if record is not None else 0, top, floor)
+            if self.alibi and record is not None and (lost or not record.clean):
+                if reserved > floor:
+                    moved = skip(conn, reserved, self.instance, lost)
+                    log.warning("Alibi chains skip to record %d (%d chain(s) moved): %s, so record numbers up to "
+                                "%d may have been given to weighings the database no longer holds (docs/alibi.md"
+                                "#after-a-restore)", reserved + 1, moved, f"{lost} committed events are missing"
+                                if lost else "the last run was killed", reserved)
+                    floor = reserved
+                self.skipped = True  # sealed before the writers go on (again, if a run died before it could)
+        self._database, self._lanes = database, dict(held)  # this run starts from what the database holds
+        self.reserved, self.floor = reserved + RESERVE, floor
         for s in found:
             behind = (f"position {s.held.position} of the same run" if s.held is not None and s.held.ring_id ==
                       s.recorded.ring_id else f"another run's checkpoint ({s.held.ring_id})" if s.held else "nothing")
@@ -172,16 +226,21 @@ class Keeper:
                 "stopped?); they were released and answered, and cannot be written again (counted in stats "
                 "'lost_after_commit')", "" if record.clean else "at least ", s.missing, host, port, behind, s.lane,
                 s.recorded.position, s.recorded.ring_id, record.written_at)
-        return sum(s.missing for s in found)
+        return lost
 
-    def keep(self, ring_id: str, acknowledged: list[tuple[int, int] | None], clean: bool = False) -> None:
-        """Record each lane's last acknowledged ``(position, persisted)`` of run ``ring_id`` (None: none yet).
+    def keep(self, ring_id: str, acknowledged: list[tuple[int, int] | None], clean: bool = False,
+             numbers_used: int = 0) -> None:
+        """Record each lane's last acknowledged ``(position, persisted)`` of run ``ring_id`` (None: none yet), and
+        the record numbers reserved: raised to ``numbers_used`` + RESERVE when the greatest a writer used is within
+        half of RESERVE of them.
 
         Nothing is written before :meth:`check` succeeded. An OSError is logged (once per episode), not raised:
         the service goes on, and a loss while it is stopped is then told from an older record.
         """
         if self._database is None:
             return
+        if self.wants_reserve(numbers_used):
+            self.reserved = numbers_used + RESERVE
         for lane, ack in enumerate(acknowledged):
             if ack is None:
                 continue
@@ -190,15 +249,21 @@ class Keeper:
             base = before.lifetime - (before.persisted if before.ring_id == ring_id else 0) if before else 0
             self._lanes[lane] = LaneCommit(ring_id, position, persisted, base + persisted)
         record = Record(self._database, self.instance, self.schema, clean,
-                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), self._lanes)
+                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), self._lanes, self.reserved)
         try:
             save(self.file, record)
         except OSError as e:
             if not self._failing:
                 log.error("Cannot record the last commits in %s (%s): a loss while the service is stopped would be "
-                          "told only from an older record; retrying every %.0f s", self.file, e, RECORD_EVERY_S)
+                          "told only from an older record, and record numbers up to %d could be given again after "
+                          "a restore; retrying every %.0f s", self.file, e, self.reserved, RECORD_EVERY_S)
             self._failing = True
             return
         if self._failing:
             log.info("Recording the last commits in %s again", self.file)
         self._failing = False
+
+    def wants_reserve(self, numbers_used: int) -> bool:
+        """Whether ``numbers_used`` (the greatest record number a writer linked) comes within RESERVE / 2 of the
+        numbers reserved."""
+        return self.checked and numbers_used > self.reserved - RESERVE // 2

@@ -271,6 +271,7 @@ class Sealer:
             heads = [Head(s, n, bytes(link).hex()) for s, n, link in conn.execute(HEADS_SQL)]
             if not heads:
                 return None
+            self._warn_behind(heads)
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
             seal = sign(self.key, self.instance, now, heads)
             failpoint("seal.database", conn)
@@ -287,6 +288,24 @@ class Sealer:
         append(self.seal_file, seal)
         self._filed = True
         return seal
+
+    def _warn_behind(self, heads: list[Head]) -> None:
+        """Log, at ERROR, the chains whose head is behind the one the seal file's last seal signed: the database
+        lost records (a restore or a failover) and no skip moved them on (docs/alibi.md#after-a-restore)."""
+        try:
+            latest = last(self.seal_file)
+        except OSError:
+            return  # told by the append that follows
+        if latest is None or latest.instance != self.instance:
+            return
+        now = {h.scale_id: h.record_no for h in heads}
+        behind = [(h.scale_id, now[h.scale_id], h.record_no) for h in latest.heads
+                  if h.scale_id in now and now[h.scale_id] < h.record_no]
+        if behind:
+            s, at, sealed = behind[0]
+            log.error("Alibi chains of %d scale(s) are behind the last seal of %s (scale %d at record %d, sealed at "
+                      "%d): the database lost records, and their numbers will be given again "
+                      "(docs/alibi.md#after-a-restore)", len(behind), self.seal_file, s, at, sealed)
 
     def _unfiled(self, now: Seal) -> list[Seal]:
         """This instance's seals in the database after the file's last one (``now`` excluded), oldest first."""

@@ -59,6 +59,9 @@ FRONT_DTYPE = np.dtype(
         ("seal_failures", "<i8"),  # seals that could not be stored (each logged at ERROR)
         # committed events the database lacked at start (ingestor/commits.py: a loss while stopped)
         ("lost_after_commit_at_start", "<i8"),
+        # alibi record numbers (ingestor/commits.py: Keeper.reserve), written by the supervisor for the writers:
+        ("records_reserved", "<i8"),  # writers commit no record number above this (0: none yet, wait)
+        ("record_floor", "<i8"),  # a chain begun now starts after this (the last skip's floor; 0: at 1)
     ]
 )
 
@@ -85,6 +88,7 @@ WRITER_DTYPE = np.dtype(
         ("acknowledged", "<i8"),  # a sequence lock over the two below: odd while written, 0 before any
         ("acknowledged_position", "<i8"),
         ("acknowledged_persisted", "<i8"),
+        ("record_no_max", "<i8"),  # the greatest alibi record number the writer linked, stored before its commit
         ("latency_hist", "<i8", (HIST_BUCKETS,)),
         ("batch_size_hist", "<i8", (len(BATCH_SIZE_BOUNDS) + 1,)),  # events per committed batch
         ("batch_ms_hist", "<i8", (len(BATCH_MS_BOUNDS) + 1,)),  # ms per committed batch

@@ -143,7 +143,7 @@ class Supervisor:
         self._told_dsn: str | None = None
         self._last_rate_log = self._last_partition_check = time.monotonic()
         self.sealer: seals.Sealer | None = None
-        self.commits = commits.Keeper(config.data_dir, config.instance, config.schema)
+        self.commits = commits.Keeper(config.data_dir, config.instance, config.schema, config.alibi)
         self._last_commit_record = time.monotonic()
         self._commit_check_failing = False
         self._last_seal = float("-inf")  # the first tick seals: the heads as this run found them
@@ -529,9 +529,9 @@ class Supervisor:
                      s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
             self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
                                  f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
-        if not self.commits.checked:
+        if not self.commits.checked or (self.commits.skipped and self.sealer is not None):
             self.check_commits()
-        elif now - self._last_commit_record >= commits.RECORD_EVERY_S:
+        elif now - self._last_commit_record >= commits.RECORD_EVERY_S or self.commits.wants_reserve(self.numbers_used()):
             self.record_commits()
         if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
             self._last_partition_check = now
@@ -553,24 +553,39 @@ class Supervisor:
 
     def check_commits(self) -> None:
         """Compare the last run's record of its commits with the database (:mod:`ingestor.commits`); a loss found
-        is counted in ``lost_after_commit``. Retried every tick while the database cannot be read."""
-        try:
-            lost = self.commits.check(self.dsn)
-        except psycopg.Error as e:
-            if not self._commit_check_failing:
-                log.warning("Cannot compare the last run's commits with the database yet (%s); retrying",
-                            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-            self._commit_check_failing = True
-            return
-        if lost:
-            self.counters.front["lost_after_commit_at_start"] = lost
-            self.recent.remember(f"{lost} committed events missing at start: lost")
+        is counted in ``lost_after_commit``. Retried every tick while the database cannot be read, and while the
+        chains a skip moved are not sealed yet: the writers get record numbers only after both."""
+        if not self.commits.checked:
+            try:
+                lost = self.commits.check(self.dsn)
+            except psycopg.Error as e:
+                if not self._commit_check_failing:
+                    log.warning("Cannot compare the last run's commits with the database yet (%s); retrying",
+                                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                self._commit_check_failing = True
+                return
+            if lost:
+                self.counters.front["lost_after_commit_at_start"] = lost
+                self.recent.remember(f"{lost} committed events missing at start: lost")
+        if self.commits.skipped and self.sealer is not None:
+            if not self.seal_heads():  # the seal vouches for the skip (docs/alibi.md#after-a-restore)
+                return
+            self.commits.skipped = False
+        self.counters.front["record_floor"] = self.commits.floor
         self.record_commits()  # at once: a loss found is told once, even if this run is killed before its next record
 
     def record_commits(self, clean: bool = False) -> None:
-        """Keep each lane's last acknowledged commit on disk (:mod:`ingestor.commits`)."""
+        """Keep each lane's last acknowledged commit, and the record numbers reserved, on disk
+        (:mod:`ingestor.commits`); the writers may use the numbers once the record holding them is written (or its
+        failure logged: the plant's measurements come first)."""
         self._last_commit_record = time.monotonic()
-        self.commits.keep(self.ring.spec.ring_id, [acknowledged(w) for w in self.counters.writers], clean)
+        self.commits.keep(self.ring.spec.ring_id, [acknowledged(w) for w in self.counters.writers], clean,
+                          self.numbers_used())
+        self.counters.front["records_reserved"] = self.commits.reserved
+
+    def numbers_used(self) -> int:
+        """The greatest alibi record number any writer linked (stored before its commit)."""
+        return int(self.counters.writers["record_no_max"].max(initial=0))
 
     def maintain_partitions(self) -> None:
         """Create the coming day partitions (archive and retention are the lifecycle child's)."""
@@ -580,8 +595,9 @@ class Supervisor:
         except psycopg.Error as e:
             log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
 
-    def seal_heads(self) -> None:
-        """Seal every scale's chain head (docs/alibi.md); a failure is logged, counted and tried again next interval."""
+    def seal_heads(self) -> bool:
+        """Seal every scale's chain head (docs/alibi.md); a failure is logged, counted and tried again next interval.
+        Returns whether the seal was stored (or there was no chain to seal)."""
         self._last_seal = time.monotonic()
         front = self.counters.front
         try:
@@ -590,11 +606,12 @@ class Supervisor:
             front["seal_failures"] += 1
             log.error("Could not store a seal of the alibi chains (next try in %.0f s): %s",
                       self.config.seal_interval_s, " ".join(str(e).split()))
-            return
+            return isinstance(e, OSError)  # stored in the database, not in the file: it vouches all the same
         if seal is not None:
             front["seals"] += 1
             log.info("Sealed the alibi chains of %d scale(s) at %s (key %s)", len(seal.heads), seal.sealed_at,
                      seal.key_id)
+        return True
 
     # -- stats ----------------------------------------------------------------------
 

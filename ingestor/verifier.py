@@ -60,6 +60,18 @@ _DAY_PARTITION = re.compile(r"^weighing_logs_p([0-9]{8})$")
 _EPOCH = dt.date(1970, 1, 1)
 
 
+class Skip(NamedTuple):
+    """A skip of record numbers the service recorded after finding committed events missing at start, or after a
+    killed run (``ingestor_alibi_skips``; docs/alibi.md#after-a-restore), and what the chains say of it."""
+
+    floor: int  #: every chain continues at floor + 1 (or later) after it
+    skipped_at: str  #: RFC 3339
+    instance: str
+    lost: int  #: committed events the service found missing (0: a killed run, none found)
+    chains: int  #: chains read that jump to floor + 1, linked across the jump
+    seals_lost: int  #: seals of the seal file the database lost with them (sealed before the skip)
+
+
 class Report(NamedTuple):
     """What :func:`verify` found."""
 
@@ -68,6 +80,7 @@ class Report(NamedTuple):
     seals: int  #: seals whose signature was checked and holds
     seals_checked: bool  #: False without a public key: seals were not checked
     findings: list[Finding]
+    skips: tuple[Skip, ...] = ()  #: every skip recorded, oldest first: not findings
 
 
 def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetime | None = None,
@@ -94,8 +107,14 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
             "SELECT scale_id, record_no, link FROM ingestor_alibi_starts")}
         stored_seals = conn.execute("SELECT id, instance, to_json(sealed_at) #>> '{}', key_id, seal "
                                     "FROM ingestor_seals ORDER BY id").fetchall()
-        sealed, genuine, findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until)
-        chains = _Chains(heads, {} if archive else starts, sealed, since is not None)  # archive: from record 1
+        skips = conn.execute("SELECT floor, to_json(skipped_at) #>> '{}', instance, lost FROM ingestor_alibi_skips "
+                             "ORDER BY floor").fetchall()
+        pins: set[tuple[int, int, bytes]] = set()  # genuine seals' heads on a skip's floor
+        sealed, genuine, findings = _check_seals(stored_seals, seal_file, file_seals, public_keys, until,
+                                                 ({f for f, *_ in skips}, pins))
+        findings, seals_lost = _lost_seals(findings, stored_seals, file_seals, skips)
+        chains = _Chains(heads, {} if archive else starts, sealed, since is not None,  # archive: from record 1
+                         frozenset(f for f, *_ in skips))
         for piece in itertools.chain(_archived(conn, endpoint, since, until, scale, chains.unreadable)
                                      if archive else (), _stored(conn, since, until, scale)):
             chains.feed(piece)  # one at a time: a day of PostgreSQL streamed, an archive's row group
@@ -108,16 +127,22 @@ def verify(dsn: str, schema: str, *, scale: int | None = None, since: dt.datetim
     findings += chains.findings + alibi.resolve(chains.checks.values())
     findings += _sealed_heads(sealed, chains.held, chains.starts, chains.checks, scale, since is not None, findings)
     scales = len(set(chains.checks) | (set(heads) if scale is None else {scale} & set(heads)))
+    if public_keys:
+        findings += _unsealed_jumps(chains.checks.values(), pins)
+    jumps = [last for c in chains.checks.values() for _, last, _ in c.skipped]
+    told = tuple(Skip(floor, at, instance, lost, jumps.count(floor), seals_lost.get(floor, 0))
+                 for floor, at, instance, lost in skips)
     return Report(sum(c.records for c in chains.checks.values()), scales, genuine, bool(public_keys),
-                  sorted(findings, key=_order))
+                  sorted(findings, key=_order), told)
 
 
 class _Chains:
     """Every scale's :class:`ingestor.alibi.ChainCheck` as the pieces come, and each scale's greatest sealed
     record's stored links (``held``; a second row under that number is named apart)."""
 
-    def __init__(self, heads: dict, starts: dict, sealed: dict[int, tuple[int, bytes]], ranged: bool) -> None:
-        self.heads, self.starts, self.sealed, self.ranged = heads, starts, sealed, ranged
+    def __init__(self, heads: dict, starts: dict, sealed: dict[int, tuple[int, bytes]], ranged: bool,
+                 floors: frozenset[int] = frozenset()) -> None:
+        self.heads, self.starts, self.sealed, self.ranged, self.floors = heads, starts, sealed, ranged, floors
         self.checks: dict[int, alibi.ChainCheck] = {}
         self.held: dict[int, set] = {}
         self.findings: list[Finding] = []
@@ -127,7 +152,8 @@ class _Chains:
         check = self.checks.get(scale_id)
         if check is None:
             start = (1, None) if self.ranged or self._trust_next else self.starts.get(scale_id)
-            check = self.checks[scale_id] = alibi.ChainCheck(scale_id, start, self.heads.get(scale_id, (0, None)))
+            check = self.checks[scale_id] = alibi.ChainCheck(scale_id, start, self.heads.get(scale_id, (0, None)),
+                                                                  self.floors)
         return check
 
     def unreadable(self, finding: Finding) -> None:
@@ -314,12 +340,14 @@ def _read_seal_file(path: str | os.PathLike) -> list[tuple[int, seals.Seal | Non
 
 def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
                  file_seals: list[tuple[int, seals.Seal | None]] | None, public_keys: list,
-                 until: dt.datetime | None) -> tuple[dict[int, tuple[int, bytes]], int, list[Finding]]:
+                 until: dt.datetime | None, floors: tuple[set[int], set] = (set(), set())
+                 ) -> tuple[dict[int, tuple[int, bytes]], int, list[Finding]]:
     """Each scale's greatest sealed head among the genuine seals (before ``until``), their count, and one finding
     per seal that is forged, altered, lost from the database (unrecorded) or missing from the file (unfiled).
 
     Seals are matched across the database and the file by (instance, sealed_at); signatures are checked only
-    with ``public_keys``.
+    with ``public_keys``. ``floors``: (the skips' floors, a set to which each genuine head on one of them is
+    added as (scale, record number, link)).
     """
     copies, findings = _copies(stored, seal_file, file_seals)
     by_key = {seals.key_id(k): k for k in public_keys}
@@ -337,6 +365,11 @@ def _check_seals(stored: list[tuple], seal_file: str | os.PathLike | None,
         if until is not None and not _before(good[0].sealed_at, until):
             continue
         for head in good[0].heads:
+            if head.record_no in floors[0]:
+                try:
+                    floors[1].add((head.scale_id, head.record_no, bytes.fromhex(head.link)))
+                except ValueError:
+                    pass
             if head.record_no > sealed.get(head.scale_id, (0, b""))[0]:
                 try:
                     sealed[head.scale_id] = (head.record_no, bytes.fromhex(head.link))
@@ -456,8 +489,83 @@ def _sealed_heads(sealed: dict[int, tuple[int, bytes]], held: dict[int, set], st
     return out
 
 
+def _unsealed_jumps(checks: Iterable[alibi.ChainCheck], pins: set[tuple[int, int, bytes]]) -> list[Finding]:
+    """A jump to a skip's floor from a stored record is the service's only when a genuine seal signs the chain's
+    head on that floor with that record's link (it seals right after a skip, before any writer goes on); otherwise
+    the records before the jump may have been deleted and the skip written to hide it. A chain begun after a skip
+    (a jump from its genesis) needs no seal: its first record links to the genesis."""
+    out = []
+    for check in checks:
+        for first, last, before in check.skipped:
+            if first == 1 and before == alibi.genesis(check.scale_id):
+                continue
+            if (check.scale_id, last, before) not in pins:
+                out.append(Finding(check.scale_id, "skipped", _named_span(first, last), (
+                    f"records {first}-{last} were skipped to a recorded floor, but no genuine seal signs the chain's "
+                    f"head at record {last} with record {first - 1}'s link: records may have been deleted, and the "
+                    "skip written to hide it")))
+    return out
+
+
+def _named_span(first: int, last: int) -> tuple[int, ...]:
+    return tuple(range(first, last + 1)) if last - first < alibi.MAX_NAMED else (first, last)
+
+
+def _lost_seals(findings: list[Finding], stored: list[tuple], file_seals: list[tuple[int, seals.Seal | None]] | None,
+                skips: list[tuple]) -> tuple[list[Finding], dict[int, int]]:
+    """The findings without the seals a restore took from the database, and how many each skip explains.
+
+    A seal of the file that the database lacks (``unrecorded``) is explained by a skip when it was sealed
+    before the skip and after the newest seal of its instance the database holds from before the skip: the
+    database lost its last seals with its last commits. Any other is still a finding.
+    """
+    if not skips or not file_seals:
+        return findings, {}
+    held = [(instance, _moment(at)) for _, instance, at, _, _ in stored]
+    moments = sorted((_moment(at), floor) for floor, at, _, _ in skips)
+    explained: dict[int, int] = {}
+    kept = []
+    lines = {n: seal for n, seal in file_seals if seal is not None}
+    for f in findings:
+        seal = lines.get(f.records[0]) if f.kind == "unrecorded" and len(f.records) == 1 else None
+        floor = _skip_explaining(seal, held, moments) if seal is not None else None
+        if floor is None:
+            kept.append(f)
+        else:
+            explained[floor] = explained.get(floor, 0) + 1
+    return kept, explained
+
+
+def _skip_explaining(seal: seals.Seal, held: list[tuple[str, object]], moments: list[tuple[object, int]]) -> int | None:
+    at = _moment(seal.sealed_at)
+    for skipped_at, floor in moments:
+        try:
+            if not at < skipped_at:
+                continue
+            before = [m for i, m in held if i == seal.instance and isinstance(m, dt.datetime) and m < skipped_at]
+            return floor if not before or max(before) < at else None
+        except TypeError:  # a time without an offset: not a genuine seal's
+            return None
+    return None
+
+
 def _order(f: Finding) -> tuple:
     return (f.scale_id is not None, f.scale_id or 0, f.records)
+
+
+def passed_over(dsn: str, schema: str, scale: int, record_no: int) -> tuple[int, str, int] | None:
+    """The skip (floor, skipped_at, lost) whose jump passed over record ``record_no`` of ``scale``: its chain holds
+    no record from ``record_no`` up to the floor, and goes on after it (or its head sits on it). None otherwise.
+    Raises psycopg.Error from PostgreSQL."""
+    with psycopg.connect(dsn) as conn:
+        set_search_path(conn, schema)
+        return conn.execute(
+            "SELECT k.floor, to_json(k.skipped_at) #>> '{}', k.lost FROM ingestor_alibi_skips k "
+            "WHERE k.floor >= %(no)s AND NOT EXISTS (SELECT FROM weighing_logs WHERE scale_id = %(scale)s "
+            "AND record_no BETWEEN %(no)s AND k.floor) AND (EXISTS (SELECT FROM weighing_logs WHERE "
+            "scale_id = %(scale)s AND record_no = k.floor + 1) OR EXISTS (SELECT FROM ingestor_claims "
+            "WHERE scale_id = %(scale)s AND record_no = k.floor)) ORDER BY k.floor LIMIT 1",
+            {"scale": scale, "no": record_no}).fetchone()
 
 
 # -- one record, for a receipt ---------------------------------------------------------------------
@@ -503,6 +611,10 @@ def show(dsn: str, schema: str, scale: int, record_no: int, public_keys: Iterabl
         seal, seal_said = _covering_seal(stored_seals, file_seals, public_keys, scale, record_no)
         last = seal[0] if seal is not None else record_no + 1
         rows = conn.execute(SHOW_SQL, (scale, record_no - 1, max(last, record_no + 1))).fetchall()
+        # the record after a skip links to the last record before it (docs/alibi.md#after-a-restore)
+        across = conn.execute("SELECT (SELECT link FROM weighing_logs WHERE scale_id = %s AND record_no < %s "
+                              "ORDER BY record_no DESC LIMIT 1) FROM ingestor_alibi_skips WHERE floor = %s",
+                              (scale, record_no, record_no - 1)).fetchone()
         conn.rollback()
     mine = [r for r in rows if r[2] == record_no]
     if not mine:
@@ -512,6 +624,8 @@ def show(dsn: str, schema: str, scale: int, record_no: int, public_keys: Iterabl
         prev = alibi.genesis(scale)
     elif start is not None and start[0] == record_no - 1:
         prev = bytes(start[1])
+    elif across is not None:
+        prev = alibi.genesis(scale) if across[0] is None else bytes(across[0])
     else:
         prev = None
     verdict, intact = _verdict(_records([x[:13] for x in rows]), r[1], scale, record_no, prev, seal)

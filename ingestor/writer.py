@@ -69,7 +69,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID, BinaryArray
 from .acks import AckTable
-from .chains import Chains, locked_heads
+from .chains import Chains, Reservation, Unreserved, locked_heads
 from .claims import Claims
 from .children import WriterArgs
 from .deadletter import DeadLetterWriter
@@ -89,6 +89,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 SMALL_BATCH = 128
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0  # a dead server is retried this often at most once backed off
+RESERVE_WAIT_S = 0.05  # a writer past the record numbers reserved looks again this often (the supervisor's loop)
 DATA_ERROR_CLASSES = ("22", "23")  # data exception, integrity constraint violation
 
 UPSERT_SQL = f"""
@@ -167,6 +168,7 @@ class Writer:
         draining: Callable[[], bool],
         acks: AckTable | None = None,
         alibi: bool = True,
+        reservation: Reservation | None = None,
     ) -> None:
         self.lane = lane
         self.instance = instance
@@ -195,7 +197,8 @@ class Writer:
             reconnect_timeout=RETRY_MAX_S,
         )
         self.claims = Claims()
-        self.chains = Chains() if alibi else None  # the alibi chain (ingestor/chains.py); None: off
+        self.chains = Chains(reservation) if alibi else None  # the alibi chain (ingestor/chains.py); None: off
+        self._waiting_since: float | None = None  # when the writer began waiting for record numbers
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)
         # (position, persisted) of the lane's last checkpoint a server acknowledged; None before any,
@@ -330,7 +333,8 @@ class Writer:
             new = records[fresh]
             chained = None
             if self.chains is not None:
-                chained = self.chains.link(new, created_us, locked_heads(self.claims.chain_heads))
+                chained = self.chains.link(new, created_us, locked_heads(self.claims.chain_heads,
+                                                                        self.chains.reservation.floor()))
             persisted, duplicates, _ = counts = self._counts(records, fresh)
             if len(new):
                 failpoint("writer.copy", conn)
@@ -439,6 +443,13 @@ class Writer:
                 attempt()
             except _DataError:
                 raise
+            except Unreserved as e:  # rolled back: wait for the supervisor's record (ingestor/commits.py)
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
+                    log.warning("Lane %d: waiting for record numbers past %d to be reserved on disk (record %d "
+                                "wanted)", self.lane.index, e.reserved, e.wanted)
+                time.sleep(RESERVE_WAIT_S)
+                continue
             except (psycopg.Error, PoolTimeout) as e:
                 self._failures += 1
                 connection = _is_connection_error(e)
@@ -457,6 +468,10 @@ class Writer:
                 time.sleep(delay)
                 continue
             self._failures = 0
+            if self._waiting_since is not None:
+                log.info("Lane %d: record numbers reserved after %.1f s", self.lane.index,
+                         time.monotonic() - self._waiting_since)
+                self._waiting_since = None
             if self._offline_since is not None:
                 log.info("Lane %d: database reachable again after %.1f s; circuit closed",
                          self.lane.index, time.monotonic() - self._offline_since)
@@ -579,4 +594,5 @@ def _write(args: WriterArgs, ring: Ring, counters: Counters, acks: AckTable) -> 
         batch_size=args.batch_size, batch_timeout_ms=args.batch_timeout_ms, counters=mine,
         dead_letters=DeadLetterWriter(args.dead_letters.directory, f"writer-{args.index}", args.dead_letters.max_bytes),
         draining=lambda: ring.draining or os.getppid() != parent, acks=acks, alibi=args.alibi,
+        reservation=Reservation(counters.front, mine),
     ).run()

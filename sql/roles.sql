@@ -36,6 +36,7 @@ GRANT EXECUTE ON FUNCTION ingestor_drop_archived_partition(text) TO ingestor_wri
 GRANT SELECT, INSERT ON ingestor_seals TO ingestor_writer;               -- signed seals of the alibi chains (010)
 GRANT SELECT ON ingestor_alibi_starts TO ingestor_writer;                 -- where chains continue after retention (010)
 GRANT SELECT ON ingestor_database TO ingestor_writer;                     -- which database this is (011)
+GRANT SELECT, INSERT ON ingestor_alibi_skips TO ingestor_writer;          -- record numbers skipped after a restore (012)
 GRANT EXECUTE ON FUNCTION ingestor_write_small_batch(text, integer, text, bigint, bigint, bigint, bigint, integer[], integer[],
     bigint[], bigint[], bigint[], bigint[], bytea[], integer[], bigint[], bigint[], bigint, text[], text[], text[], text[],
     text[], bigint[], bytea[]) TO ingestor_writer;                         -- a small batch in one statement (007, 008, 010)
