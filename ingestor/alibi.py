@@ -199,17 +199,18 @@ class Finding(NamedTuple):
 
 
 def verify_chain(scale_id: int, records: Sequence[Record], last: int | None = None,
-                 start: tuple[int, bytes | None] | None = None) -> list[Finding]:
+                 start: tuple[int, bytes | None] | None = None, floors: frozenset[int] = frozenset()) -> list[Finding]:
     """What was done to scale ``scale_id``'s chain; [] when every record is as it was linked.
 
     ``records``: the scale's stored rows, any order. ``last``: the chain's
     last record number as recorded elsewhere (the head kept beside the
     writers' claims, or a seal); records missing at the end are then
     ``truncated``. ``start``: (first record number, the link before it) when
-    older records were dropped by retention; default (1, genesis). See
-    :class:`ChainCheck`, which this runs over one piece.
+    older records were dropped by retention; default (1, genesis).
+    ``floors``: the skips recorded. See :class:`ChainCheck`, which this runs
+    over one piece.
     """
-    check = ChainCheck(scale_id, start, None if last is None else (last, None))
+    check = ChainCheck(scale_id, start, None if last is None else (last, None), floors)
     check.feed(records)
     return resolve([check])
 
@@ -239,6 +240,9 @@ class _Gap(NamedTuple):
     last: int
     before: bytes | None  #: the stored link of record first - 1 (None: not known)
     after: Record | None  #: record last + 1 as stored; None: the gap runs to the chain's head
+
+
+_INSIDE = Record(None, 0, None, b"")  # the "record after" of a run that ends inside a gap: not at the chain's end
 
 
 class ChainCheck:
@@ -408,18 +412,25 @@ class ChainCheck:
               budget: list[int]) -> None:
         """Put late records and strays (any scale's: ``pool``) into ``gap`` where their links say they belong;
         name what they say was done, and what stays empty as deleted (or truncated, at the head)."""
-        placed, used, back = self._place(gap, late, pool, budget)
+        placed, used, back, jumped = self._place(gap, late, pool, budget)
         self._name_placed(gap, placed, back)
-        self._name_empty(gap, placed)
+        at = gap.first
+        for first, last in jumped:  # what a recorded skip jumped over is not empty
+            if first > at:
+                self._name_empty(gap._replace(first=at, last=first - 1, after=gap.after or _INSIDE), placed)
+            at = last + 1
+        if at <= gap.last:
+            self._name_empty(gap._replace(first=at), placed)
         pool[:] = [(s, r) for s, r in pool if id(r) not in used]
         for number, rows in list(late.items()):
             late[number] = [r for r in rows if id(r) not in used]
 
     def _place(self, gap: _Gap, late: dict[int, list[Record]], pool: list[tuple[int, Record]],
-               budget: list[int]) -> tuple[dict[int, tuple[int, Record, bool]], set[int], int]:
-        """Where rows fit ``gap``: forward from the link before it, backward from the record after it (a row's
-        link is what its successor links to), then late rows of their own number in between. Returns
-        (position -> (its scale, the row, its content holds), ids of the rows used, where going backward stopped)."""
+               budget: list[int]) -> tuple[dict[int, tuple[int, Record, bool]], set[int], int, list[tuple[int, int]]]:
+        """Where rows fit ``gap``: forward from the link before it (across a recorded skip where the links hold
+        across it), backward from the record after it (a row's link is what its successor links to), then late
+        rows of their own number in between. Returns (position -> (its scale, the row, its content holds), ids
+        of the rows used, where going backward stopped, the runs of positions a skip jumped over)."""
         scale = self.scale_id
         placed: dict[int, tuple[int, Record, bool]] = {}
         used: set[int] = set()
@@ -434,11 +445,22 @@ class ChainCheck:
                     yield s, r
 
         position, prev = gap.first, gap.before
+        jumped: list[tuple[int, int]] = []
         while position <= gap.last and prev is not None:
             found = next(((s, r) for s, r in candidates(position) if _holds(prev, as_scale(r.event, scale), r.link)),
                          None)
-            if found is None:
+            # a recorded skip the links hold across comes before a row moved here from elsewhere
+            landing = self._landing(position, prev, gap, candidates) if found is None or found[0] != scale \
+                or found[1].record_no != position else None
+            if landing is None and found is None:
                 break
+            if landing is not None:
+                floor, found = landing
+                self.skipped.append((position, floor, prev))
+                jumped.append((position, floor))
+                position = floor + 1
+                if found is None:  # landed on the record after the gap, or the head sits on the floor
+                    break
             placed[position] = (*found, True)
             used.add(id(found[1]))
             prev, position = found[1].link, position + 1
@@ -457,7 +479,22 @@ class ChainCheck:
             if position <= number <= back and number not in placed and r is not None:
                 placed[number] = (scale, r, False)
                 used.add(id(r))
-        return placed, used, back
+        return placed, used, back, jumped
+
+    def _landing(self, position: int, prev: bytes, gap: _Gap, candidates) -> tuple[int, tuple | None] | None:
+        """A recorded skip from ``position`` on: (its floor, the row at floor + 1 that links to ``prev``, or None
+        when that is the record after the gap, or the head sitting on the floor with ``prev``); None: none."""
+        for floor in sorted(f for f in self.floors if position <= f <= gap.last):
+            if floor < gap.last:  # only the row stored under floor + 1 lands there
+                found = next(((s, r) for s, r in candidates(floor + 1) if s == self.scale_id
+                              and r.record_no == floor + 1 and _holds(prev, r.event, r.link)), None)
+                if found is not None:
+                    return floor, found
+            elif gap.after is not None and _holds(prev, gap.after.event, gap.after.link):
+                return floor, None
+            elif gap.after is None and self.head is not None and self.head[0] == floor and self.head[1] == prev:
+                return floor, None
+        return None
 
     def _name_placed(self, gap: _Gap, placed: dict[int, tuple[int, Record, bool]], back: int) -> None:
         """A finding for each placed row that is not simply a late record of its own number that links."""
@@ -505,8 +542,10 @@ class ChainCheck:
             self.findings.append(Finding(self.scale_id, "truncated", tuple(run),
                                          f"record(s) {_span(run)} missing at the chain's end"))
         else:
+            across = (f", or record {run[-1] + 1} changed (it does not link across the skip recorded to {run[-1]})"
+                      if run[-1] in self.floors else "")
             self.findings.append(Finding(self.scale_id, "deleted", tuple(run),
-                                         f"record(s) {_span(run)} missing from the chain"))
+                                         f"record(s) {_span(run)} missing from the chain{across}"))
 
 
 def resolve(checks: Iterable[ChainCheck]) -> list[Finding]:

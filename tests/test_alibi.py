@@ -152,25 +152,75 @@ def test_a_chain_whose_oldest_days_were_dropped_verifies_from_its_first_kept_rec
 
 # -- property: pieces in any order verify; any tampering never does ----------------------------------
 
-def _plant(scales: int, n: int) -> dict[int, list[alibi.Record]]:
+def _plant(scales: int, n: int, skip_at: int | None = None) -> dict[int, list[alibi.Record]]:
+    """Chains of n records; with ``skip_at``, the records after the first ``skip_at`` continue at FLOOR + 1 (a
+    restore's skip, docs/alibi.md#after-a-restore), linked across it."""
     out = {}
     for s in range(1, scales + 1):
-        out[s] = [r._replace(row_id=1000 * s + r.row_id) for r in stored_chain(n, s)]
+        chain = stored_chain(n, s) if skip_at is None else skipped_chain(n, skip_at, s)
+        out[s] = [r._replace(row_id=1000 * s + r.row_id) for r in chain]
     return out
+
+
+FLOOR = 1000
+
+
+def skipped_chain(n: int, skip_at: int, scale: int = 7) -> list[alibi.Record]:
+    """A chain of n records whose writers skipped to FLOOR after the first ``skip_at`` (row ids 101 …)."""
+    events = [Event(scale_id=scale, seq=i, ts=1_700_000_000_000 + i, data_1=f"{10 + i}.5", data_2="kg")
+              for i in range(1, n + 1)]
+    out: list[alibi.Record] = []
+    heads: dict[int, alibi.Head] = {}
+    for part in (events[:skip_at], events[skip_at:]):
+        encoded = alibi.canonical_from_records(records(part), NOW_US) if part else None
+        if encoded is not None:
+            numbers, links = alibi.chain(encoded, heads)
+            out += [alibi.Record(int(numbers[i]), 101 + len(out), links[i], encoded.event(i)) for i in range(len(part))]
+        head = heads.get(scale) or alibi.Head(0, alibi.genesis(scale))
+        heads[scale] = alibi.Head(max(head.record_no, FLOOR), head.link)  # the skip: the link kept
+    return out
+
+
+def _head(chain: list[alibi.Record], scale: int, skip_at: int | None) -> tuple[int, bytes]:
+    if skip_at is not None and skip_at == len(chain):  # moved onto the floor, nothing written after it
+        return FLOOR, chain[-1].link if chain else alibi.genesis(scale)
+    return chain[-1].record_no, chain[-1].link
+
+
+def test_a_chain_across_a_recorded_skip_verifies_and_names_the_jump():
+    chain = skipped_chain(12, 5)
+    assert [r.record_no for r in chain][4:6] == [5, FLOOR + 1]
+    check = alibi.ChainCheck(7, None, (FLOOR + 7, chain[-1].link), frozenset({FLOOR}))
+    check.feed(chain)
+    assert alibi.resolve([check]) == [] and check.skipped == [(6, FLOOR, chain[4].link)]
+    begun_after = skipped_chain(3, 0)  # a chain begun after the skip: from its genesis
+    assert alibi.verify_chain(7, begun_after, last=FLOOR + 3, floors=frozenset({FLOOR})) == []
+
+
+def test_a_jump_without_its_skip_recorded_is_a_deletion():
+    chain = skipped_chain(12, 5)
+    assert kinds(alibi.verify_chain(7, chain, last=FLOOR + 7)) == [("deleted", alibi._named(range(6, FLOOR + 1)))]
 
 
 TAMPERINGS = ["event", "link", "delete", "duplicate", "renumber", "unnumber", "swap", "move", "head"]
 
 
 @given(scales=st.integers(1, 3), n=st.integers(2, 25), pieces=st.integers(1, 5), seed=st.integers(0, 2**32),
-       tamper=st.lists(st.tuples(st.sampled_from(TAMPERINGS), st.integers(0, 10**6)), max_size=3))
-@settings(max_examples=400, deadline=None)
-def test_any_tampering_is_found_and_untouched_chains_in_any_order_are_not(scales, n, pieces, seed, tamper):
+       tamper=st.lists(st.tuples(st.sampled_from(TAMPERINGS), st.integers(0, 10**6)), max_size=3),
+       skip_at=st.none() | st.integers(0, 25), forged_floors=st.lists(st.integers(0, FLOOR + 30), max_size=3))
+@settings(max_examples=600, deadline=None)
+def test_any_tampering_is_found_and_untouched_chains_in_any_order_are_not(scales, n, pieces, seed, tamper, skip_at,
+                                                                           forged_floors):
+    """Also across a recorded skip, and with skips a forger recorded anywhere (``forged_floors``): a floor
+    accepts only a jump its links hold across, so no row's tampering hides behind one."""
     import random
 
     rng = random.Random(seed)
-    chains = _plant(scales, n)
-    heads = {s: (n, rs[-1].link) for s, rs in chains.items()}
+    skip_at = None if skip_at is None else min(skip_at, n)
+    chains = _plant(scales, n, skip_at)
+    heads = {s: _head(rs, s, skip_at) for s, rs in chains.items()}
+    planted = dict(heads)
+    floors = frozenset(forged_floors) | ({FLOOR} if skip_at is not None else frozenset())
     rows = [(s, r) for s, rs in chains.items() for r in rs]
     for what, x in tamper:
         i = x % len(rows)
@@ -202,9 +252,9 @@ def test_any_tampering_is_found_and_untouched_chains_in_any_order_are_not(scales
         if not rows:
             break
     touched = [t for t in tamper] != [] and (rows != [(s, r) for s, rs in chains.items() for r in rs]
-                                             or heads != {s: (n, rs[-1].link) for s, rs in chains.items()})
+                                             or heads != planted)
     rng.shuffle(rows)  # rows come in pieces in any order: a record's day can follow its successors'
-    checks = {s: alibi.ChainCheck(s, None, heads[s]) for s in chains}
+    checks = {s: alibi.ChainCheck(s, None, heads[s], floors) for s in chains}
     for p in range(pieces):
         piece = rows[p::pieces]
         for s in checks:

@@ -10,17 +10,27 @@ skip to hide a deletion is found.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import msgspec
+import numpy as np
 import psycopg
 import pytest
 
 from ingestor import commits, seals, verifier
+from ingestor.chains import Chains, Reservation
+from ingestor.protocol import RECORD_DTYPE
+from ingestor.ring import Ring
+from ingestor.stats import FRONT_DTYPE
 
 from .test_commits import cold_copy, put_back
+from .test_verifier import events as plant_events, write, writer_of
 
 pytestmark = pytest.mark.slow
 SCALES = 10
@@ -101,3 +111,136 @@ def test_after_a_restore_no_receipt_names_another_weighing_and_the_skip_verifies
     lost_receipt = next(k for k in printed if k not in now)
     shown = alibi_cli("show", f"{lost_receipt[0]}/{lost_receipt[1]}", "--dsn", own_pg.dsn)
     assert shown.returncode == 1 and f"skipped records up to {floor}" in shown.stderr, shown.stderr
+
+
+# -- the verifier against a skip used as a forger would use it ---------------------------------------
+
+S, FLOOR = 3, 1000  # the scale tampered with; the plant's skip
+
+
+class Plant(NamedTuple):
+    template: str
+    public_key: Path
+    seal_file: Path
+
+
+@pytest.fixture(scope="module")
+def plant(pg_server, migrated_template, tmp_path_factory) -> Iterator[Plant]:
+    """Records 1-40 of scales 1-3, sealed; a skip to 1000 as the service makes it (moved, then sealed); records
+    1001-1030 of scales 1-3 and a chain of scale 4 begun after the skip (1001-1010, from its genesis); sealed."""
+    name = f"skips_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
+    home = tmp_path_factory.mktemp("skips")
+    public, secret = seals.generate_keys(home / "keys")
+    front = np.zeros((), FRONT_DTYPE)
+    front["records_reserved"], front["record_floor"] = 10**9, FLOOR
+    ring = Ring.create(lanes=2, lane_capacity=4096, dtype=RECORD_DTYPE)
+    try:
+        w0, w1 = writer_of(ring, dsn, home, 0), writer_of(ring, dsn, home, 1)
+        w1.chains = Chains(Reservation(front))  # a writer started after the skip: new chains begin at the floor
+        sealer = seals.Sealer(dsn, "public", "test", secret, home / "seals.jsonl")
+        try:
+            write(w0, plant_events(0, 40, range(1, 4)))
+            sealer.seal()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                assert commits.skip(conn, FLOOR, "test", 0) == 3
+            sealer.seal()  # the service seals a skip before its writers go on
+            write(w0, plant_events(40, 50, range(1, 4)))  # w0's guess (its own heads at 40) is refused: the claims' heads
+            write(w1, plant_events(50, 70, range(1, 5)))
+            sealer.seal()
+        finally:
+            w0.pool.close()
+            w1.pool.close()
+    finally:
+        ring.unlink()
+        ring.close()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("SELECT scale_id, record_no FROM ingestor_claims ORDER BY 1").fetchall() == [
+            (1, FLOOR + 30), (2, FLOOR + 30), (3, FLOOR + 30), (4, FLOOR + 20)]
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=home / "seals.jsonl")
+    assert report == verifier.Report(230, 4, 3, True, [], (verifier.Skip(FLOOR, report.skips[0].skipped_at, "test",
+                                                                          0, 4, 0),))
+    yield Plant(name, public, home / "seals.jsonl")
+    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def case(plant, pg_server, tmp_path) -> Iterator[tuple[str, Path, psycopg.Connection]]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{plant.template}"')
+    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
+    shutil.copy(plant.seal_file, tmp_path / "seals.jsonl")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield dsn, tmp_path / "seals.jsonl", conn
+    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def link_of(k: int) -> str:
+    return f"(SELECT link FROM weighing_logs WHERE scale_id = {S} AND record_no = {k})"
+
+
+# what a forger does, and what scale S's findings must include (kind, first record named)
+FORGERIES = {
+    "the skip's row deleted (a restore hidden)": (
+        ["DELETE FROM ingestor_alibi_skips"], ("deleted", 41)),
+    "the tail deleted, a skip recorded at the old head and the head set onto it": (
+        [f"UPDATE ingestor_claims SET record_no = {FLOOR + 30}, link = {link_of(FLOOR + 20)} WHERE scale_id = {S}",
+         f"DELETE FROM weighing_logs WHERE scale_id = {S} AND record_no > {FLOOR + 20}",
+         f"INSERT INTO ingestor_alibi_skips (floor, instance, lost) VALUES ({FLOOR + 30}, 'test', 10)"],
+        ("skipped", FLOOR + 21)),
+    "records before the jump deleted": (
+        [f"DELETE FROM weighing_logs WHERE scale_id = {S} AND record_no BETWEEN 38 AND 40"], ("deleted", 38)),
+    "records after the jump deleted": (
+        [f"DELETE FROM weighing_logs WHERE scale_id = {S} AND record_no BETWEEN {FLOOR + 1} AND {FLOOR + 3}"],
+        ("deleted", 41)),
+    "a mid-chain deletion under a skip recorded there": (
+        [f"DELETE FROM weighing_logs WHERE scale_id = {S} AND record_no BETWEEN 10 AND 12",
+         "INSERT INTO ingestor_alibi_skips (floor, instance, lost) VALUES (12, 'test', 3)"], ("deleted", 10)),
+    "the record landing after the jump changed": (
+        [f"UPDATE weighing_logs SET data_1 = '{{\"val\": \"0.0\"}}' WHERE scale_id = {S} AND record_no = {FLOOR + 1}"],
+        ("deleted", 41)),  # "or record 1001 changed": without the original, the two cannot be told apart
+    "the landing record renumbered past the floor": (
+        [f"UPDATE weighing_logs SET record_no = {FLOOR + 40} WHERE scale_id = {S} AND record_no = {FLOOR + 1}"],
+        ("moved", 41)),  # it links right after record 40: where the jump would have landed
+    "a chain begun after the skip made to start at 1": (
+        [f"UPDATE weighing_logs SET record_no = record_no - {FLOOR} WHERE scale_id = 4",
+         f"UPDATE ingestor_claims SET record_no = record_no - {FLOOR} WHERE scale_id = 4"], None),
+}
+
+
+@pytest.mark.parametrize("what", list(FORGERIES))
+def test_a_skip_hides_no_deletion_and_no_change(plant, case, what):
+    dsn, seal_file, conn = case
+    statements, expected = FORGERIES[what]
+    for statement in statements:
+        assert conn.execute(statement).rowcount > 0, statement
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(plant.public_key)], seal_file=seal_file)
+    assert report.findings, what
+    if expected is not None:
+        assert any(f.scale_id == S and f.kind == expected[0] and f.records[0] == expected[1]
+                   for f in report.findings), report.findings
+
+
+def test_the_seal_a_skip_is_vouched_by_cannot_be_removed_unseen(plant, case):
+    dsn, seal_file, conn = case
+    (second,) = conn.execute("SELECT id FROM ingestor_seals ORDER BY id OFFSET 1 LIMIT 1").fetchone()
+    conn.execute("DELETE FROM ingestor_seals WHERE id = %s", (second,))
+    lines = seal_file.read_text().splitlines(keepends=True)
+    seal_file.write_text(lines[0] + lines[2])  # from the file too: nothing left to say it was there
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(plant.public_key)], seal_file=seal_file)
+    assert sorted((f.scale_id, f.kind, f.records[0]) for f in report.findings) == [
+        (s, "skipped", 41) for s in (1, 2, 3)]  # scale 4 began after the skip: its first record links to its genesis
+    # without the keys nothing is vouched for: the skip is shown, not checked
+    assert verifier.verify(dsn, "public").skips[0].chains == 4
+
+
+def test_a_seal_the_database_lost_after_the_skip_is_still_unrecorded(plant, case):
+    dsn, seal_file, conn = case
+    conn.execute("DELETE FROM ingestor_seals WHERE id = (SELECT max(id) FROM ingestor_seals)")
+    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(plant.public_key)], seal_file=seal_file)
+    assert [f.kind for f in report.findings] == ["unrecorded"] and report.skips[0].seals_lost == 0
