@@ -132,3 +132,15 @@ def test_the_record_is_replaced_whole_or_not_at_all(tmp_path):
     file.write_bytes(b"{torn")
     with pytest.raises(ValueError, match="cannot read the record of the last commits"):
         commits.load(file)
+
+
+def test_record_numbers_are_reserved_on_disk_ahead_of_the_writers(dsn, tmp_path):
+    keeper = commits.Keeper(tmp_path, "edge", "public")
+    assert keeper.reserved == 0 and not keeper.wants_reserve(1)  # nothing for the writers before the check
+    keeper.check(dsn)
+    assert keeper.reserved == commits.RESERVE and keeper.floor == 0
+    keeper.keep("run-a", [], numbers_used=commits.RESERVE // 2)
+    assert commits.load(keeper.file).records_reserved == commits.RESERVE  # half the reserve is left: not raised
+    assert keeper.wants_reserve(commits.RESERVE // 2 + 1)
+    keeper.keep("run-a", [], numbers_used=commits.RESERVE // 2 + 1)
+    assert keeper.reserved == commits.load(keeper.file).records_reserved == commits.RESERVE * 3 // 2 + 1

@@ -225,3 +225,35 @@ def test_a_small_batch_that_does_not_continue_its_heads_goes_the_general_way(rin
         (1, 9, 9), (2, 0, 0)]
     assert conn.execute("SELECT scale_id, first_seq, last_seq FROM ingestor_claim_runs").fetchall() == [(1, 0, 7)]
     assert checkpoint(conn) == ring.lanes[0].tail == 12
+
+
+@pytest.mark.parametrize("size", [3, 600], ids=["one statement", "COPY"])
+def test_no_record_number_past_the_reservation_is_committed_and_the_writer_waits_for_it(
+        ring, dsn, conn, tmp_path, size):
+    """ingestor/commits.py reserves record numbers on disk before the writers use them (docs/alibi.md#after-a-restore):
+    a batch past them is rolled back, and written once the supervisor reserves more."""
+    import threading
+
+    from ingestor.chains import Reservation
+    from ingestor.stats import FRONT_DTYPE
+
+    front = np.zeros((), FRONT_DTYPE)
+    front["records_reserved"], front["record_floor"] = 2, 500  # a skip to 500 was recorded: new chains at 501
+    counters = np.zeros((), WRITER_DTYPE)
+    w = Writer(lane=ring.lanes[0], instance="test", ring_id=ring.spec.ring_id, dsn=dsn, schema="public",
+               batch_size=1000, batch_timeout_ms=50, counters=counters,
+               dead_letters=DeadLetterWriter(tmp_path / "dl", "writer-0"), draining=lambda: True,
+               reservation=Reservation(front, counters))
+    put(ring, [Event(scale_id=1, seq=i, ts=1000 + i, data_1=str(i)) for i in range(size)])
+    writing = threading.Thread(target=w.run)
+    writing.start()
+    deadline = time.monotonic() + 10
+    while counters["record_no_max"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few rounds of waiting
+    assert counters["record_no_max"] == 500 + size  # what it wants, told before any commit
+    assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 0 and writing.is_alive()
+    front["records_reserved"] = 500 + size
+    writing.join(10)
+    assert not writing.is_alive()
+    assert conn.execute("SELECT min(record_no), max(record_no) FROM weighing_logs").fetchone() == (501, 500 + size)
