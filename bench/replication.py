@@ -12,6 +12,13 @@ on), and for the last two a standby made from it with ``pg_basebackup``
 (d) the ingestor with defaults at 300 events/s for ``--paced-seconds``:
     receive-to-commit p50 and p99.
 
+With ``--patroni`` the pair is a Patroni cluster with etcd (tests/fix_patroni.py;
+``synchronous_mode`` false and true, fsync and full_page_writes on), the
+ingestor on the multi-host DSN with ``target_session_attrs=read-write``, as
+docs/operations.md "Running with Patroni" configures it:
+
+    python bench/replication.py --patroni --setups none async sync
+
 A synchronous standby makes every COMMIT wait for the standby's flush too;
 on one box that is a local round trip and a second fsync, so the figures
 are a floor for a standby across a network. Prints a Markdown table and
@@ -36,6 +43,23 @@ from tests.replication import Replicated  # noqa: E402
 from throughput import copy_baseline, fresh_db, throwaway_server  # noqa: E402
 
 SETUPS = ("none", "async", "sync")
+DURABLE = {"fsync": "on", "full_page_writes": "on"}
+
+
+class PatroniLeader:
+    """A Patroni cluster seen as the one server the measurements use: its DSN (multi-host, the leader
+    chosen by target_session_attrs), and the leader's directories (the COPY file, the postmaster pid)."""
+
+    def __init__(self, synchronous: bool) -> None:
+        from tests.fix_patroni import PatroniCluster
+
+        self.cluster = PatroniCluster(synchronous=synchronous, parameters=DURABLE)
+        leader = self.cluster.wait_leader()
+        self.dsn = self.cluster.dsn
+        self.data_dir, self.pgdata = leader.dir, leader.dir / "pg"
+
+    def close(self) -> None:
+        self.cluster.close()
 
 
 def measure(server, workdir: Path, setup: str, events: int, paced_s: float) -> dict:
@@ -59,6 +83,7 @@ def main() -> int:
     p.add_argument("--paced-seconds", type=float, default=30.0)
     p.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--patroni", action="store_true", help="the standby set up by Patroni (synchronous_mode)")
     a = p.parse_args()
 
     date = time.strftime("%Y-%m-%d")
@@ -67,8 +92,11 @@ def main() -> int:
     try:
         for setup in a.setups:
             if setup == "none":
-                _, server = throwaway_server("replication-none")
+                _, server = throwaway_server("replication-none", DURABLE if a.patroni else None)
                 close = server.stop
+            elif a.patroni:
+                server = PatroniLeader(synchronous=setup == "sync")
+                close = server.close
             else:
                 pair = Replicated(synchronous=setup == "sync", settings={})
                 server, close = pair.primary, pair.close
@@ -91,7 +119,8 @@ def main() -> int:
         vs_base = f"{full['events_per_s'] / base:.2f}" if base else ""
         lines.append(f"| {setup} | {copy:,} | {full['events_per_s']:,} | {full['events_per_s'] / copy:.2f} | {vs_base} "
                      f"| {paced['p50_ms']} / {paced['p99_ms']} | {pg_cpu} |")
-    save_results(a.out, f"replication-{date}", results, lines)
+    results["patroni"] = a.patroni
+    save_results(a.out, f"replication{'-patroni' if a.patroni else ''}-{date}", results, lines)
     return 0
 
 

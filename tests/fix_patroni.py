@@ -55,10 +55,12 @@ class Node:
 
 
 class PatroniCluster:
-    """etcd and ``nodes`` Patroni nodes; ``synchronous`` sets Patroni's ``synchronous_mode``."""
+    """etcd and ``nodes`` Patroni nodes; ``synchronous`` sets Patroni's ``synchronous_mode``; ``parameters``
+    PostgreSQL settings over the fixture's own (which turn fsync off: a SIGKILL is not an OS crash)."""
 
-    def __init__(self, synchronous: bool, nodes: int = 2) -> None:
+    def __init__(self, synchronous: bool, nodes: int = 2, parameters: dict[str, str] | None = None) -> None:
         self.synchronous = synchronous
+        self.parameters = parameters or {}  # PostgreSQL settings over the fixture's (bench: durable ones)
         self.root = Path(tempfile.mkdtemp(prefix="ingestor-patroni-"))
         self.root.chmod(0o755)
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
@@ -113,7 +115,7 @@ class PatroniCluster:
                         "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 10,
                         "max_replication_slots": 10, "wal_keep_size": "256MB",
                         # a SIGKILL is a process crash, not an OS crash: the kernel keeps written WAL
-                        "fsync": "off", "full_page_writes": "off"}},
+                        "fsync": "off", "full_page_writes": "off", **self.parameters}},
                 },
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}],
                 "pg_hba": ["local all all trust", "host replication replicator 127.0.0.1/32 scram-sha-256",
