@@ -6,7 +6,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import psycopg
 import pytest
@@ -39,17 +40,30 @@ def migrated_template(pg_server: EmbeddedPostgres) -> str:
     return name
 
 
+class Database(NamedTuple):
+    name: str
+    dsn: str
+
+
+@contextmanager
+def database_from(server: EmbeddedPostgres, template: str, prefix: str = "t") -> Iterator[Database]:
+    """A new database on ``server`` copied from ``template``; dropped on leaving (its sessions ended)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield Database(name, server.dsn.replace("dbname=postgres", f"dbname={name}"))
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def dsn(pg_server: EmbeddedPostgres, migrated_template: str) -> Iterator[str]:
     """A new, migrated database on the session server; dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    url = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
-    schema.migrate(url)  # nothing to apply: today's partitions, should the session cross midnight
-    yield url
-    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with database_from(pg_server, migrated_template) as db:
+        schema.migrate(db.dsn)  # nothing to apply: today's partitions, should the session cross midnight
+        yield db.dsn
 
 
 @pytest.fixture

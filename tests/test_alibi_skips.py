@@ -14,9 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import msgspec
 import numpy as np
@@ -25,12 +23,12 @@ import pytest
 
 from ingestor import commits, seals, verifier
 from ingestor.chains import Chains, Reservation
-from ingestor.protocol import RECORD_DTYPE
-from ingestor.ring import Ring
 from ingestor.stats import FRONT_DTYPE
 
 from .test_commits import cold_copy, put_back
-from .test_verifier import events as plant_events, write, writer_of
+from .fix_pg import database_from
+from .test_verifier import events as plant_events, two_writers, write
+from .test_verifier_tamper import Case, Plant
 
 pytestmark = pytest.mark.slow
 SCALES = 10
@@ -118,66 +116,41 @@ def test_after_a_restore_no_receipt_names_another_weighing_and_the_skip_verifies
 S, FLOOR = 3, 1000  # the scale tampered with; the plant's skip
 
 
-class Plant(NamedTuple):
-    template: str
-    public_key: Path
-    seal_file: Path
-
-
 @pytest.fixture(scope="module")
 def plant(pg_server, migrated_template, tmp_path_factory) -> Iterator[Plant]:
     """Records 1-40 of scales 1-3, sealed; a skip to 1000 as the service makes it (moved, then sealed); records
     1001-1030 of scales 1-3 and a chain of scale 4 begun after the skip (1001-1010, from its genesis); sealed."""
-    name = f"skips_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
     home = tmp_path_factory.mktemp("skips")
     public, secret = seals.generate_keys(home / "keys")
     front = np.zeros((), FRONT_DTYPE)
     front["records_reserved"], front["record_floor"] = 10**9, FLOOR
-    ring = Ring.create(lanes=2, lane_capacity=4096, dtype=RECORD_DTYPE)
-    try:
-        w0, w1 = writer_of(ring, dsn, home, 0), writer_of(ring, dsn, home, 1)
-        w1.chains = Chains(Reservation(front))  # a writer started after the skip: new chains begin at the floor
-        sealer = seals.Sealer(dsn, "public", "test", secret, home / "seals.jsonl")
-        try:
+    with database_from(pg_server, migrated_template, "skips") as db:
+        sealer = seals.Sealer(db.dsn, "public", "test", secret, home / "seals.jsonl")
+        with two_writers(db.dsn, home) as (w0, w1):
+            w1.chains = Chains(Reservation(front))  # a writer started after the skip: new chains begin at the floor
             write(w0, plant_events(0, 40, range(1, 4)))
             sealer.seal()
-            with psycopg.connect(dsn, autocommit=True) as conn:
+            with psycopg.connect(db.dsn, autocommit=True) as conn:
                 assert commits.skip(conn, FLOOR, "test", 0) == 3
             sealer.seal()  # the service seals a skip before its writers go on
             write(w0, plant_events(40, 50, range(1, 4)))  # w0's guess (its own heads at 40) is refused: the claims' heads
             write(w1, plant_events(50, 70, range(1, 5)))
             sealer.seal()
-        finally:
-            w0.pool.close()
-            w1.pool.close()
-    finally:
-        ring.unlink()
-        ring.close()
-    with psycopg.connect(dsn, autocommit=True) as c:
-        assert c.execute("SELECT scale_id, record_no FROM ingestor_claims ORDER BY 1").fetchall() == [
-            (1, FLOOR + 30), (2, FLOOR + 30), (3, FLOOR + 30), (4, FLOOR + 20)]
-    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=home / "seals.jsonl")
-    assert report == verifier.Report(230, 4, 3, True, [], (verifier.Skip(FLOOR, report.skips[0].skipped_at, "test",
-                                                                          0, 4, 0),))
-    yield Plant(name, public, home / "seals.jsonl")
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        with psycopg.connect(db.dsn, autocommit=True) as c:
+            assert c.execute("SELECT scale_id, record_no FROM ingestor_claims ORDER BY 1").fetchall() == [
+                (1, FLOOR + 30), (2, FLOOR + 30), (3, FLOOR + 30), (4, FLOOR + 20)]
+        report = verifier.verify(db.dsn, "public", public_keys=[seals.load_public(public)],
+                                 seal_file=home / "seals.jsonl")
+        assert report == verifier.Report(230, 4, 3, True, [], (
+            verifier.Skip(FLOOR, report.skips[0].skipped_at, "test", 0, 4, 0),))
+        yield Plant(db.name, public, home / "seals.jsonl")
 
 
 @pytest.fixture
-def case(plant, pg_server, tmp_path) -> Iterator[tuple[str, Path, psycopg.Connection]]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{plant.template}"')
-    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
+def case(plant, pg_server, tmp_path) -> Iterator[Case]:
     shutil.copy(plant.seal_file, tmp_path / "seals.jsonl")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        yield dsn, tmp_path / "seals.jsonl", conn
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with database_from(pg_server, plant.template) as db, psycopg.connect(db.dsn, autocommit=True) as conn:
+        yield Case(db.dsn, tmp_path / "seals.jsonl", conn)
 
 
 def link_of(k: int) -> str:

@@ -12,13 +12,17 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 from ingestor import seals, verifier, writer
 from ingestor.deadletter import DeadLetterWriter
-from ingestor.protocol import Event, RecordBuilder
+from ingestor.protocol import RECORD_DTYPE, Event, RecordBuilder
+from ingestor.ring import Ring
 from ingestor.stats import WRITER_DTYPE
 
 SCALES, PER_SCALE = 3, 70
@@ -48,6 +52,22 @@ def writer_of(ring, dsn, tmp_path, lane: int, alibi: bool = True) -> writer.Writ
                       alibi=alibi)
     w.pool.open()
     return w
+
+
+@contextmanager
+def two_writers(dsn: str, home: Path) -> Iterator[tuple[writer.Writer, writer.Writer]]:
+    """The writers of lanes 0 and 1 of a new ring on ``dsn``; their pools closed and the ring unlinked on leaving."""
+    ring = Ring.create(lanes=2, lane_capacity=4096, dtype=RECORD_DTYPE)
+    try:
+        w0, w1 = writer_of(ring, dsn, home, 0), writer_of(ring, dsn, home, 1)
+        try:
+            yield w0, w1
+        finally:
+            w0.pool.close()
+            w1.pool.close()
+    finally:
+        ring.unlink()
+        ring.close()
 
 
 def write(w: writer.Writer, batch: list[Event]) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -31,10 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingestor import alibi, seals, verifier
-from ingestor.protocol import RECORD_DTYPE
-from ingestor.ring import Ring
 
-from .test_verifier import events, write, writer_of
+from .fix_pg import database_from
+from .test_verifier import events, two_writers, write
 
 S, OTHER = 3, 1  # the scale tampered with; a scale rows are moved to
 START, MIDDLE, HEAD = 1, 35, 70
@@ -56,17 +54,11 @@ class Case(NamedTuple):
 
 @pytest.fixture(scope="module")
 def plant(pg_server, migrated_template, tmp_path_factory) -> Iterator[Plant]:
-    name = f"tamper_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
     home = tmp_path_factory.mktemp("plant")
     public, secret = seals.generate_keys(home / "keys")
-    ring = Ring.create(lanes=2, lane_capacity=4096, dtype=RECORD_DTYPE)
-    try:
-        w0, w1 = writer_of(ring, dsn, home, 0), writer_of(ring, dsn, home, 1)
-        sealer = seals.Sealer(dsn, "public", "test", secret, home / "seals.jsonl")
-        try:
+    with database_from(pg_server, migrated_template, "tamper") as db:
+        sealer = seals.Sealer(db.dsn, "public", "test", secret, home / "seals.jsonl")
+        with two_writers(db.dsn, home) as (w0, w1):
             write(w0, events(0, 5))  # new chains, one statement
             write(w0, events(5, 10))
             write(w1, events(8, 12))  # re-sent keys: duplicates left out of the chains
@@ -75,36 +67,23 @@ def plant(pg_server, migrated_template, tmp_path_factory) -> Iterator[Plant]:
             write(w0, events(40, 45))  # w0's heads moved on under w1: the general path
             write(w1, events(45, 70))
             sealer.seal()
-        finally:
-            w0.pool.close()
-            w1.pool.close()
-    finally:
-        ring.unlink()
-        ring.close()
-    with psycopg.connect(dsn, autocommit=True) as c:
-        assert c.execute("SELECT scale_id, record_no FROM ingestor_claims ORDER BY 1").fetchall() == [
-            (1, 70), (2, 70), (3, 70)]
-        assert c.execute("SELECT count(*) FROM ingestor_seals").fetchone()[0] == 2
-    report = verifier.verify(dsn, "public", public_keys=[seals.load_public(public)], seal_file=home / "seals.jsonl")
-    assert report == verifier.Report(210, 3, 2, True, [])
-    yield Plant(name, public, home / "seals.jsonl")
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        with psycopg.connect(db.dsn, autocommit=True) as c:
+            assert c.execute("SELECT scale_id, record_no FROM ingestor_claims ORDER BY 1").fetchall() == [
+                (1, 70), (2, 70), (3, 70)]
+            assert c.execute("SELECT count(*) FROM ingestor_seals").fetchone()[0] == 2
+        report = verifier.verify(db.dsn, "public", public_keys=[seals.load_public(public)],
+                                 seal_file=home / "seals.jsonl")
+        assert report == verifier.Report(210, 3, 2, True, [])
+        yield Plant(db.name, public, home / "seals.jsonl")
 
 
 @pytest.fixture
 def case(plant, pg_server, tmp_path) -> Iterator[Case]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{plant.template}"')
-    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
     shutil.copy(plant.seal_file, tmp_path / "seals.jsonl")
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with database_from(pg_server, plant.template) as db, psycopg.connect(db.dsn, autocommit=True) as conn:
         conn.execute(f"UPDATE weighing_logs SET data_1 = '{{\"val\": \"0.0\"}}' "
                      f"WHERE scale_id = {ALSO[0]} AND record_no = {ALSO[2][0]}")
-        yield Case(dsn, tmp_path / "seals.jsonl", conn)
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        yield Case(db.dsn, tmp_path / "seals.jsonl", conn)
 
 
 def verify(plant: Plant, case: Case) -> verifier.Report:
@@ -383,25 +362,18 @@ def content(conn: psycopg.Connection) -> tuple:
                                   st.sampled_from(['{"val": "7"}', "{}", "null", "[1]", '{"val": 1}', '"s"'])),
                         min_size=1, max_size=4))
 def test_random_changes_are_never_verified_and_never_crash_the_verifier(plant, pg_server, changes):
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{plant.template}"')
-    dsn = pg_server.dsn.replace("dbname=postgres", f"dbname={name}")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+    with database_from(pg_server, plant.template) as db:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
             before = content(conn)
             for what, k, v, json in changes:
                 conn.execute(CHANGES[what](k, v), {"json": json})
             changed = content(conn) != before  # net: two swaps of one pair undo each other
-        report = verifier.verify(dsn, "public", public_keys=[seals.load_public(plant.public_key)],
+        report = verifier.verify(db.dsn, "public", public_keys=[seals.load_public(plant.public_key)],
                                  seal_file=plant.seal_file)
         assert (report.findings != []) == changed, (changes, report.findings)
         for what, k, _, _ in changes:
-            shown = verifier.show(dsn, "public", S, k, [seals.load_public(plant.public_key)], plant.seal_file)
+            shown = verifier.show(db.dsn, "public", S, k, [seals.load_public(plant.public_key)], plant.seal_file)
             assert shown is None or isinstance(shown.intact, bool)
-    finally:
-        with psycopg.connect(pg_server.dsn, autocommit=True) as c:
-            c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 # -- archived days (verify --archive) ------------------------------------------------------------
