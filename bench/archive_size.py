@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import machine, save_results  # noqa: E402
-from ingestor import archive  # noqa: E402
 from throughput import SCALES, copy_baseline, fresh_db, sender, start_service, throwaway_server, wait_persisted  # noqa: E402
+
+from ingestor import archive  # noqa: E402
 
 QUERY = ("SELECT id, seq, measured_at, data_1 FROM weighing_logs "
          "WHERE scale_id = %s AND measured_at >= %s AND measured_at < %s ORDER BY measured_at")
@@ -130,7 +131,7 @@ def main() -> int:
         with psycopg.connect(dsn, autocommit=True) as c:
             wal0 = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         rate = ingest_into(workdir, dsn, a.events)
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         partition = f"weighing_logs_p{today:%Y%m%d}"
         with psycopg.connect(dsn, autocommit=True) as c:
             wal = c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)::bigint", (wal0,)).fetchone()[0]
@@ -207,7 +208,8 @@ def table(r: dict) -> list[str]:
     if "parquet_query_ms" in r:
         out.append(f"| the Parquet archive, DuckDB (1 thread) | {r['parquet_query_ms']} | 0 |")
     s = r["index_sets"]
-    out += ["", f"| index set ({SCALES} scales, 2 writers, {r['index_sets'].get('events', 2_000_000):,} events) | events/s | ratio to COPY |", "|---|---:|---:|",
+    indexed = r['index_sets'].get('events', 2_000_000)
+    out += ["", f"| index set ({SCALES} scales, 2 writers, {indexed:,} events) | events/s | ratio to COPY |", "|---|---:|---:|",
             f"| raw COPY of the same rows (schema's index) | {s['copy_events_per_s']:,} | 1.00 |"]
     for label, v in s.items():
         if label not in ("copy_events_per_s", "events"):

@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
 import zmq  # noqa: E402
+from throughput import fresh_db, throwaway_server  # noqa: E402
 
 from ingestor import failpoints, leftovers  # noqa: E402
 from tests.checker import Sent, check, plant_messages, send_acked  # noqa: E402
 from tests.fix_service import Service  # noqa: E402
-from throughput import fresh_db, throwaway_server  # noqa: E402
 
 COUNTED = {"kill": (1, 2), "enospc": (1, 6), "eio": (1, 6), "disconnect": (1, 4), "sleep": (1, 4)}
 

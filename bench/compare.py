@@ -48,10 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from throughput import SCALES, START_MS, copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
+
 from ingestor import stats, verifier  # noqa: E402
 from ingestor.embedded_pg import EmbeddedPostgres  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
-from throughput import START_MS, SCALES, copy_baseline, fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -125,7 +126,7 @@ class Sampler:
             self._last = getattr(self, "_last", {})
             self._last[pid] = (name, t.user + t.system)
             self.rss[name] = max(self.rss.get(name, 0), rss)
-        for pid, (name, cpu) in getattr(self, "_last", {}).items():
+        for name, cpu in getattr(self, "_last", {}).values():
             totals[name] = totals.get(name, 0.0) + cpu
         self.cpu = totals
 
@@ -174,7 +175,8 @@ def seed_way(dsn: str, n: int) -> float:
         t0 = time.perf_counter()
         for i in range(n):
             e = event(i, scales=SCALES, seq_start=0, start_ms=START_MS, period_ms=1000.0)
-            data = [Jsonb({"val": str(e[k])}) if e[k] is not None else None for k in ("data_1", "data_2", "data_3", "data_4", "data_5")]
+            data = [Jsonb({"val": str(e[k])}) if e[k] is not None else None
+                    for k in ("data_1", "data_2", "data_3", "data_4", "data_5")]
             conn.execute(SEED_INSERT, (e["scale_id"], e["seq"], e["ts"], *data))
             conn.execute(SEED_UPSERT, (e["scale_id"], e["seq"], e["ts"], *data))
             if i % 50 == 49:
@@ -317,7 +319,8 @@ def main() -> int:
         lines.append(f"| (c) ingestor, {w} writer(s), full speed | {r['events_per_s']:,} | {r['events_per_s'] / copy_rate:.2f} "
                      f"| {r['events_per_s'] / seed_rate:.0f} | {r['p50_ms']} | {r['p99_ms']} | {procs(r)} |")
     r = results["paced"]
-    lines.append(f"| (d) ingestor, defaults, 300 events/s | {r['events_per_s']:,} | | | {r['p50_ms']} | {r['p99_ms']} | {procs(r)} |")
+    lines.append(f"| (d) ingestor, defaults, 300 events/s | {r['events_per_s']:,} | | | {r['p50_ms']} | {r['p99_ms']} "
+                 f"| {procs(r)} |")
     table = "\n".join(lines)
     print("\n" + table + "\n")
     a.out.mkdir(parents=True, exist_ok=True)

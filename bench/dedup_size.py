@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from throughput import fresh_db, throwaway_server  # noqa: E402
+
 from ingestor import copy_payload  # noqa: E402
 from ingestor.claims import Claims  # noqa: E402
 from ingestor.copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, BinaryArray  # noqa: E402
-from throughput import fresh_db, throwaway_server  # noqa: E402
 
 BATCH = 5000
 SCALES = 300

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, save_results  # noqa: E402
+from throughput import first_commit_after, sender, start_service  # noqa: E402
+
 from ingestor import stats  # noqa: E402
 from tests.fix_patroni import LOOP_WAIT_S, RETRY_TIMEOUT_S, TTL_S, PatroniCluster  # noqa: E402
-from throughput import first_commit_after, sender, start_service  # noqa: E402
 
 
 def one_failover(workdir: Path) -> dict:

@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS  # noqa: E402
-from ingestor import stats  # noqa: E402
 from throughput import fresh_db, sender, start_service, throwaway_server  # noqa: E402
+
+from ingestor import stats  # noqa: E402
 
 
 def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen:
@@ -90,7 +91,8 @@ def main() -> int:
         proc.wait(120)
     finally:
         server.stop()
-    print(f"{f'{a.rate:g} events/s' if a.rate else 'full speed'}, {a.writers} writers: {s['events_per_s']:,.0f} events/s over the last 10 s, "
+    print(f"{f'{a.rate:g} events/s' if a.rate else 'full speed'}, {a.writers} writers: "
+          f"{s['events_per_s']:,.0f} events/s over the last 10 s, "
           f"batches of {s['average_batch_size']:.0f} in {s['average_batch_ms']:.0f} ms\n")
     for role, root in (("front", "Front.run"), ("writer-0", "Writer.run")):
         print(f"== {role}: share of its main thread's samples (inclusive)")

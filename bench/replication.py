@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, Sampler, machine, postgres_procs, run_ingestor, save_results  # noqa: E402
-from tests.replication import Replicated  # noqa: E402
 from throughput import copy_baseline, fresh_db, throwaway_server  # noqa: E402
+
+from tests.replication import Replicated  # noqa: E402
 
 SETUPS = ("none", "async", "sync")
 DURABLE = {"fsync": "on", "full_page_writes": "on"}

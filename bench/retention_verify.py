@@ -40,7 +40,7 @@ PLANT_DAY = 25_920_000
 
 def fill(dsn: str, day: dt.date, rows: int) -> str:
     name = f"weighing_logs_p{day:%Y%m%d}"
-    start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(f"CREATE TABLE {name} PARTITION OF weighing_logs FOR VALUES FROM ('{start.isoformat()}') "
                   f"TO ('{(start + dt.timedelta(days=1)).isoformat()}')")
@@ -80,7 +80,7 @@ def main() -> int:
     a = p.parse_args()
     workdir, server = throwaway_server("retention")
     proc, endpoint = moto()
-    day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=30)
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)
     results: dict = {"rows": a.rows, "machine": machine(server), "targets": {}}
     lines = [f"# Retention's read-back before a drop, {a.rows:,} rows, {dt.date.today()}", "", results["machine"], "",
              "| target | archive s | size check s | read-back s | read-back rows/s | read-back of a plant day, s "

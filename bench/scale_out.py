@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, machine, save_results  # noqa: E402
+from throughput import copy_baseline, first_commit_after, fresh_db, sender, start_service, throwaway_server  # noqa: E402
+
 from ingestor import central, stats  # noqa: E402
 from tests.replication import Replicated  # noqa: E402
-from throughput import copy_baseline, first_commit_after, fresh_db, sender, start_service, throwaway_server  # noqa: E402
 
 
 def instances(server, workdir: Path, count: int, events: int) -> dict:

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare import RESULTS, postgres_procs  # noqa: E402
-from ingestor import stats  # noqa: E402
 from throughput import fresh_db, sender, start_service, throwaway_server  # noqa: E402
+
+from ingestor import stats  # noqa: E402
 
 
 def measured_max() -> int:

@@ -27,13 +27,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import msgspec  # noqa: E402
+from throughput import SCALES, fresh_db, throwaway_server  # noqa: E402
 
 from ingestor import copy_payload  # noqa: E402
 from ingestor.claims import Claims  # noqa: E402
 from ingestor.protocol import RecordBuilder, decode_frame  # noqa: E402
 from ingestor.simulator import event  # noqa: E402
 from ingestor.writer import CHECKPOINT_SQL, UPSERT_SQL, upsert_params  # noqa: E402
-from throughput import SCALES, fresh_db, throwaway_server  # noqa: E402
 
 BATCH = 5000
 

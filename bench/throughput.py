@@ -79,7 +79,8 @@ def copy_baseline(server: EmbeddedPostgres, dsn: str, n: int) -> float:
         for i in range(n):
             e = event(i, scales=SCALES, seq_start=0, start_ms=START_MS, period_ms=1000.0)
             ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts"] / 1000)) + f".{e['ts'] % 1000:03d}+00"
-            vals = [json.dumps({"val": str(e[k])}) if e[k] is not None else "" for k in ("data_1", "data_2", "data_3", "data_4", "data_5")]
+            vals = [json.dumps({"val": str(e[k])}) if e[k] is not None else ""
+                    for k in ("data_1", "data_2", "data_3", "data_4", "data_5")]
             vals = ['"' + v.replace('"', '""') + '"' if v else "" for v in vals]
             f.write(f"{e['scale_id']},{e['seq']},{ts},{created},{','.join(vals)}\n")
     os.chmod(path, 0o644)
@@ -173,8 +174,10 @@ def main() -> int:
             rate = round(a.events / seconds)
             lat = s["latency_ms"]
             results[f"ingestor_w{w}"] = {"events_per_s": rate, "ratio_to_copy": round(rate / results["copy_events_per_s"], 3),
-                                         "p50_ms": lat["p50"], "p99_ms": lat["p99"], "average_batch_size": s["average_batch_size"]}
-            rows.append((f"(b) ingestor, {w} writer(s), full speed", rate, rate / results["copy_events_per_s"], lat["p50"], lat["p99"]))
+                                         "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+                                         "average_batch_size": s["average_batch_size"]}
+            rows.append((f"(b) ingestor, {w} writer(s), full speed", rate, rate / results["copy_events_per_s"],
+                         lat["p50"], lat["p99"]))
             proc.terminate()
             proc.wait(120)
         # (c) paced latency on a fresh service, default settings

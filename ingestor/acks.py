@@ -25,8 +25,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from multiprocessing.shared_memory import SharedMemory
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import numpy as np

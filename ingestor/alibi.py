@@ -36,7 +36,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,7 +48,7 @@ LINK_BYTES = 32
 HEAD = struct.Struct("<iqqq")  # scale_id, seq, measured_us, created_us
 _HEAD_DTYPE = np.dtype([("scale_id", "<i4"), ("seq", "<i8"), ("measured_us", "<i8"), ("created_us", "<i8")])
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Encoded(NamedTuple):

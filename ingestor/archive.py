@@ -38,8 +38,9 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import psycopg
 
@@ -224,7 +225,7 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
     In every case the partition stays and no final file is left unverified.
     """
     started = time.monotonic()
-    lo = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    lo = dt.datetime.combine(day, dt.time(), dt.UTC)
     bounds = {"lo": lo, "hi": lo + dt.timedelta(days=1)}
     name = file_name(partition)
     tmp = temporary_name(partition)

@@ -1,4 +1,5 @@
-"""Every plant into one central database, by PostgreSQL's logical replication (docs/operations.md#every-plant-into-one-central-database).
+"""Every plant into one central database, by PostgreSQL's logical replication
+(docs/operations.md#every-plant-into-one-central-database).
 
 Each edge keeps its own PostgreSQL as the durable buffer, with its tables in
 a schema of its own (``--schema plant_17``). The edge *publishes*

@@ -19,8 +19,8 @@ import signal
 import sys
 
 from .children import ChildArgs, FrontArgs, SimulatorArgs, WriterArgs
-from .lifecycle import LifecycleArgs
 from .errors import BootError
+from .lifecycle import LifecycleArgs
 
 # Named exit codes (gunicorn's WORKER_BOOT_ERROR idea): the supervisor halts
 # instead of restarting a child that can never boot.

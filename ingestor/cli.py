@@ -1,4 +1,5 @@
-"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state, partitions, history, dead-letters, alibi, central, keys, config."""
+"""The ``ingestor`` command (docs/operations.md#command-line): run, stats, top, migrate, rebuild-state,
+partitions, history, dead-letters, alibi, central, keys, config."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import msgspec
 
-from . import __version__, config as config_mod, deadletter, stats
+from . import __version__, deadletter, stats
+from . import config as config_mod
 from .child import setup_logging
 from .errors import ConfigError, DatabaseError, IngestorError, StatsUnavailable
 
@@ -46,7 +49,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--ack-bind", help="ROUTER endpoint of acked mode (docs/PROTOCOL.md §5), or 'off' (default: tcp://0.0.0.0:5556)")
     o("--writers", help="writer processes, a number or 'auto' (default: auto = one per core, 2..8)")
     o("--batch-size", help="events per COPY batch at most (default: 5000)")
-    o("--batch-timeout-ms", help="a writer starts at most one commit per this many ms unless its batch is full; no event waits longer for its commit to begin (default: 40)")
+    o("--batch-timeout-ms", help="a writer starts at most one commit per this many ms unless its batch is full; "
+                                 "no event waits longer for its commit to begin (default: 40)")
     o("--ring-capacity", help="slots in the shared-memory ring, all lanes together (default: 65536)")
     o("--max-frame-bytes", help="larger ZeroMQ frames are refused (default: 1048576)")
     o("--data-dir", help="state directory: embedded PostgreSQL, default dead-letter and spool dirs "
@@ -74,7 +78,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     o("--simulate-scales", help="also run a simulator of this many scales sending to --bind (default: 0)")
     o("--simulate-rate", help="simulated events per second, all scales together (default: 300)")
     o("--curve-secret-key", metavar="FILE", help="the service's CURVE key pair (a .key_secret file from "
-                                                 "'ingestor keys generate'); with --curve-clients-dir: CURVE on both input endpoints")
+                                                 "'ingestor keys generate'); with --curve-clients-dir: "
+                                                 "CURVE on both input endpoints")
     o("--curve-clients-dir", metavar="DIR", help="directory of the allowed senders' public .key files; "
                                                  "other keys are refused and counted (refused_clients)")
     o("--alibi", metavar="true|false", help="link every stored event into its scale's alibi chain, for weighings "
@@ -372,7 +377,7 @@ def _moment(text: str):
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid time {text!r}: expected YYYY-MM-DD or ISO 8601") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -381,7 +386,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from . import history
 
     setup_logging("warning")
-    until = args.until or dt.datetime.now(dt.timezone.utc)
+    until = args.until or dt.datetime.now(dt.UTC)
     table = _database(lambda: history.history(args.dsn, args.schema, args.scale, args.since, until, args.endpoint))
     if args.json:
         for row in table.to_pylist():

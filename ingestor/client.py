@@ -26,7 +26,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import zmq

@@ -249,7 +249,7 @@ class Keeper:
             base = before.lifetime - (before.persisted if before.ring_id == ring_id else 0) if before else 0
             self._lanes[lane] = LaneCommit(ring_id, position, persisted, base + persisted)
         record = Record(self._database, self.instance, self.schema, clean,
-                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), self._lanes, self.reserved)
+                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), self._lanes, self.reserved)
         try:
             save(self.file, record)
         except OSError as e:

@@ -11,7 +11,7 @@ that does not verify is a configuration error, raised at once
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 

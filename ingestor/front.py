@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -158,7 +158,7 @@ class Front:
             identity, token, frames = message[0], message[1] if len(message) > 1 else b"", message[2:]
             if len(token) > MAX_TOKEN_BYTES:  # §5 v1.1: each event dead-lettered, counted invalid
                 error: str | None = "bad_token"
-                batch.reject_all(frames, lambda raw, index: _bad_token(token, raw, index))
+                batch.reject_all(frames, lambda raw, index: _bad_token(token, raw, index))  # noqa: B023 (called here)
             else:
                 error = None if frames else "no_frames"
                 batch.decode(frames)

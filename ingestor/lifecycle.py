@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 import psycopg
@@ -95,7 +95,7 @@ def run_pass(args: LifecycleArgs, target: archive.Target | None, counters: Count
              today: dt.date | None = None) -> bool:
     """One pass: archive, then retention, counted in ``counters`` (archived_partitions, archive_failures,
     retention_refused). False when the database could not be reached (retried sooner)."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     front = counters.front if counters is not None else None
     try:
         if target is not None and args.archive_after_days:

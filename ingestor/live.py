@@ -145,7 +145,7 @@ def lookup(dsn: str, schema: str, scale_id: int) -> ScaleView:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def static_file(name: str) -> tuple[bytes, str] | None:

@@ -32,8 +32,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
-from typing import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import msgspec
@@ -240,7 +240,7 @@ class Monitoring:
                 "status": "UP" if ok else "DOWN",
                 "batchProcessorRunning": running,
                 "databaseConnected": bool(s and s.database_connected),
-                "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
                 **({} if ok else {"reason": reason}),
             }})
         return self._page(path, s, start_response)

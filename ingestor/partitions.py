@@ -203,7 +203,7 @@ def format_partitions(states: list[PartitionState]) -> str:
         rows = (f"{p.rows:,}" if p.rows is not None
                 else f"~{p.rows_estimate:,}" if p.rows_estimate >= 0 else "?")
         where = p.location or ("-" if p.table_bytes is not None else "")
-        when = p.verified_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if p.verified_at else "-"
+        when = p.verified_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if p.verified_at else "-"
         name = p.partition + ("" if p.table_bytes is not None else " (dropped)")
         lines.append(f"{name:<33} {rows:>12} {mib(p.table_bytes):>9} {mib(p.file_bytes):>9}  {when:<19}  {where}")
     return "\n".join(lines)

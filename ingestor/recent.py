@@ -30,7 +30,7 @@ class RecentEvents:
         self._refused_noted = (0, -REFUSED_NOTE_EVERY_S)  # (refused_clients, monotonic time) when last noted
 
     def remember(self, what: str) -> None:
-        self._events.append(RecentEvent(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), what))
+        self._events.append(RecentEvent(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), what))
 
     def notice(self, f: Figures) -> None:
         """Remember the transitions between the last figures and ``f``."""

@@ -43,8 +43,8 @@ from __future__ import annotations
 import multiprocessing
 import secrets
 import time
+from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
-from typing import Callable
 
 import msgspec
 import numpy as np

@@ -272,7 +272,7 @@ class Sealer:
             if not heads:
                 return None
             self._warn_behind(heads)
-            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
             seal = sign(self.key, self.instance, now, heads)
             failpoint("seal.database", conn)
             conn.execute(INSERT_SQL, (self.instance, now, seal.key_id, msgspec.json.encode(seal).decode()))

@@ -16,9 +16,10 @@ explicitly, and a SIGKILLed tree's blocks are removed at the next start
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
-from typing import Iterator, TypeVar
+from typing import TypeVar
 
 from .errors import SharedMemoryError
 

@@ -169,7 +169,7 @@ class Counters(SharedBlock):
         f.batch_us_total = int(w["batch_us_total"].sum())
         f.average_batch_size = round(persisted / batches, 1) if batches else 0.0
         f.average_batch_ms = round(f.batch_us_total / batches / 1000, 1) if batches else 0.0
-        f.last_persisted_at = (dt.datetime.fromtimestamp(last_commit / 1e9, dt.timezone.utc).isoformat()
+        f.last_persisted_at = (dt.datetime.fromtimestamp(last_commit / 1e9, dt.UTC).isoformat()
                                if last_commit else None)
         f.latency_ms = Latency(percentile_ms(hist, 0.5), percentile_ms(hist, 0.99))
         f.latency_histogram = LatencyHistogram(**histogram_ms(hist))

@@ -35,8 +35,8 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import msgspec
 import numpy as np
@@ -46,16 +46,16 @@ import zmq
 from . import central, child, children, commits, database, leftovers, schema, seals, security
 from .acks import AckTable
 from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
-from .lifecycle import LifecycleArgs
 from .config import Config, without_password
 from .embedded_pg import EmbeddedPostgres
-from .monitoring import Monitoring
-from .recent import RecentEvents
-from .sdnotify import Notifier
 from .errors import IngestorError, SpoolError
 from .failpoints import failpoint
+from .lifecycle import LifecycleArgs
+from .monitoring import Monitoring
 from .protocol import RECORD_DTYPE
+from .recent import RecentEvents
 from .ring import Ring
+from .sdnotify import Notifier
 from .spool import Spool
 from .stats import STATS_REQUEST, Counters, Figures, WriterFigures, acknowledged
 

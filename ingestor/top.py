@@ -17,7 +17,7 @@ import sys
 import termios
 import time
 import tty
-from typing import Iterator
+from collections.abc import Iterator
 
 from rich.console import Console, Group
 from rich.live import Live

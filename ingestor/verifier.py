@@ -35,8 +35,9 @@ import itertools
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import psycopg
@@ -187,7 +188,7 @@ def _stored(conn: psycopg.Connection, since: dt.datetime | None, until: dt.datet
                                 "WHERE i.inhparent = 'weighing_logs'::regclass"):
         day = _day_of(name)
         if day is not None:
-            lo = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+            lo = dt.datetime.combine(day, dt.time(), dt.UTC)
             if (until is None or lo < until) and (since is None or lo + dt.timedelta(days=1) > since):
                 pieces.append(((day - _EPOCH).days, name, window))
             continue

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -21,7 +21,7 @@ ODD_VALUES = ["", "0", "12.50", "kg", "°C", "a,b", 'say "hi"', "line\nbreak", "
 
 
 def past_day(days_ago: int) -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days_ago)
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days_ago)
 
 
 def partition_name(day: dt.date) -> str:
@@ -34,7 +34,7 @@ def fill_day(conn: psycopg.Connection, day: dt.date, scales: int = 7, per_scale:
     Rows are stored out of (scale, time) order, with NULL fields and ODD_VALUES; the even scales' rows carry
     alibi record numbers and links (migration 010), the odd ones' NULLs (written with the chain off).
     """
-    start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
     name = partition_name(day)
     conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF weighing_logs "
                  f"FOR VALUES FROM ('{start.isoformat()}') TO ('{(start + dt.timedelta(days=1)).isoformat()}')")
@@ -57,7 +57,7 @@ def fill_day(conn: psycopg.Connection, day: dt.date, scales: int = 7, per_scale:
 
 def rows_of_day(conn: psycopg.Connection, day: dt.date) -> list[tuple]:
     """The day's rows as the archive holds them: data fields as their val strings, ordered by id."""
-    start = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
     return conn.execute(
         "SELECT id, scale_id, seq, measured_at, created_at, data_1->>'val', data_2->>'val', data_3->>'val', "
         "data_4->>'val', data_5->>'val', record_no, encode(link, 'hex') FROM weighing_logs "
@@ -94,7 +94,7 @@ def s3_server() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 mp.undo()
-                raise RuntimeError(f"moto_server did not start on port {port}")
+                raise RuntimeError(f"moto_server did not start on port {port}") from None
             time.sleep(0.1)
     try:
         yield url

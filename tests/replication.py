@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import psycopg
 

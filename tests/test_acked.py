@@ -117,7 +117,7 @@ def test_sender_that_drops_replies_and_resends_stores_each_event_once(service_fa
         for token in sorted(unacked):
             sender.send(token, messages[token])
             sends += 1
-        for token, reply in sender.replies(0.3):
+        for token, _reply in sender.replies(0.3):
             if hash(token) % 3 == 0 and sends < 3 * len(messages):
                 continue  # this reply is "lost": the message goes out again
             unacked.discard(token)

@@ -7,9 +7,9 @@ import hashlib
 import time
 
 import msgspec
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import numpy as np
 
 from ingestor import alibi, copy_payload
 from ingestor.protocol import Event, RecordBuilder

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import msgspec
 import numpy as np
@@ -25,9 +25,10 @@ from ingestor import commits, seals, verifier
 from ingestor.chains import Chains, Reservation
 from ingestor.stats import FRONT_DTYPE
 
-from .test_commits import cold_copy, put_back
 from .fix_pg import database_from
-from .test_verifier import events as plant_events, two_writers, write
+from .test_commits import cold_copy, put_back
+from .test_verifier import events as plant_events
+from .test_verifier import two_writers, write
 from .test_verifier_tamper import Case, Plant
 
 pytestmark = pytest.mark.slow

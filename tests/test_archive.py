@@ -165,7 +165,7 @@ def test_s3_target_archives_reads_back_and_retires_against_a_local_s3_server(dsn
             tuple(x) for x in rows_of_day(conn, day)]
     expected = conn.execute("SELECT id FROM weighing_logs WHERE scale_id = 3 ORDER BY measured_at, seq").fetchall()
     assert partitions.retire(dsn, "public", past_day(1), target).dropped == [(partition_name(day), 280)]
-    since = dt.datetime.combine(past_day(3), dt.time(), dt.timezone.utc)
+    since = dt.datetime.combine(past_day(3), dt.time(), dt.UTC)
     rows = history.history(dsn, "public", 3, since, since + dt.timedelta(days=3), endpoint=s3_server)
     assert rows.column("id").to_pylist() == [i for (i,) in expected] and len(expected) == 40  # read back from S3
 
@@ -198,7 +198,7 @@ def test_bad_targets_are_refused_naming_the_value(uri, endpoint, message):
 def test_checksums_of_postgresql_and_duckdb_agree_on_each_kind_of_value(dsn, conn, tmp_path):
     day = past_day(2)
     fill_day(conn, day, scales=3, per_scale=30)
-    lo = dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    lo = dt.datetime.combine(day, dt.time(), dt.UTC)
     rows, checksum, _ = conn.execute(archive.CHECKSUM_PG, {"lo": lo, "hi": lo + dt.timedelta(days=1)}).fetchone()
     a = archive.archive_partition(conn, archive.Target(str(tmp_path)), partition_name(day), day)
     assert (a.rows, a.checksum) == (rows, checksum)

@@ -100,7 +100,8 @@ def test_invalid_environment_value_names_the_variable():
 def test_config_show_prints_every_option_with_its_source(tmp_path):
     f = tmp_path / "ingestor.toml"
     f.write_text('batch_size = 100\n')
-    r = ingestor("config", "show", "--config", str(f), "--writers", "3", env={**os.environ, "INGESTOR_SPOOL_MAX_BYTES": "2097152"})
+    r = ingestor("config", "show", "--config", str(f), "--writers", "3",
+                 env={**os.environ, "INGESTOR_SPOOL_MAX_BYTES": "2097152"})
     assert r.returncode == 0, r.stderr
     lines = {line.split()[1 if line.startswith("#") else 0]: line for line in r.stdout.splitlines()}
     assert set(lines) == set(config.FIELDS)

@@ -46,8 +46,8 @@ def test_copy_stores_instants_whatever_the_offset(conn):
     conn.execute("SET TimeZone = 'America/New_York'")  # the session zone must not matter
     rows = conn.execute("SELECT measured_at, created_at FROM weighing_logs ORDER BY scale_id").fetchall()
     assert rows[0][0] == local
-    assert rows[1][0] == dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    assert rows[0][1] == dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
+    assert rows[1][0] == dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    assert rows[0][1] == dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
 
 
 def test_copy_of_many_rows_matches_row_by_row(conn):
@@ -61,4 +61,4 @@ def test_copy_of_many_rows_matches_row_by_row(conn):
 def test_rows_land_in_the_partition_of_their_created_day(conn):
     copy(conn, build([Event(scale_id=1, seq=1, ts=0)]))
     part = conn.execute("SELECT tableoid::regclass::text FROM weighing_logs").fetchone()[0]
-    assert part == "weighing_logs_p" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    assert part == "weighing_logs_p" + dt.datetime.now(dt.UTC).strftime("%Y%m%d")

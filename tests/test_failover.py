@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import msgspec
 import psycopg

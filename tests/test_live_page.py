@@ -12,8 +12,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import msgspec
 import pytest
@@ -146,7 +146,7 @@ def test_the_scale_lookup_finds_a_scale_just_sent_with_its_alibi_record_numbers(
     page.get(f"http://{svc.http}/")
     for text, want in (("4242", None), ("99999", "scale 99999 has sent nothing yet")):
         look_up(page, text)
-        wait_page(page, lambda: page_text(page, "scale-latest").startswith(f"scale {text}"), f"scale {text}")
+        wait_page(page, lambda: page_text(page, "scale-latest").startswith(f"scale {text}"), f"scale {text}")  # noqa: B023
         if want:
             assert page_text(page, "scale-latest") == want
             assert not page.find_element("id", "scale-weighings").is_displayed()

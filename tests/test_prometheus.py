@@ -20,8 +20,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import msgspec
 import psycopg
@@ -139,7 +139,7 @@ def resolve(expr: str, base: str) -> str:
     """``expr`` with the dashboard's variables replaced as Grafana would: every ingestor chosen ("All")."""
     names = prom_get(base, "/api/v1/label/ingestor_instance/values", **{"match[]": "ingestor_info"})
     chosen = "|".join(re.escape(n).replace("\\", "\\\\") for n in names)
-    targets = prom_get(base, "/api/v1/series", **{"match[]": 'ingestor_info{ingestor_instance=~"%s"}' % chosen})
+    targets = prom_get(base, "/api/v1/series", **{"match[]": f'ingestor_info{{ingestor_instance=~"{chosen}"}}'})
     # a regex inside a PromQL string: its backslashes doubled, as Grafana writes a multi-value variable
     instances = "|".join(re.escape(s["instance"]).replace("\\", "\\\\") for s in targets)
     assert names and instances, "ingestor_info carries no ingestor_instance"

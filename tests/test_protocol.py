@@ -57,8 +57,8 @@ def test_first_byte_selects_json_or_msgpack():
 
 
 @pytest.mark.parametrize("ts,expected_us", [
-    ("2026-01-02T03:04:05.123456+02:00", int(dt.datetime(2026, 1, 2, 1, 4, 5, 123456, dt.timezone.utc).timestamp() * 1e6)),
-    ("2026-01-02T03:04:05Z", int(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc).timestamp() * 1e6)),
+    ("2026-01-02T03:04:05.123456+02:00", int(dt.datetime(2026, 1, 2, 1, 4, 5, 123456, dt.UTC).timestamp() * 1e6)),
+    ("2026-01-02T03:04:05Z", int(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC).timestamp() * 1e6)),
     (1767322800000, 1767322800000 * 1000),
 ])
 def test_ts_as_rfc3339_with_offset_or_epoch_ms(ts, expected_us):
@@ -68,7 +68,7 @@ def test_ts_as_rfc3339_with_offset_or_epoch_ms(ts, expected_us):
 
 
 def test_ts_as_msgpack_timestamp_extension():
-    when = dt.datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)
     _, recs, rejected = decode(m(ev(ts=when)))
     assert not rejected
     assert int(recs[0]["measured_us"]) == int(when.timestamp() * 1_000_000)

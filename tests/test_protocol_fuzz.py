@@ -7,7 +7,8 @@ import math
 import time
 
 import msgspec
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ingestor import protocol
 from ingestor.protocol import MAX_EVENTS_PER_FRAME, PLAUSIBLE_SINCE_MS, RecordBuilder, decode_frame

@@ -40,7 +40,7 @@ def test_two_instances_with_writers_killed_after_commit_each_count_their_own_eve
     # Both instances' lane 0 commits; each instance's first committing writer dies between COMMIT
     # and releasing its records. Its successor must find *its* checkpoint, not the other's.
     services, replies = {}, {}
-    for name, first_scale in (("plant-a", 1), ("plant-b", 101)):
+    for name in ("plant-a", "plant-b"):
         state = tmp_path / f"failpoints-{name}"
         state.mkdir()
         services[name] = service_factory("--dsn", dsn, "--writers", "2", box=name, env={

@@ -20,7 +20,7 @@ def partitions(conn) -> list[str]:
 
 def test_partitions_are_created_the_given_days_ahead(conn):
     schema.ensure_partitions(conn, 20)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     names = partitions(conn)
     assert f"weighing_logs_p{today + dt.timedelta(days=20):%Y%m%d}" in names
     assert f"weighing_logs_p{today + dt.timedelta(days=21):%Y%m%d}" not in names
@@ -38,7 +38,7 @@ def test_retention_drops_whole_old_days_with_their_rows_and_their_dedup_claims_a
     conn.execute("INSERT INTO ingestor_claim_runs VALUES (4, 0, 7)")  # scale 4: 0..4 stored earlier, since dropped
     before = partitions(conn)
     assert schema.drop_partitions_before(conn, dt.date(2020, 1, 1)) == 0  # the cutoff day itself is kept
-    assert schema.drop_partitions_before(conn, dt.datetime.now(dt.timezone.utc).date()) == 1
+    assert schema.drop_partitions_before(conn, dt.datetime.now(dt.UTC).date()) == 1
     assert partitions(conn) == [p for p in before if p != "weighing_logs_p20200101"]
     assert conn.execute("SELECT array_agg((scale_id, seq) ORDER BY scale_id, seq)::text FROM weighing_logs").fetchone()[0] == \
         '{"(1,10)","(1,11)","(1,12)","(1,13)","(1,14)","(3,1)","(4,10)","(4,12)"}'

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +79,8 @@ def test_a_scale_written_by_both_writers_is_stored_once_with_its_latest_state(se
     assert conn.execute("SELECT count(*), count(DISTINCT (scale_id, seq)) FROM weighing_logs").fetchone() == (520, 520)
     assert conn.execute("SELECT scale_id, seq, data_1->>'val' FROM scale_current_states WHERE scale_id <= 3 "
                         "ORDER BY 1").fetchall() == [(1, 59, "1-59"), (2, 59, "2-59"), (3, 49, "3-49")]
-    assert conn.execute("SELECT scale_id, first_seq, last_seq FROM ingestor_claims WHERE scale_id <= 2 ORDER BY 1").fetchall() == [(1, 0, 59), (2, 0, 59)]
+    assert conn.execute("SELECT scale_id, first_seq, last_seq FROM ingestor_claims WHERE scale_id <= 2 ORDER BY 1"
+                        ).fetchall() == [(1, 0, 59), (2, 0, 59)]
     assert svc.terminate() == 0
 
 

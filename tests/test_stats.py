@@ -4,7 +4,7 @@ in every snapshot, even when events move on between the reads of one snapshot.""
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

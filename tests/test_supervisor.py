@@ -92,7 +92,7 @@ def test_a_child_that_keeps_dying_is_restarted_with_a_doubling_backoff(service_f
     for restarts in range(1, 4):
         pid = svc.stats()["writers"][0]["pid"]
         os.kill(pid, signal.SIGKILL)
-        svc.wait_for(lambda s: s["writers"][0]["alive"] and s["writers"][0]["pid"] != pid, timeout_s=30)
+        svc.wait_for(lambda s: s["writers"][0]["alive"] and s["writers"][0]["pid"] != pid, timeout_s=30)  # noqa: B023
         assert svc.stats()["writers"][0]["restarts"] == restarts
     delays = re.findall(r"Restarting writer-0 in ([\d.]+) s \(restart (\d)\)", svc.output())
     assert delays == [("0.5", "1"), ("1.0", "2"), ("2.0", "3")]

@@ -12,9 +12,9 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -196,7 +196,7 @@ def test_a_time_range_and_one_scale_verify_what_they_hold(chained, dsn, conn):
 def two_days(ring, dsn, conn, tmp_path, monkeypatch) -> str:
     """Records 1..2 of each scale written 30 days ago (its day partition made), 3..4 today; returns the old day's
     partition."""
-    old = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=30)
+    old = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)
     name = f"weighing_logs_p{old:%Y%m%d}"
     conn.execute(f"CREATE TABLE {name} PARTITION OF weighing_logs FOR VALUES FROM "
                  f"('{old}'::timestamp AT TIME ZONE 'UTC') TO (('{old}'::date + 1)::timestamp AT TIME ZONE 'UTC')")

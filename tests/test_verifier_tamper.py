@@ -20,8 +20,9 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import psycopg
@@ -291,14 +292,14 @@ SEAL_CASES: dict[str, tuple[Callable[[Case], None], list[str]]] = {
     "a seal inserted into the database": (lambda c: c.conn.execute(
         "INSERT INTO ingestor_seals (instance, sealed_at, key_id, seal) SELECT instance, sealed_at + interval '1 s', "
         "key_id, replace(seal, '[3,70,', '[3,71,') FROM ingestor_seals WHERE id = 2"), ["forged"]),
-    "a head edited in the file": (lambda c: _edit_line(c.seal_file, 1, lambda l: l.replace(b"[3,40,", b"[3,39,")),
+    "a head edited in the file": (lambda c: _edit_line(c.seal_file, 1, lambda line: line.replace(b"[3,40,", b"[3,39,")),
                                   ["forged"]),
     "signature edited in the file": (lambda c: _edit_line(
-        c.seal_file, 2, lambda l: _flip_signature(l.decode()).encode()), ["forged"]),
+        c.seal_file, 2, lambda line: _flip_signature(line.decode()).encode()), ["forged"]),
     # an unreadable line cannot be matched to the seal it replaced: it and that seal's absence are both named
-    "a line of the file not JSON": (lambda c: _edit_line(c.seal_file, 1, lambda l: b"{" + l), ["forged", "unfiled"]),
+    "a line of the file not JSON": (lambda c: _edit_line(c.seal_file, 1, lambda line: b"{" + line), ["forged", "unfiled"]),
     "the file's last line torn": (lambda c: c.seal_file.write_bytes(c.seal_file.read_bytes()[:-40]), ["unfiled"]),
-    "the file's first line dropped": (lambda c: _edit_line(c.seal_file, 1, lambda l: b""), ["unfiled"]),
+    "the file's first line dropped": (lambda c: _edit_line(c.seal_file, 1, lambda line: b""), ["unfiled"]),
     "the file emptied": (lambda c: c.seal_file.write_bytes(b""), ["unfiled", "unfiled"]),
 }
 
@@ -371,7 +372,7 @@ def test_random_changes_are_never_verified_and_never_crash_the_verifier(plant, p
         report = verifier.verify(db.dsn, "public", public_keys=[seals.load_public(plant.public_key)],
                                  seal_file=plant.seal_file)
         assert (report.findings != []) == changed, (changes, report.findings)
-        for what, k, _, _ in changes:
+        for _, k, _, _ in changes:
             shown = verifier.show(db.dsn, "public", S, k, [seals.load_public(plant.public_key)], plant.seal_file)
             assert shown is None or isinstance(shown.intact, bool)
 
@@ -439,8 +440,8 @@ ARCHIVE_CASES = {
     "record_no": (_set("record_no", None), ("moved", (2,))),
     "link": (_set("link", "00" * 32), ("changed", (2,))),
     "link not hex": (_set("link", "zz"), ("changed", (2,))),
-    "measured_at": (_set("measured_at", dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc)), ("changed", (2,))),
-    "created_at": (_set("created_at", dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc)), ("changed", (2,))),
+    "measured_at": (_set("measured_at", dt.datetime(2001, 1, 1, tzinfo=dt.UTC)), ("changed", (2,))),
+    "created_at": (_set("created_at", dt.datetime(2001, 1, 1, tzinfo=dt.UTC)), ("changed", (2,))),
     "a row deleted": (_drop(1), ("deleted", (1,))),
     "a row duplicated": (_copy(2), ("inserted", None)),
 }

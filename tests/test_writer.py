@@ -173,7 +173,7 @@ def test_a_small_batch_in_one_statement_stores_what_copy_stores(ring, dsn, conn,
     taken = _paths_taken(monkeypatch)
     texts = ['12.5 "kg"', "back\\slash", "21.4 °C", "\t tab \n", "x" * 64, "", None]
     events = lambda base: [  # noqa: E731
-        Event(scale_id=base + i % 3, seq=i // 3, ts=dt.datetime(2026, 11, 25, 10, 0, 7 - i, 123456, dt.timezone.utc),
+        Event(scale_id=base + i % 3, seq=i // 3, ts=dt.datetime(2026, 11, 25, 10, 0, 7 - i, 123456, dt.UTC),
               **{f"data_{k + 1}": texts[(i + k) % len(texts)] for k in range(5)})
         for i in range(8)
     ]
