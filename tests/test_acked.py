@@ -55,6 +55,7 @@ class AckedSender:
         self.ctx.term()
 
 
+@pytest.mark.promise
 def test_acked_reply_comes_only_after_the_events_are_committed(service_factory, dsn, conn):
     svc = service_factory("--dsn", dsn, "--writers", "2")
     svc.wait_ready()
@@ -129,6 +130,7 @@ def test_sender_that_drops_replies_and_resends_stores_each_event_once(service_fa
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_sigkill_of_the_whole_tree_never_loses_an_acknowledged_event(service_factory, dsn, conn):
     shm_before = set(os.listdir("/dev/shm"))
     svc = service_factory("--dsn", dsn, "--writers", "2", "--batch-timeout-ms", "20")

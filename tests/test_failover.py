@@ -53,6 +53,7 @@ def get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+@pytest.mark.promise
 @pytest.mark.parametrize("replicated", ["async"], indirect=True)
 def test_async_failover_counts_logs_and_reports_the_commits_the_promoted_standby_lacks(replicated, service_factory):
     svc = service_factory("--dsn", replicated.dsn, "--writers", "2", "--batch-timeout-ms", "20")

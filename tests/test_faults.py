@@ -109,6 +109,7 @@ def test_full_ring_and_spool_stop_reading_then_lose_nothing(service_factory, own
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_sigterm_while_database_is_down_keeps_events_in_spool_for_next_start(service_factory, own_pg):
     svc = service_factory("--dsn", own_pg.dsn, "--writers", "2")
     svc.wait_ready()

@@ -87,6 +87,7 @@ def test_metrics_and_seed_endpoints_report_what_the_service_did(service_factory,
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_health_is_503_with_a_reason_while_the_database_is_unreachable(service_factory, own_pg):
     svc = service_factory("--dsn", own_pg.dsn, "--writers", "1", "--batch-timeout-ms", "20")
     svc.wait_ready()

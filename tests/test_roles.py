@@ -19,6 +19,7 @@ ROLES_SQL = (Path(__file__).resolve().parent.parent / "sql" / "roles.sql").read_
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.promise
 def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(service_factory, dsn, conn, pg_server,
                                                                                 tmp_path):
     conn.execute("SET search_path TO public")

@@ -92,6 +92,7 @@ def test_two_instances_with_writers_killed_after_commit_each_count_their_own_eve
         assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_a_sender_on_two_instances_loses_no_acknowledged_event_when_one_is_sigkilled_mid_stream(
         service_factory, dsn, conn):
     # Both instances get messages of the same 20 scales (ZeroMQ spreads them), so their writers

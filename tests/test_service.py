@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 from .checker import identity_holds  # noqa: F401  (imported from here by the older test modules)
 
 
+@pytest.mark.promise
 def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_factory, dsn, conn):
     svc = service_factory("--dsn", dsn, "--writers", "2")
     svc.wait_ready()
@@ -42,6 +43,7 @@ def test_300_scales_x_50_events_are_stored_exactly_with_latest_states(service_fa
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_resent_frames_are_duplicates_also_after_a_restart(service_factory, dsn, conn):
     run = dict(scales=30, rate=0, events=600, start_ms=1_700_000_000_000)
     svc = service_factory("--dsn", dsn, "--writers", "2")
@@ -84,6 +86,7 @@ def test_a_scale_written_by_both_writers_is_stored_once_with_its_latest_state(se
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_invalid_frames_are_dead_lettered_and_the_counts_add_up(service_factory, dsn, conn):
     svc = service_factory("--dsn", dsn, "--writers", "1")
     svc.wait_ready()
@@ -106,6 +109,7 @@ def test_invalid_frames_are_dead_lettered_and_the_counts_add_up(service_factory,
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_sigterm_writes_everything_already_accepted(service_factory, dsn, conn):
     # a long batch timeout keeps the accepted events in the ring until SIGTERM
     svc = service_factory("--dsn", dsn, "--writers", "2",
@@ -121,6 +125,7 @@ def test_sigterm_writes_everything_already_accepted(service_factory, dsn, conn):
     assert "Drained: 5000 events persisted" in svc.output()
 
 
+@pytest.mark.promise
 def test_killed_writer_is_restarted_and_nothing_is_lost(service_factory, dsn, conn):
     import os
 
@@ -135,6 +140,7 @@ def test_killed_writer_is_restarted_and_nothing_is_lost(service_factory, dsn, co
     assert svc.terminate() == 0
 
 
+@pytest.mark.promise
 def test_main_job_runs_on_embedded_postgres_and_stops_it_leaving_nothing_behind(tmp_path):
     # not tmp_path: when the tests run as root the cluster runs as postgres, which cannot enter pytest's 0700 dirs
     data_dir = Path(tempfile.mkdtemp(prefix="ingestor-test-embedded-"))

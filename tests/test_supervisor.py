@@ -58,6 +58,7 @@ def test_immediate_stop_kills_the_children_and_the_next_start_replays_the_ring(s
     assert again.terminate() == 0
 
 
+@pytest.mark.promise
 def test_whole_tree_sigkill_keeps_the_spool_and_replays_it_before_new_frames(service_factory, dsn, tmp_path):
     svc = stalled_service(service_factory, dsn, tmp_path, "--ring-capacity", "512")
     svc.wait_ready()
