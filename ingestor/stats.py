@@ -8,6 +8,7 @@ the ring, so a writer's counts survive its crash and restart.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import typing
@@ -223,6 +224,27 @@ def histogram_ms(hist: np.ndarray) -> dict[str, list]:
 
 
 # -- the figures ------------------------------------------------------------------
+
+
+class RateWindow:
+    """``events_per_s`` of docs/operations.md#stats: persisted events over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, persisted: int) -> None:
+        """One sample: ``now`` on the monotonic clock (s), the ``persisted`` count then."""
+        self._samples.append((now, persisted))
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+
+    def events_per_s(self) -> float:
+        """Events/s, rounded to 0.1; 0.0 before two samples."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, p0), (t1, p1) = self._samples[0], self._samples[-1]
+        return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
 
 
 def _counter(doc: str) -> msgspec.Meta:

@@ -26,7 +26,6 @@ Stopping (the phases of :class:`Phase`):
 
 from __future__ import annotations
 
-import collections
 import enum
 import errno
 import logging
@@ -55,15 +54,15 @@ from .monitoring import Monitoring
 from .protocol import RECORD_DTYPE
 from .recent import RecentEvents
 from .ring import Ring
+from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, Figures, WriterFigures, acknowledged
+from .stats import STATS_REQUEST, Counters, Figures, RateWindow, WriterFigures, acknowledged
 
 log = logging.getLogger(__name__)
 
 LOOP_WAKE_S = 1.0  # the loop runs at least this often
 RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
-RATE_WINDOW_S = 10.0  # events_per_s is measured over this window (docs/operations.md#stats)
 PARTITION_CHECK_EVERY_S = 3600.0
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
@@ -116,6 +115,34 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.exitcode is None
 
+    @property
+    def pid(self) -> int:
+        """The live process's pid; 0 when none runs."""
+        return (self.process.pid or 0) if self.process is not None and self.alive() else 0
+
+    def start(self, ctx: multiprocessing.context.SpawnContext, log_level: str, instance: str) -> None:
+        """Start a new process running :func:`ingestor.child.main` with ``args`` (signals blocked until its
+        handlers are in)."""
+        process = ctx.Process(target=child.main, args=(self.args, log_level, instance), name=self.name, daemon=False)
+        with _signals_blocked():
+            process.start()
+        self.process = process
+        self.started_at = time.monotonic()
+        log.debug("Spawned %s (pid %d)", self.name, process.pid)
+
+    def terminate(self) -> None:
+        """SIGTERM: the child finishes what it holds and exits."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def join(self, timeout_s: float) -> None:
+        if self.process is not None:
+            self.process.join(timeout_s)
+
 
 class Supervisor:
     """Runs the service described by ``config``; :meth:`run` returns the exit code."""
@@ -137,21 +164,33 @@ class Supervisor:
         self.zmq = zmq.Context()
         self.stats_sock: zmq.Socket | None = None
         self._wakeup_r = self._wakeup_w = -1
-        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.rate = RateWindow()
         self.recent = RecentEvents()  # what an operator should see in `ingestor top`
         self._batches_logged = 0  # writers' batches counted by the last [RATE] line
         self._told_dsn: str | None = None
-        self._last_rate_log = self._last_partition_check = time.monotonic()
         self.sealer: seals.Sealer | None = None
         self.commits = commits.Keeper(config.data_dir, config.instance, config.schema, config.alibi)
-        self._last_commit_record = time.monotonic()
         self._commit_check_failing = False
-        self._last_seal = float("-inf")  # the first tick seals: the heads as this run found them
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
         self._halt_reason: str | None = None
         self.notifier = Notifier()
-        self._last_watchdog = 0.0
+        self.figures = Figures()  # the last tick's
+        self.scheduler = self.schedule()
+
+    def schedule(self) -> Scheduler:
+        """The loop's periodic work (:mod:`ingestor.scheduler`)."""
+        tasks = Scheduler()
+        tasks.every("rate line", RATE_LOG_EVERY_S, self.log_rate)
+        tasks.every("commits", commits.RECORD_EVERY_S, self.record_commits)
+        tasks.every("partitions", PARTITION_CHECK_EVERY_S, self.maintain_partitions)
+        # the first seal at once: the heads as this run found them
+        tasks.every("seal", self.config.seal_interval_s, self.seal_heads, first_s=0,
+                    when=lambda: self.sealer is not None and self.phase is Phase.RUNNING)
+        if self.notifier.watchdog_interval_s:  # systemd's WatchdogSec=: a hung loop stops the pings
+            tasks.every("watchdog", self.notifier.watchdog_interval_s, lambda: self.notifier.notify("WATCHDOG=1"),
+                        first_s=0)
+        return tasks
 
     # -- the loop -------------------------------------------------------------
 
@@ -169,7 +208,6 @@ class Supervisor:
                 if code is not None:
                     return code
                 figures = self.tick()
-                self.watchdog()
                 if self.monitoring is not None:
                     self.monitoring.update(figures)
         except IngestorError as e:
@@ -342,14 +380,7 @@ class Supervisor:
     # -- children ---------------------------------------------------------------
 
     def spawn(self, c: Child) -> None:
-        process = self.ctx.Process(
-            target=child.main, args=(c.args, self.config.log_level, self.config.instance), name=c.name, daemon=False
-        )
-        with _signals_blocked():
-            process.start()
-        c.process = process
-        c.started_at = time.monotonic()
-        log.debug("Spawned %s (pid %d)", c.name, process.pid)
+        c.start(self.ctx, self.config.log_level, self.config.instance)
 
     def reap_children(self) -> None:
         """Notice children that ended; log how, and schedule their respawn."""
@@ -421,7 +452,7 @@ class Supervisor:
             if front.alive():
                 if now > self._front_deadline:
                     log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
-                    os.kill(front.process.pid, signal.SIGKILL)
+                    front.kill()
                 return None
             failpoint("supervisor.drain")
             self.ring.draining = True
@@ -490,8 +521,7 @@ class Supervisor:
             if c is None:
                 continue
             c.wanted = False
-            if c.alive():
-                os.kill(c.process.pid, signal.SIGTERM)
+            c.terminate()
 
     def stop_immediately(self) -> int:
         """SIGKILL every child; keep what the ring holds in the spool; exit code 1."""
@@ -502,54 +532,38 @@ class Supervisor:
     def kill_children(self) -> None:
         for c in self.children:
             c.wanted = False
-            if c.alive():
-                os.kill(c.process.pid, signal.SIGKILL)
+            c.kill()
         for c in self.children:
-            if c.process is not None:
-                c.process.join(5)
+            c.join(5)
 
     # -- periodic work ------------------------------------------------------------
 
     def tick(self) -> Figures:
         """The loop's periodic work; returns fresh figures."""
-        now = time.monotonic()
-        figures = self.snapshot()
+        figures = self.figures = self.snapshot()
         self.recent.notice(figures)
-        self._rate_samples.append((now, figures.persisted))
-        while self._rate_samples and now - self._rate_samples[0][0] > RATE_WINDOW_S:
-            self._rate_samples.popleft()
-        if now - self._last_rate_log >= RATE_LOG_EVERY_S:
-            self._last_rate_log = now
-            s = figures
-            # the summary of the per-batch lines (at DEBUG: ~25 a second at full speed flood a journal)
-            batches = sum(w.batches for w in s.writers)
-            done, self._batches_logged = batches - self._batches_logged, batches
-            log.info("[RATE] %.1f events/s; %d batches since the last line (average %.0f events, %.0f ms); "
-                     "%d persisted, %d pending, %d invalid, ring %d/%d", s.events_per_s, done, s.average_batch_size,
-                     s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
-            self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
-                                 f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
+        self.rate.add(time.monotonic(), figures.persisted)
         if not self.commits.checked or (self.commits.skipped and self.sealer is not None):
             self.check_commits()
-        elif now - self._last_commit_record >= commits.RECORD_EVERY_S or self.commits.wants_reserve(self.numbers_used()):
-            self.record_commits()
-        if now - self._last_partition_check >= PARTITION_CHECK_EVERY_S:
-            self._last_partition_check = now
-            self.maintain_partitions()
-        if self.sealer is not None and self.phase is Phase.RUNNING and now - self._last_seal >= self.config.seal_interval_s:
-            self.seal_heads()
+        elif self.commits.wants_reserve(self.numbers_used()):
+            self.scheduler["commits"].wake()
+        self.scheduler.run_due()
         if self.config.run_seconds and self.phase is Phase.RUNNING and time.time() - self.started >= self.config.run_seconds:
             log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
             self.begin_drain()
         return figures
 
-    def watchdog(self) -> None:
-        """Ping systemd's watchdog (WatchdogSec=) from the loop: a hung loop stops the pings."""
-        interval = self.notifier.watchdog_interval_s
-        now = time.monotonic()
-        if interval and now - self._last_watchdog >= interval:
-            self._last_watchdog = now
-            self.notifier.notify("WATCHDOG=1")
+    def log_rate(self) -> None:
+        """The [RATE] line, the summary of the per-batch lines (at DEBUG: ~25 a second at full speed flood a
+        journal), and systemd's STATUS=."""
+        s = self.figures
+        batches = sum(w.batches for w in s.writers)
+        done, self._batches_logged = batches - self._batches_logged, batches
+        log.info("[RATE] %.1f events/s; %d batches since the last line (average %.0f events, %.0f ms); "
+                 "%d persisted, %d pending, %d invalid, ring %d/%d", s.events_per_s, done, s.average_batch_size,
+                 s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
+        self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
+                             f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
 
     def check_commits(self) -> None:
         """Compare the last run's record of its commits with the database (:mod:`ingestor.commits`); a loss found
@@ -578,7 +592,7 @@ class Supervisor:
         """Keep each lane's last acknowledged commit, and the record numbers reserved, on disk
         (:mod:`ingestor.commits`); the writers may use the numbers once the record holding them is written (or its
         failure logged: the plant's measurements come first)."""
-        self._last_commit_record = time.monotonic()
+        self.scheduler["commits"].postpone()
         self.commits.keep(self.ring.spec.ring_id, [acknowledged(w) for w in self.counters.writers], clean,
                           self.numbers_used())
         self.counters.front["records_reserved"] = self.commits.reserved
@@ -598,7 +612,7 @@ class Supervisor:
     def seal_heads(self) -> bool:
         """Seal every scale's chain head (docs/alibi.md); a failure is logged, counted and tried again next interval.
         Returns whether the seal was stored (or there was no chain to seal)."""
-        self._last_seal = time.monotonic()
+        self.scheduler["seal"].postpone()
         front = self.counters.front
         try:
             seal = self.sealer.seal()
@@ -614,12 +628,6 @@ class Supervisor:
         return True
 
     # -- stats ----------------------------------------------------------------------
-
-    def events_per_s(self) -> float:
-        if len(self._rate_samples) < 2:
-            return 0.0
-        (t0, p0), (t1, p1) = self._rate_samples[0], self._rate_samples[-1]
-        return round((p1 - p0) / (t1 - t0), 1) if t1 > t0 else 0.0
 
     def notice_ready(self) -> None:
         """Starting → running once the front listens: then senders' frames are read (systemd READY=1)."""
@@ -639,12 +647,12 @@ class Supervisor:
         if self.counters is None:
             return f
         f.ring_capacity = self.ring.capacity
-        f.events_per_s = self.events_per_s()
+        f.events_per_s = self.rate.events_per_s()
         f.database_connected = self.database_connected()
         if self.central_lag is not None and (lag := self.central_lag.latest) is not None:
             f.central_lag_bytes = lag.lag_bytes
             f.central_stalled_s, f.central_syncing_tables = self.central_lag.stalled_s, lag.syncing_tables
-        f.writers = [WriterFigures(pid=c.process.pid if c.alive() else 0, alive=c.alive(), restarts=c.restarts,
+        f.writers = [WriterFigures(pid=c.pid, alive=c.alive(), restarts=c.restarts,
                                    persisted=0, batches=0, last_batch_ms=0.0) for c in self.writers]
         return self.counters.read_into(f, self.ring.used)
 
@@ -664,8 +672,8 @@ class Supervisor:
     def cleanup(self) -> None:
         for c in self.children:
             if c.alive():
-                os.kill(c.process.pid, signal.SIGKILL)
-                c.process.join(5)
+                c.kill()
+                c.join(5)
         if self.counters is not None:  # the figures of docs/operations.md#stats outlive the stats socket in the log
             s = self.snapshot()
             log.info("Final counts: %s", " ".join(f"{k}={getattr(s, k)}" for k in FINAL_COUNTS))

@@ -57,3 +57,18 @@ def test_a_snapshot_never_misses_an_event_that_moves_on_while_it_is_taken(counte
     f = counters.read_into(Figures(writers=[WriterFigures(1, True, 0, 0, 0, 0.0)]), ring_used)
     assert identity(f) <= 0, f"{-identity(f) if identity(f) < 0 else identity(f)} events missing: {f}"
     assert f.pending + f.persisted >= RECEIVED
+
+
+def test_events_per_s_is_measured_over_the_window_only():
+    from ingestor.stats import RateWindow
+
+    rate = RateWindow(window_s=10.0)
+    assert rate.events_per_s() == 0.0
+    rate.add(100.0, 0)
+    assert rate.events_per_s() == 0.0  # one sample: no rate yet
+    rate.add(105.0, 5000)
+    assert rate.events_per_s() == 1000.0
+    rate.add(120.0, 5300)  # the samples older than 10 s are gone: only the last one is left
+    assert rate.events_per_s() == 0.0
+    rate.add(122.0, 5900)
+    assert rate.events_per_s() == 300.0
