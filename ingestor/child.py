@@ -13,14 +13,14 @@ so a SIGKILLed supervisor leaves no orphans running.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import sys
 
-from .children import ChildArgs, FrontArgs, SimulatorArgs, WriterArgs
 from .errors import BootError
-from .lifecycle import LifecycleArgs
+from .roles import ChildArgs
 
 # Named exit codes (gunicorn's WORKER_BOOT_ERROR idea): the supervisor halts
 # instead of restarting a child that can never boot.
@@ -52,7 +52,7 @@ class StopFlag:
 
 
 def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
-    """Run the child that ``args`` describes (its type names the role); exits the process.
+    """Run the role ``args`` describes (its entry point, ``args.entry``); exits the process.
 
     Exit codes: EXIT_OK when the role's run returns, EXIT_BOOT_ERROR for a
     BootError (the supervisor halts), 1 for any other exception (logged with
@@ -65,21 +65,8 @@ def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     log = logging.getLogger("ingestor.child")
     try:
-        match args:
-            case FrontArgs():
-                from .front import run_front
-                run_front(args, stop)
-            case WriterArgs():
-                from .writer import run_writer
-                run_writer(args)
-            case SimulatorArgs():
-                from .simulator import run_simulator
-                run_simulator(args, stop)
-            case LifecycleArgs():
-                from .lifecycle import run_lifecycle
-                run_lifecycle(args, stop)
-            case _:  # pragma: no cover - programming error
-                raise TypeError(f"no child role takes {type(args).__name__}")
+        module, function = args.entry.split(":")
+        getattr(importlib.import_module(module), function)(args, stop)
     except BootError as e:
         log.error("Cannot boot: %s", e)
         sys.exit(EXIT_BOOT_ERROR)

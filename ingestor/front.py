@@ -29,13 +29,13 @@ import numpy as np
 import zmq
 
 from .acks import MAX_AWAITING, AckTable, Replies
-from .children import FrontArgs
 from .deadletter import DeadLetterWriter
 from .errors import BootError, ConfigError, SpoolError
 from .failpoints import failpoint
 from .placement import Placement
 from .protocol import RECORD_DTYPE, RecordBuilder, Rejected, decode_frame, split_events
 from .ring import Ring
+from .roles import FrontArgs
 from .security import CurveServer
 from .shm import attached
 from .spool import Spool

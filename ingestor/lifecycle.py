@@ -26,41 +26,16 @@ import signal
 import time
 from collections.abc import Callable
 
-import msgspec
 import psycopg
 
 from . import archive, partitions
-from .config import Config
+from .roles import LifecycleArgs
 from .stats import Counters
 
 log = logging.getLogger(__name__)
 
 NICE = 10  # added to the child's nice value: the writers come first
 RETRY_AFTER_S = 300.0  # after a pass the database refused, instead of an hour
-
-
-class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the lifecycle child needs (:func:`run_lifecycle`)."""
-
-    dsn: str
-    schema: str
-    archive_to: str | None  #: a directory or s3://BUCKET/PREFIX; None: retention drops without archives
-    archive_endpoint: str
-    archive_after_days: int  #: 0: archive only by hand ('ingestor partitions archive')
-    retention_days: int  #: 0: drop nothing
-    counters: str = ""  #: name of the stats.Counters block to count in; empty: count nowhere
-    lanes: int = 0  #: the counters block's writer count (its shape)
-    every_s: float = 3600.0
-
-    @classmethod
-    def from_config(cls, config: Config, dsn: str, counters: str = "", lanes: int = 0) -> LifecycleArgs:
-        return cls(dsn=dsn, schema=config.schema, archive_to=config.archive_to, archive_endpoint=config.archive_endpoint,
-                   archive_after_days=config.archive_after_days, retention_days=config.retention_days,
-                   counters=counters, lanes=lanes)
-
-    @staticmethod
-    def wanted(config: Config) -> bool:
-        return bool(config.archive_after_days or config.retention_days)
 
 
 class Stopped(Exception):

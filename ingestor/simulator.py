@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from .children import SimulatorArgs
 from .client import CurveKeys, Sender
+from .roles import SimulatorArgs
 
 log = logging.getLogger(__name__)
 

@@ -42,18 +42,17 @@ import numpy as np
 import psycopg
 import zmq
 
-from . import central, child, children, commits, database, leftovers, schema, seals, security
+from . import central, child, commits, database, leftovers, roles, schema, seals, security
 from .acks import AckTable
-from .children import ChildArgs, FrontArgs, SharedBlocks, SimulatorArgs, WriterArgs
 from .config import Config, without_password
 from .embedded_pg import EmbeddedPostgres
 from .errors import IngestorError, SpoolError
 from .failpoints import failpoint
-from .lifecycle import LifecycleArgs
 from .monitoring import Monitoring
 from .protocol import RECORD_DTYPE
 from .recent import RecentEvents
 from .ring import Ring
+from .roles import ChildArgs, FrontArgs, SharedBlocks, WriterArgs
 from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .spool import Spool
@@ -72,8 +71,6 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # the identity of docs/operations.md#stats, logged once at exit: received_events = the sum of the others.
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
-
-_ROLES = {FrontArgs: "front", WriterArgs: "writer", SimulatorArgs: "simulator", LifecycleArgs: "lifecycle"}
 
 
 class Phase(enum.Enum):
@@ -95,22 +92,17 @@ class Phase(enum.Enum):
 
 
 class Child:
-    """One supervised child slot: what it runs (``args``), its current process, its restart history."""
+    """One supervised child: its role (``args``, :mod:`ingestor.roles`), its current process, its restart history."""
 
     def __init__(self, args: ChildArgs) -> None:
         self.args = args
-        self.role = _ROLES[type(args)]
-        self.index = args.index if isinstance(args, WriterArgs) else 0
+        self.name = args.name  # front, writer-N, simulator, lifecycle: in the log and the process title
         self.process: multiprocessing.process.BaseProcess | None = None
         self.started_at = 0.0
         self.restarts = 0
         self.quick_failures = 0
         self.spawn_after = 0.0
         self.wanted = True
-
-    @property
-    def name(self) -> str:
-        return self.role if self.role != "writer" else f"writer-{self.index}"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.exitcode is None
@@ -298,7 +290,7 @@ class Supervisor:
             log.warning("Alibi chains on without --alibi-key: the chains are not sealed (docs/alibi.md)")
         shared = self.create_shared_blocks(cfg.writer_count())
         self.check_commits()  # before any writer commits: the database as the last run left it
-        self.children = [Child(args) for args in children.plan(cfg, self.dsn, shared, server_public)]
+        self.children = [Child(args) for args in roles.plan(cfg, self.dsn, shared, server_public)]
         for c in self.children:
             self.spawn(c)
         self.central_lag = central.LagWatch(self.dsn, cfg.schema)
@@ -372,10 +364,11 @@ class Supervisor:
 
     @property
     def writers(self) -> list[Child]:
-        return [c for c in self.children if c.role == "writer"]
+        return [c for c in self.children if isinstance(c.args, WriterArgs)]
 
-    def child(self, role: str) -> Child | None:
-        return next((c for c in self.children if c.role == role), None)
+    @property
+    def front(self) -> Child:
+        return next(c for c in self.children if isinstance(c.args, FrontArgs))
 
     # -- children ---------------------------------------------------------------
 
@@ -392,11 +385,11 @@ class Supervisor:
             p.close()
             c.process = None
             lived = time.monotonic() - c.started_at
-            if c.role == "front" and code != 0 and self.phase.stopping:
+            if isinstance(c.args, FrontArgs) and code != 0 and self.phase.stopping:
                 self.count_front_losses(pid)  # no successor will settle its count
             if code == 0:
                 log.info("%s (pid %d) exited", c.name, pid)
-                if c.role in ("front", "simulator", "lifecycle") or self.phase.stopping:
+                if not isinstance(c.args, WriterArgs) or self.phase.stopping:  # a writer exits 0 only to be replaced
                     c.wanted = False
                     continue
             if code == child.EXIT_BOOT_ERROR:
@@ -414,8 +407,8 @@ class Supervisor:
             delay = 0.0 if not c.quick_failures else min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (c.quick_failures - 1))
             c.spawn_after = time.monotonic() + delay
             c.restarts += 1
-            if c.role == "writer":
-                self.counters.writers["restarts"][c.index] = c.restarts
+            if isinstance(c.args, WriterArgs):
+                self.counters.writers["restarts"][c.args.index] = c.restarts
             log.warning("Restarting %s in %.1f s (restart %d)", c.name, delay, c.restarts)
 
     def count_front_losses(self, pid: int) -> None:
@@ -448,7 +441,7 @@ class Supervisor:
         if not self.phase.stopping:
             return None
         if self.phase is Phase.STOPPING_FRONT:
-            front = self.child("front")
+            front = self.front
             if front.alive():
                 if now > self._front_deadline:
                     log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
@@ -516,12 +509,10 @@ class Supervisor:
         now = time.monotonic()
         self._stop_deadline = now + self.config.drain_seconds
         self._front_deadline = now + FRONT_STOP_TIMEOUT_S
-        for role in ("simulator", "lifecycle", "front"):
-            c = self.child(role)
-            if c is None:
-                continue
-            c.wanted = False
-            c.terminate()
+        for c in self.children:
+            if not isinstance(c.args, WriterArgs):  # the writers go on until the ring is drained
+                c.wanted = False
+                c.terminate()
 
     def stop_immediately(self) -> int:
         """SIGKILL every child; keep what the ring holds in the spool; exit code 1."""

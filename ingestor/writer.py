@@ -69,13 +69,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from . import copy_payload
 from .acks import AckTable
 from .chains import Chains, Reservation, Unreserved, locked_heads
-from .children import WriterArgs
 from .claims import Claims
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID, BinaryArray
 from .deadletter import DeadLetterWriter
 from .failpoints import failpoint
 from .protocol import DATA_FIELDS, RECORD_DTYPE, Rejected
 from .ring import Lane, Ring
+from .roles import WriterArgs
 from .schema import set_search_path
 from .shm import attached
 from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Counters, bucket_of, latency_buckets
@@ -571,10 +571,10 @@ def _record_json(r: np.void) -> bytes:
     return msgspec.json.encode(event)
 
 
-def run_writer(args: WriterArgs) -> None:
+def run_writer(args: WriterArgs, stop: Callable[[], bool] | None = None) -> None:
     """Child entry (see :mod:`ingestor.child`): attach to the shared blocks and write lane ``args.index``.
 
-    SIGTERM alone does not stop a writer: it writes until the supervisor sets
+    ``stop`` is not read: SIGTERM alone does not stop a writer: it writes until the supervisor sets
     the ring's draining flag (after the front has stopped) and its lane is
     empty, or until the supervisor itself is gone.
     """

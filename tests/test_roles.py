@@ -1,51 +1,64 @@
-"""sql/roles.sql: the service runs as a least-privilege role, which can write measurements and nothing else."""
+"""ingestor/roles.py: each supervised process's role is one Struct naming its entry point, and the plan of a service."""
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
+import importlib
+import inspect
+import pickle
 
-import msgspec
-import psycopg
 import pytest
-from psycopg import errors
+import zmq
 
-from ingestor import archive, partitions
+from ingestor import roles
+from ingestor.config import Config
+from ingestor.ring import RingSpec
+from ingestor.roles import FrontArgs, LifecycleArgs, SharedBlocks, SimulatorArgs, WriterArgs
 
-from .archive_fixtures import fill_day, partition_name, past_day
-
-ROLES_SQL = (Path(__file__).resolve().parent.parent / "sql" / "roles.sql").read_text()
-
-pytestmark = pytest.mark.slow
+SHARED = SharedBlocks(RingSpec("ring-x", 3, 1024, "id"), None, "counters-x", "acks-x")
 
 
-@pytest.mark.promise
-def test_service_as_least_privilege_role_stores_events_and_can_do_nothing_else(service_factory, dsn, conn, pg_server,
-                                                                                tmp_path):
-    conn.execute("SET search_path TO public")
-    conn.execute(ROLES_SQL)
-    login = f"ingestor_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'secret-{login}' IN ROLE ingestor_writer")
-    dbname = conn.info.dbname
-    role_dsn = f"host=127.0.0.1 port={pg_server.port} dbname={dbname} user={login} password=secret-{login}"
-    try:
-        svc = service_factory("--dsn", role_dsn, "--writers", "2")
-        svc.wait_ready()
-        svc.send(msgspec.msgpack.encode([{"scale_id": s, "seq": 1, "ts": 1_700_000_000_000} for s in range(1, 21)]))
-        svc.wait_for(lambda s: s["persisted"] == 20)
-        assert svc.terminate() == 0
-        assert conn.execute("SELECT count(*) FROM weighing_logs").fetchone()[0] == 20
-        with psycopg.connect(role_dsn, autocommit=True) as as_role:
-            assert as_role.execute("SELECT ingestor_ensure_partitions(10)").fetchone()[0] >= 1  # as the owner
-            for statement in ("DELETE FROM weighing_logs", "TRUNCATE scale_current_states", "DROP TABLE ingestor_claims",
-                              "CREATE TABLE intruder (x int)", "UPDATE weighing_logs SET seq = 0"):
-                with pytest.raises(errors.InsufficientPrivilege):
-                    as_role.execute(statement)
-        # the lifecycle as this role: archive a past day, then drop it (ingestor/lifecycle.py)
-        fill_day(conn, past_day(3))
-        target = archive.Target(str(tmp_path / "archive"))
-        done, errors_ = partitions.archive_before(role_dsn, "public", target, past_day(1))
-        assert errors_ == [] and [a.rows for a in done] == [280]
-        assert partitions.retire(role_dsn, "public", past_day(1), target).dropped == [(partition_name(past_day(3)), 280)]
-    finally:
-        conn.execute(f"DROP ROLE IF EXISTS {login}")
+def planned(**overrides) -> list[roles.ChildArgs]:
+    return roles.plan(Config(data_dir="/tmp/unused", **overrides), "dbname=x", SHARED, None)
+
+
+@pytest.mark.parametrize("role", [FrontArgs, WriterArgs, SimulatorArgs, LifecycleArgs])
+def test_each_role_names_an_entry_point_that_takes_its_args_and_a_stop_flag(role):
+    module, function = role.entry.split(":")
+    entry = getattr(importlib.import_module(module), function)
+    parameters = list(inspect.signature(entry).parameters.values())
+    assert [p.name for p in parameters[:2]] == ["args", "stop"]
+    assert all(p.default is not inspect.Parameter.empty for p in parameters[2:])
+    assert inspect.signature(entry).parameters["args"].annotation in (role.__name__, role)
+
+
+def test_a_service_is_one_writer_per_lane_and_one_front_each_named_once():
+    names = [args.name for args in planned()]
+    assert names == ["writer-0", "writer-1", "writer-2", "front"]
+    assert [args.index for args in planned() if isinstance(args, WriterArgs)] == [0, 1, 2]
+
+
+def test_the_simulator_and_the_lifecycle_child_only_when_asked_for():
+    names = [args.name for args in planned(simulate_scales=5, retention_days=30)]
+    assert names == ["writer-0", "writer-1", "writer-2", "front", "simulator", "lifecycle"]
+    assert [a.name for a in planned(archive_after_days=2)][-1] == "lifecycle"
+
+
+def test_the_simulator_connects_on_loopback_to_the_front_s_endpoint():
+    sim = next(a for a in planned(simulate_scales=5, bind="tcp://0.0.0.0:7001") if isinstance(a, SimulatorArgs))
+    assert sim.endpoint == "tcp://127.0.0.1:7001"
+
+
+def test_with_curve_the_simulator_gets_a_key_pair_the_front_allows(tmp_path):
+    server_public, _ = zmq.curve_keypair()
+    config = Config(data_dir=str(tmp_path), simulate_scales=5, curve_secret_key="k", curve_clients_dir=str(tmp_path))
+    plan = roles.plan(config, "dbname=x", SHARED, server_public)
+    front = next(a for a in plan if isinstance(a, FrontArgs))
+    sim = next(a for a in plan if isinstance(a, SimulatorArgs))
+    assert sim.curve is not None and sim.curve.server_public == server_public
+    assert front.curve is not None and front.curve.extra_clients == (sim.curve.public,)
+
+
+def test_every_role_survives_the_pickling_of_spawn():
+    for args in planned(simulate_scales=5, retention_days=30):
+        copy = pickle.loads(pickle.dumps(args))
+        assert copy == args and copy.name == args.name and copy.entry == args.entry

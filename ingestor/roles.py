@@ -1,23 +1,24 @@
-"""What each child process is given: one typed Struct per role, built from :class:`~ingestor.config.Config`.
+"""The roles of the supervised processes (front, writer, simulator, lifecycle): one typed Struct each.
 
 uvicorn hands each worker one config object; here the supervisor builds one
 of these per child from the service's Config and the shared blocks it
-created, :func:`ingestor.child.main` receives it in the new process (pickled
-by the ``spawn`` start method) and dispatches on its type. Both sides read
-the same fields, so a renamed or missing one fails at the first test, not in
-production.
+created, and :func:`ingestor.child.main` receives it in the new process
+(pickled by the ``spawn`` start method) and calls the role's entry point,
+named by its ``entry`` ("module:function", called as ``function(args,
+stop)``; a name, not a reference, so this module imports none of the roles'
+modules). The struct's type is the role: both sides read the same fields,
+so a renamed or missing one fails at the first test, not in production.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import zmq
 
 from .client import CurveKeys
 from .config import Config
-from .lifecycle import LifecycleArgs
 from .ring import RingSpec
 
 
@@ -52,6 +53,9 @@ class CurveServerArgs(msgspec.Struct, frozen=True):
 class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the front process needs (:func:`ingestor.front.run_front`)."""
 
+    name: ClassVar[str] = "front"
+    entry: ClassVar[str] = "ingestor.front:run_front"
+
     shared: SharedBlocks
     bind: str  #: the PULL endpoint
     ack_bind: str | None  #: the ROUTER endpoint of acked mode, None when off
@@ -70,8 +74,11 @@ class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+
 class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
     """Everything writer ``index`` needs (:func:`ingestor.writer.run_writer`)."""
+
+    entry: ClassVar[str] = "ingestor.writer:run_writer"
 
     shared: SharedBlocks
     index: int  #: the ring lane this writer owns, 0 .. lanes-1
@@ -83,6 +90,10 @@ class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: DeadLetterArgs
     alibi: bool = True  #: link each stored event into its scale's alibi chain (ingestor/chains.py)
 
+    @property
+    def name(self) -> str:
+        return f"writer-{self.index}"
+
     @classmethod
     def from_config(cls, config: Config, shared: SharedBlocks, index: int, dsn: str) -> WriterArgs:
         return cls(
@@ -91,8 +102,12 @@ class WriterArgs(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+
 class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
     """The bundled simulator of ``--simulate-scales`` (:func:`ingestor.simulator.run_simulator`)."""
+
+    name: ClassVar[str] = "simulator"
+    entry: ClassVar[str] = "ingestor.simulator:run_simulator"
 
     endpoint: str  #: where it connects: the front's PULL endpoint, on loopback
     scales: int
@@ -103,6 +118,35 @@ class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
     def from_config(cls, config: Config, curve: CurveKeys | None) -> SimulatorArgs:
         endpoint = config.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
         return cls(endpoint=endpoint, scales=config.simulate_scales, rate=config.simulate_rate, curve=curve)
+
+
+
+class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the lifecycle child needs (:func:`ingestor.lifecycle.run_lifecycle`)."""
+
+    name: ClassVar[str] = "lifecycle"
+    entry: ClassVar[str] = "ingestor.lifecycle:run_lifecycle"
+
+    dsn: str
+    schema: str
+    archive_to: str | None  #: a directory or s3://BUCKET/PREFIX; None: retention drops without archives
+    archive_endpoint: str
+    archive_after_days: int  #: 0: archive only by hand ('ingestor partitions archive')
+    retention_days: int  #: 0: drop nothing
+    counters: str = ""  #: name of the stats.Counters block to count in; empty: count nowhere
+    lanes: int = 0  #: the counters block's writer count (its shape)
+    every_s: float = 3600.0
+
+    @classmethod
+    def from_config(cls, config: Config, dsn: str, counters: str = "", lanes: int = 0) -> LifecycleArgs:
+        return cls(dsn=dsn, schema=config.schema, archive_to=config.archive_to, archive_endpoint=config.archive_endpoint,
+                   archive_after_days=config.archive_after_days, retention_days=config.retention_days,
+                   counters=counters, lanes=lanes)
+
+    @staticmethod
+    def wanted(config: Config) -> bool:
+        return bool(config.archive_after_days or config.retention_days)
+
 
 
 ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs
