@@ -60,6 +60,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -116,10 +117,43 @@ ON CONFLICT (instance, lane) DO UPDATE SET ring_id = EXCLUDED.ring_id, position 
     updated_at = EXCLUDED.updated_at
 """
 
-WRITE_SMALL_BATCH_SQL = (
-    "SELECT ingestor_write_small_batch(%s, %s, %s, %s, %s, %s, %s, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %s, "
-    "%s, %s, %s, %s, %s, %b, %b)"
-)
+class SmallBatch(NamedTuple):
+    """The arguments of ``ingestor_write_small_batch`` (sql/010_alibi_chain.sql), each named as its parameter
+    without ``p_``, in its order: the statement passes them by name (tests/test_writer.py checks the names and
+    the order against the function in the database)."""
+
+    instance: str
+    lane: int
+    ring_id: str
+    position: int  #: the lane's checkpoint once this batch is written
+    persisted: int
+    duplicates: int
+    failed: int
+    new_scales: BinaryArray | None  #: int4[] of the scales without a claims row yet
+    run_scale: BinaryArray  #: int4[], ascending: the batch's scales, one run of seqs each
+    run_lo: BinaryArray  #: int8[]
+    run_hi: BinaryArray  #: int8[]
+    prev_no: BinaryArray | None  #: int8[], each scale's head record number the links were made on; None: no chain
+    head_no: BinaryArray | None  #: int8[], the heads after the batch
+    head_link: BinaryArray | None  #: bytea[]
+    scale: BinaryArray  #: int4[], the new events
+    seq: BinaryArray  #: int8[]
+    measured_us: BinaryArray  #: int8[], µs since the Unix epoch
+    created_us: int
+    d1: list[str | None]
+    d2: list[str | None]
+    d3: list[str | None]
+    d4: list[str | None]
+    d5: list[str | None]
+    record_no: BinaryArray | None  #: int8[], the new events' record numbers; None: no chain
+    link: BinaryArray | None  #: bytea[]
+
+
+# psycopg's %s lets it choose the format (text for str, int and lists of str); the arrays go as binary (%b)
+_AUTO_FORMAT = {"instance", "lane", "ring_id", "position", "persisted", "duplicates", "failed", "created_us",
+                   "d1", "d2", "d3", "d4", "d5"}
+WRITE_SMALL_BATCH_SQL = "SELECT ingestor_write_small_batch({})".format(
+    ", ".join(f"p_{name} => %({name}){'s' if name in _AUTO_FORMAT else 'b'}" for name in SmallBatch._fields))
 
 
 def latest_per_scale(records: np.ndarray) -> np.ndarray:
@@ -146,45 +180,30 @@ def _sqlstate(error: psycopg.Error) -> str:
 
 
 class Writer:
-    """Writes lane ``lane.index`` of the ring; ``run()`` returns when the ring drains.
+    """Writes lane ``lane.index`` of the ring; ``run()`` returns once ``draining()`` and the lane is written out."""
 
-    ``counters`` is this writer's record of ``stats.WRITER_DTYPE`` (a 0-d
-    view into the shared block); ``stop_when`` tells the loop the supervisor
-    asked it to finish (the lane is then written out before returning).
-    """
-
-    def __init__(
-        self,
-        *,
-        lane: Lane,
-        instance: str,
-        ring_id: str,
-        dsn: str,
-        schema: str,
-        batch_size: int,
-        batch_timeout_ms: int,
-        counters: np.ndarray,
-        dead_letters: DeadLetterWriter,
-        draining: Callable[[], bool],
-        acks: AckTable | None = None,
-        alibi: bool = True,
-        reservation: Reservation | None = None,
-    ) -> None:
+    def __init__(self, args: WriterArgs, lane: Lane, counters: np.ndarray, draining: Callable[[], bool], *,
+                 acks: AckTable | None = None, reservation: Reservation | None = None) -> None:
+        """``args``: the role's inputs (ingestor/roles.py); ``lane``: ring lane ``args.index``, attached;
+        ``counters``: this writer's 0-d record of ``stats.WRITER_DTYPE``; ``draining()``: True once the
+        lane is to be written out and the loop ended; ``acks``: acked mode's table, None when off;
+        ``reservation``: the front's record-number reservation (the alibi chain), None: unbounded."""
         self.lane = lane
-        self.instance = instance
+        self.instance = args.instance
         self.acks = acks
-        self.ring_id = ring_id
-        self.batch_size = batch_size
-        self.batch_interval_s = batch_timeout_ms / 1000
+        self.ring_id = args.shared.ring.ring_id
+        self.batch_size = args.batch_size
+        self.batch_interval_s = args.batch_timeout_ms / 1000
         self.counters = counters
-        self.dead_letters = dead_letters
+        self.dead_letters = DeadLetterWriter(args.dead_letters.directory, args.name, args.dead_letters.max_bytes)
         self.draining = draining
+        schema = args.schema
         self.pool = ConnectionPool(
-            dsn,
+            args.dsn,
             min_size=1,
             max_size=1,
             open=False,
-            name=f"writer-{lane.index}",
+            name=args.name,
             configure=lambda conn: self._configure(conn, schema),
             # A round trip per batch to test a connection that just worked costs
             # ~100 µs of CPU a transaction; after a failure it is tested first.
@@ -197,7 +216,7 @@ class Writer:
             reconnect_timeout=RETRY_MAX_S,
         )
         self.claims = Claims()
-        self.chains = Chains(reservation) if alibi else None  # the alibi chain (ingestor/chains.py); None: off
+        self.chains = Chains(reservation) if args.alibi else None  # the alibi chain (ingestor/chains.py); None: off
         self._waiting_since: float | None = None  # when the writer began waiting for record numbers
         self._failures = 0
         self._offline_since: float | None = None  # when the circuit opened (connection errors)
@@ -302,25 +321,27 @@ class Writer:
         fresh = np.zeros(len(records), bool)
         fresh[runs.index] = True
         new = records[runs.index]
-        chain: tuple = (None,) * 5
+        chain: dict[str, BinaryArray | None] = dict.fromkeys(("prev_no", "head_no", "head_link", "record_no", "link"))
         if self.chains is not None:
             scales = runs.scale_ids
             heads = self.chains.guess(scales)
             chained = self.chains.link(new, created_us, heads)
             after = self.chains.moved_heads()
-            chain = (BinaryArray(np.array([heads[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
-                     BinaryArray(np.array([after[s][0] for s in scales], np.int64), INT8_ARRAY_OID),
-                     copy_payload.link_array([after[s][1] for s in scales]),
-                     BinaryArray(chained.record_no, INT8_ARRAY_OID), BinaryArray(chained.link, LINK_ARRAY_OID))
+            chain = dict(prev_no=BinaryArray(np.array([heads[s].record_no for s in scales], np.int64), INT8_ARRAY_OID),
+                         head_no=BinaryArray(np.array([after[s][0] for s in scales], np.int64), INT8_ARRAY_OID),
+                         head_link=copy_payload.link_array([after[s][1] for s in scales]),
+                         record_no=BinaryArray(chained.record_no, INT8_ARRAY_OID),
+                         link=BinaryArray(chained.link, LINK_ARRAY_OID))
         persisted, duplicates, _ = counts = self._counts(records, fresh)
+        d1, d2, d3, d4, d5 = (copy_payload.texts(new, k) for k in range(len(DATA_FIELDS)))
+        batch = SmallBatch(
+            instance=self.instance, lane=self.lane.index, ring_id=self.ring_id, position=position, persisted=persisted,
+            duplicates=duplicates, failed=int(self.counters["failed"]), new_scales=runs.new_scales,
+            run_scale=runs.scales, run_lo=runs.first, run_hi=runs.last, scale=BinaryArray(new["scale_id"], INT4_ARRAY_OID),
+            seq=BinaryArray(new["seq"], INT8_ARRAY_OID), measured_us=BinaryArray(new["measured_us"], INT8_ARRAY_OID),
+            created_us=created_us, d1=d1, d2=d2, d3=d3, d4=d4, d5=d5, **chain)
         failpoint("writer.small_batch", conn)
-        written = conn.execute(WRITE_SMALL_BATCH_SQL, (
-            self.instance, self.lane.index, self.ring_id, position, persisted, duplicates, int(self.counters["failed"]),
-            runs.new_scales, runs.scales, runs.first, runs.last, *chain[:3],
-            BinaryArray(new["scale_id"], INT4_ARRAY_OID), BinaryArray(new["seq"], INT8_ARRAY_OID),
-            BinaryArray(new["measured_us"], INT8_ARRAY_OID), created_us,
-            *(copy_payload.texts(new, k) for k in range(len(DATA_FIELDS))), *chain[3:],
-        )).fetchone()[0]
+        written = conn.execute(WRITE_SMALL_BATCH_SQL, batch._asdict()).fetchone()[0]
         self.claims.committed()  # the new scales' rows are there whatever it returned
         return counts if written else None
 
@@ -589,10 +610,5 @@ def _write(args: WriterArgs, ring: Ring, counters: Counters, acks: AckTable) -> 
     mine = counters.writers[args.index : args.index + 1].reshape(())
     mine["pid"] = os.getpid()
     parent = os.getppid()
-    Writer(
-        lane=ring.lanes[args.index], instance=args.instance, ring_id=args.shared.ring.ring_id, dsn=args.dsn, schema=args.schema,
-        batch_size=args.batch_size, batch_timeout_ms=args.batch_timeout_ms, counters=mine,
-        dead_letters=DeadLetterWriter(args.dead_letters.directory, f"writer-{args.index}", args.dead_letters.max_bytes),
-        draining=lambda: ring.draining or os.getppid() != parent, acks=acks, alibi=args.alibi,
-        reservation=Reservation(counters.front, mine),
-    ).run()
+    Writer(args, ring.lanes[args.index], mine, lambda: ring.draining or os.getppid() != parent,
+           acks=acks, reservation=Reservation(counters.front, mine)).run()

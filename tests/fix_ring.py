@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ingestor.protocol import RECORD_DTYPE
-from ingestor.ring import Ring
+from ingestor.ring import Ring, RingSpec
+from ingestor.roles import DeadLetterArgs, SharedBlocks, WriterArgs
 
 
 @pytest.fixture
@@ -24,3 +25,13 @@ def ring_factory() -> Iterator[Callable[..., Ring]]:
     for ring in made:
         ring.unlink()
         ring.close()
+
+
+def writer_args(ring: Ring, dsn: str, dead_letter_dir, index: int = 0, *, ring_id: str | None = None,
+                alibi: bool = True, batch_size: int = 1000) -> WriterArgs:
+    """A writer's role for lane ``index`` of ``ring`` (tests attach its blocks themselves); ``ring_id`` as if
+    the ring were another."""
+    spec = ring.spec if ring_id is None else RingSpec(ring.spec.name, ring.spec.lanes, ring.spec.lane_capacity, ring_id)
+    return WriterArgs(shared=SharedBlocks(spec, None, "", ""), index=index, instance="test", dsn=dsn, schema="public",
+                      batch_size=batch_size, batch_timeout_ms=50,
+                      dead_letters=DeadLetterArgs(str(dead_letter_dir), 256 << 20), alibi=alibi)

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from ingestor import seals, verifier, writer
-from ingestor.deadletter import DeadLetterWriter
 from ingestor.protocol import RECORD_DTYPE, Event, RecordBuilder
 from ingestor.ring import Ring
 from ingestor.stats import WRITER_DTYPE
+
+from .fix_ring import writer_args
 
 SCALES, PER_SCALE = 3, 70
 STORED = SCALES * PER_SCALE - 1
@@ -46,10 +47,8 @@ def events(first: int, last: int, scales=range(1, SCALES + 1)) -> list[Event]:
 
 
 def writer_of(ring, dsn, tmp_path, lane: int, alibi: bool = True) -> writer.Writer:
-    w = writer.Writer(lane=ring.lanes[lane], instance="test", ring_id=ring.spec.ring_id, dsn=dsn, schema="public",
-                      batch_size=1000, batch_timeout_ms=50, counters=np.zeros((), WRITER_DTYPE),
-                      dead_letters=DeadLetterWriter(tmp_path / "dl", f"writer-{lane}"), draining=lambda: True,
-                      alibi=alibi)
+    w = writer.Writer(writer_args(ring, dsn, tmp_path / "dl", lane, alibi=alibi), ring.lanes[lane],
+                      np.zeros((), WRITER_DTYPE), lambda: True)
     w.pool.open()
     return w
 

@@ -10,10 +10,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from ingestor.deadletter import DeadLetter, DeadLetterWriter, read
+from ingestor import writer
+from ingestor.deadletter import DeadLetter, read
 from ingestor.protocol import _TS_MIN_MS, Event, RecordBuilder
 from ingestor.stats import WRITER_DTYPE
-from ingestor.writer import Writer
+from ingestor.writer import SmallBatch, Writer
+
+from .fix_ring import writer_args
 
 
 @pytest.fixture
@@ -23,11 +26,7 @@ def ring(ring_factory):
 
 def make_writer(ring, dsn, tmp_path, ring_id=None):
     counters = np.zeros((), WRITER_DTYPE)
-    return Writer(
-        lane=ring.lanes[0], instance="test", ring_id=ring_id or ring.spec.ring_id, dsn=dsn, schema="public", batch_size=1000,
-        batch_timeout_ms=50, counters=counters, dead_letters=DeadLetterWriter(tmp_path / "dl", "writer-0"),
-        draining=lambda: True,
-    )
+    return Writer(writer_args(ring, dsn, tmp_path / "dl", ring_id=ring_id), ring.lanes[0], counters, lambda: True)
 
 
 def put(ring, events):
@@ -166,6 +165,16 @@ def _paths_taken(monkeypatch) -> dict[str, int]:
     return taken
 
 
+def test_the_small_batch_arguments_are_the_sql_function_s_parameters_by_name_and_order(conn):
+    """The statement passes SmallBatch by name; its field order is the function's too (sql/010_alibi_chain.sql)."""
+    names, types = conn.execute(
+        "SELECT proargnames, proargtypes::regtype[]::text[] FROM pg_proc WHERE proname = 'ingestor_write_small_batch'"
+    ).fetchone()
+    assert names == ["p_" + field for field in SmallBatch._fields]
+    binary = {f for f in SmallBatch._fields if f"%({f})b" in writer.WRITE_SMALL_BATCH_SQL}
+    assert binary == {f for f, t in zip(SmallBatch._fields, types, strict=True) if t.endswith("[]") and not t.startswith("text")}
+
+
 def test_a_small_batch_in_one_statement_stores_what_copy_stores(ring, dsn, conn, tmp_path, monkeypatch):
     # migration 007: the same events written by each path give the same history rows and latest states
     from ingestor import writer
@@ -240,9 +249,7 @@ def test_no_record_number_past_the_reservation_is_committed_and_the_writer_waits
     front = np.zeros((), FRONT_DTYPE)
     front["records_reserved"], front["record_floor"] = 2, 500  # a skip to 500 was recorded: new chains at 501
     counters = np.zeros((), WRITER_DTYPE)
-    w = Writer(lane=ring.lanes[0], instance="test", ring_id=ring.spec.ring_id, dsn=dsn, schema="public",
-               batch_size=1000, batch_timeout_ms=50, counters=counters,
-               dead_letters=DeadLetterWriter(tmp_path / "dl", "writer-0"), draining=lambda: True,
+    w = Writer(writer_args(ring, dsn, tmp_path / "dl"), ring.lanes[0], counters, lambda: True,
                reservation=Reservation(front, counters))
     put(ring, [Event(scale_id=1, seq=i, ts=1000 + i, data_1=str(i)) for i in range(size)])
     writing = threading.Thread(target=w.run)
