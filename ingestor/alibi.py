@@ -41,14 +41,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .protocol import DATA_FIELDS, MAX_TEXT_BYTES
+from .protocol import DATA_FIELDS, EPOCH, MAX_TEXT_BYTES
 
 GENESIS = b"scale-ingestor alibi v1"
 LINK_BYTES = 32
 HEAD = struct.Struct("<iqqq")  # scale_id, seq, measured_us, created_us
 _HEAD_DTYPE = np.dtype([("scale_id", "<i4"), ("seq", "<i8"), ("measured_us", "<i8"), ("created_us", "<i8")])
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Encoded(NamedTuple):
@@ -122,7 +121,7 @@ def canonical_from_rows(rows: Iterable[Sequence]) -> Encoded:
 def _us(moment: dt.datetime | int) -> int:
     if isinstance(moment, int):
         return moment
-    delta = moment - _EPOCH
+    delta = moment - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

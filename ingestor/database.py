@@ -3,7 +3,7 @@
 After a power cut the database (often on another box) may come back after
 the ingestor. Connection refused, timeouts, unresolvable host names and "the
 database system is starting up" are waited out, with a backoff from
-:data:`WAIT_FIRST_S` to :data:`WAIT_MAX_S`. A server that answers with a
+:data:`WAIT`'s first delay to its last. A server that answers with a
 refusal (bad password, unknown database or role, pg_hba) or a certificate
 that does not verify is a configuration error, raised at once
 (docs/operations.md#start).
@@ -16,9 +16,10 @@ from collections.abc import Callable
 import psycopg
 
 from . import schema
+from .backoff import Backoff
 from .errors import DatabaseError
 
-WAIT_FIRST_S, WAIT_MAX_S = 1.0, 30.0  # backoff while PostgreSQL cannot be reached at start
+WAIT = Backoff(first_s=1.0, max_s=30.0)  # while PostgreSQL cannot be reached at start
 
 # FATAL messages of a server that is there but cannot take connections yet.
 _TRANSIENT_FATAL = (
@@ -61,7 +62,7 @@ def migrate_when_reachable(dsn: str, schema_name: str, partitions_ahead: int,
     meanwhile) and returns False to give up, when this returns False too.
     Returns True once migrated. Raises DatabaseError for a refusal.
     """
-    delay = WAIT_FIRST_S
+    failures = 0
     while True:
         try:
             schema.migrate(dsn, schema_name, partitions_ahead)
@@ -70,6 +71,6 @@ def migrate_when_reachable(dsn: str, schema_name: str, partitions_ahead: int,
             if not connection_error_is_transient(e):
                 raise DatabaseError(f"cannot connect to PostgreSQL to migrate: {e}") from None
             reason = " ".join(str(e).split())
-        if not idle(reason, delay):
+        failures += 1
+        if not idle(reason, WAIT.delay(failures)):
             return False
-        delay = min(WAIT_MAX_S, delay * 2)

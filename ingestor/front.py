@@ -37,7 +37,6 @@ from .protocol import RECORD_DTYPE, RecordBuilder, Rejected, decode_frame, split
 from .ring import Ring
 from .roles import FrontArgs
 from .security import CurveServer
-from .shm import attached
 from .spool import Spool
 from .stats import Counters
 
@@ -105,7 +104,10 @@ class Front:
                     sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
                     if self.curve is not None:
                         self.curve.apply(sock, endpoint)
-                    sock.bind(endpoint)
+                    try:
+                        sock.bind(endpoint)
+                    except zmq.ZMQError as e:  # the service halts: a restart would not free the port
+                        raise BootError(f"cannot bind {endpoint}: {e}") from None
             log.info("Front listening on %s (PULL)%s%s", self.bind,
                      f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "",
                      ", CURVE" if self.curve is not None else "")
@@ -267,10 +269,7 @@ def run_front(args: FrontArgs, stop: Callable[[], bool]) -> None:
     Raises BootError when an endpoint cannot be bound, the spool cannot be
     opened or the CURVE keys cannot be read.
     """
-    shared = args.shared
-    with attached(Ring.attach(shared.ring, RECORD_DTYPE, shared.semaphores),
-                  Counters.attach(shared.counters, shared.ring.lanes),
-                  AckTable.attach(shared.acks, shared.ring.lanes)) as (ring, counters, acks):
+    with args.shared.attached() as (ring, counters, acks):
         counters.front["pid"] = os.getpid()
         _serve(args, ring, counters, acks, stop)  # its views into the blocks are gone when it returns
     log.info("Front stopped")
@@ -294,7 +293,4 @@ def _serve(args: FrontArgs, ring: Ring, counters: Counters, acks: AckTable, stop
         dead_letters=DeadLetterWriter(args.dead_letters.directory, "front", args.dead_letters.max_bytes),
         stopping=stop, ack_bind=args.ack_bind, acks=acks, curve=curve,
     )
-    try:
-        front.run()
-    except zmq.ZMQError as e:
-        raise BootError(f"cannot bind {args.bind}{f' or {args.ack_bind}' if args.ack_bind else ''}: {e}") from None
+    front.run()  # a ZeroMQ error once bound propagates: child.main exits 1 and the supervisor restarts the front

@@ -31,12 +31,12 @@ DATA_FIELDS = ("data_1", "data_2", "data_3", "data_4", "data_5")
 # below it the fixed cost of the columns is more than the per-event way's.
 FAST_PATH_MIN_EVENTS = 8
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)  #: the Unix epoch: every µs and ms count of the wire and the ring starts here
 _SURELY_SHORT = MAX_TEXT_BYTES // 4  # a str this long is at most 64 bytes of UTF-8 (4 bytes a character at most)
 _ONE_US = _dt.timedelta(microseconds=1)
 # PostgreSQL's timestamptz covers 4713 BC .. 294276 AD; Python's datetime covers
 # years 1 .. 9999, so integer ts are held to the same range as string ts.
-_TS_MIN_MS = (_dt.datetime(1, 1, 1, tzinfo=_dt.UTC) - _EPOCH) // _dt.timedelta(milliseconds=1)
+_TS_MIN_MS = (_dt.datetime(1, 1, 1, tzinfo=_dt.UTC) - EPOCH) // _dt.timedelta(milliseconds=1)
 # docs/PROTOCOL.md §3 (v1.2): a ts before this is no plant's measurement. Its usual cause is a sender counting seconds
 # (1.7e9) instead of milliseconds, which would store 1970-01-20 without a word: refused, saying so.
 PLAUSIBLE_SINCE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -45,7 +45,7 @@ Text = str | int | float | None
 
 
 def _iso(ms: int) -> str:
-    return (_EPOCH + _dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (EPOCH + _dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Event(msgspec.Struct, gc=False):
@@ -229,7 +229,7 @@ class RecordBuilder:
                 raise _Invalid("past_ts", f"ts {ts} ms is before {_iso(self._oldest_ms)}{hint}")
             us = ts * 1000
         else:
-            us = (ts - _EPOCH) // _ONE_US
+            us = (ts - EPOCH) // _ONE_US
             if us > now_us + FUTURE_TOLERANCE_US:
                 raise _Invalid("future_ts", f"ts {ts.isoformat()} is more than 24 h in the future")
             if us < self._oldest_ms * 1000:

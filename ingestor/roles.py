@@ -12,14 +12,20 @@ so a renamed or missing one fails at the first test, not in production.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import msgspec
 import zmq
 
+from .acks import AckTable
 from .client import CurveKeys
 from .config import Config
-from .ring import RingSpec
+from .protocol import RECORD_DTYPE
+from .ring import Ring, RingSpec
+from .shm import attached
+from .stats import Counters
 
 
 class SharedBlocks(msgspec.Struct, frozen=True):
@@ -29,6 +35,15 @@ class SharedBlocks(msgspec.Struct, frozen=True):
     semaphores: Any  #: the ring's per-lane semaphores (ring._Semaphores), inherited at spawn
     counters: str  #: name of the stats.Counters block
     acks: str  #: name of the acks.AckTable block
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[tuple[Ring, Counters, AckTable]]:
+        """The ring, the counters and the ack table, attached by name and closed when the ``with`` ends
+        (:func:`ingestor.shm.attached`). SharedMemoryError when a block is gone (its supervisor with it)."""
+        blocks = (Ring.attach(self.ring, RECORD_DTYPE, self.semaphores), Counters.attach(self.counters, self.ring.lanes),
+                  AckTable.attach(self.acks, self.ring.lanes))
+        with attached(*blocks):
+            yield blocks
 
 
 class DeadLetterArgs(msgspec.Struct, frozen=True):

@@ -137,14 +137,6 @@ def ensure_partitions(conn: psycopg.Connection, days_ahead: int = PARTITIONS_AHE
     return created
 
 
-def drop_partitions_before(conn: psycopg.Connection, cutoff: dt.date) -> int:
-    """Detach and drop the day partitions wholly before ``cutoff`` (retention); return how many."""
-    dropped = int(conn.execute("SELECT ingestor_drop_partitions_before(%s)", (cutoff,)).fetchone()[0])
-    if dropped:
-        log.info("Retention: dropped %d daily partition(s) of weighing_logs before %s", dropped, cutoff)
-    return dropped
-
-
 REBUILD_STATE_SQL = """
 INSERT INTO scale_current_states (scale_id, seq, measured_at, data_1, data_2, data_3, data_4, data_5, updated_at)
 SELECT DISTINCT ON (scale_id) scale_id, seq, measured_at, data_1, data_2, data_3, data_4, data_5, now()

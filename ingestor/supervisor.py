@@ -44,6 +44,7 @@ import zmq
 
 from . import central, child, commits, database, leftovers, roles, schema, seals, security
 from .acks import AckTable
+from .backoff import Backoff
 from .config import Config, without_password
 from .embedded_pg import EmbeddedPostgres
 from .errors import IngestorError, SpoolError
@@ -65,7 +66,7 @@ RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
 PARTITION_CHECK_EVERY_S = 3600.0
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
+RESTART_BACKOFF = Backoff(first_s=0.5, max_s=30.0)  # a child's restarts while it keeps failing quickly
 STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # the identity of docs/operations.md#stats, logged once at exit: received_events = the sum of the others.
@@ -334,7 +335,7 @@ class Supervisor:
         """
         def idle(reason: str, delay_s: float) -> bool:
             log.warning("Waiting for PostgreSQL (%s); next try in %.0f s", reason, delay_s)
-            if delay_s == database.WAIT_FIRST_S:
+            if delay_s == database.WAIT.first_s:
                 self.recent.remember(f"waiting for PostgreSQL: {reason[:120]}")
             self.notifier.notify(f"STATUS=starting: waiting for PostgreSQL ({reason[:200]})",
                                  f"EXTEND_TIMEOUT_USEC={int((delay_s + schema.CONNECT_TIMEOUT_S + 30) * 1e6)}")
@@ -404,7 +405,7 @@ class Supervisor:
                 log.error("%s (pid %d) exited with code %d", c.name, pid, code)
                 self.recent.remember(f"{c.name} (pid {pid}) exited with code {code}; restarting")
             c.quick_failures = c.quick_failures + 1 if lived < STABLE_AFTER_S else 0
-            delay = 0.0 if not c.quick_failures else min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (c.quick_failures - 1))
+            delay = RESTART_BACKOFF.delay(c.quick_failures) if c.quick_failures else 0.0
             c.spawn_after = time.monotonic() + delay
             c.restarts += 1
             if isinstance(c.args, WriterArgs):
@@ -414,7 +415,7 @@ class Supervisor:
     def count_front_losses(self, pid: int) -> None:
         """A front that died while draining held its batch in hand (counted received, in no ring or spool).
 
-        No successor will reconcile it (``Front._reconcile_after_crash``), so
+        No successor will reconcile it (``Placement._reconcile_after_crash``), so
         it is counted lost here. What it had taken from ZeroMQ and not yet
         counted is gone uncounted; in acked mode its senders get no reply
         and re-send (docs/PROTOCOL.md §5).

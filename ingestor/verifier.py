@@ -58,7 +58,7 @@ _COLUMNS = ("scale_id, id, record_no, link, seq, " + _US.format(c="measured_at")
             + ", NOT (" + " AND ".join(regular_field(c) for c in DATA_FIELDS) + ")")
 FETCH_ROWS = 20_000
 _DAY_PARTITION = re.compile(r"^weighing_logs_p([0-9]{8})$")
-_EPOCH = dt.date(1970, 1, 1)
+_EPOCH_DAY = dt.date(1970, 1, 1)  # partitions are ordered by day number, counted from here
 
 
 class Skip(NamedTuple):
@@ -190,7 +190,7 @@ def _stored(conn: psycopg.Connection, since: dt.datetime | None, until: dt.datet
         if day is not None:
             lo = dt.datetime.combine(day, dt.time(), dt.UTC)
             if (until is None or lo < until) and (since is None or lo + dt.timedelta(days=1) > since):
-                pieces.append(((day - _EPOCH).days, name, window))
+                pieces.append(((day - _EPOCH_DAY).days, name, window))
             continue
         days = sql.SQL("SELECT DISTINCT CASE WHEN isfinite(created_at) THEN "
                        "floor(extract(epoch FROM created_at) / 86400)::bigint END FROM {} WHERE {}").format(

@@ -57,7 +57,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -69,27 +68,26 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import copy_payload
 from .acks import AckTable
+from .backoff import Backoff
 from .chains import Chains, Reservation, Unreserved, locked_heads
 from .claims import Claims
 from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID, BinaryArray
 from .deadletter import DeadLetterWriter
 from .failpoints import failpoint
-from .protocol import DATA_FIELDS, RECORD_DTYPE, Rejected
+from .protocol import DATA_FIELDS, EPOCH, Rejected
 from .ring import Lane, Ring
 from .roles import WriterArgs
 from .schema import set_search_path
-from .shm import attached
 from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Counters, bucket_of, latency_buckets
 
 log = logging.getLogger(__name__)
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Up to this many records a batch goes through the one-statement function: measured
 # (issue 12, 300 scales), it took a writer ~2.5x less CPU and PostgreSQL ~1.3x less at
 # 12 and 64 events; at 1,000 COPY took PostgreSQL ~10 % less.
 SMALL_BATCH = 128
-RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0  # a dead server is retried this often at most once backed off
+RETRY = Backoff(first_s=0.2, max_s=RETRY_MAX_S, jitter=True)  # a failed write's retries
 RESERVE_WAIT_S = 0.05  # a writer past the record numbers reserved looks again this often (the supervisor's loop)
 DATA_ERROR_CLASSES = ("22", "23")  # data exception, integrity constraint violation
 
@@ -479,7 +477,7 @@ class Writer:
                     self.counters["connected"] = 0
                     log.error("Lane %d: database unreachable; circuit open, probing with backoff up to %.0f s",
                               self.lane.index, RETRY_MAX_S)
-                delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self._failures, 10)) * random.uniform(0.5, 1.0)
+                delay = RETRY.delay(self._failures)
                 log.warning(
                     "Lane %d: write failed (%s%s); retry %d in %.1f s",
                     self.lane.index, f"SQLSTATE {_sqlstate(e)}: " if _sqlstate(e) else "",
@@ -584,7 +582,7 @@ def _is_connection_error(e: BaseException) -> bool:
 
 def _record_json(r: np.void) -> bytes:
     """The record as a JSON event a sender could have sent (ts as RFC 3339, to the microsecond)."""
-    ts = _EPOCH + dt.timedelta(microseconds=int(r["measured_us"]))
+    ts = EPOCH + dt.timedelta(microseconds=int(r["measured_us"]))
     event = {"scale_id": int(r["scale_id"]), "seq": int(r["seq"]), "ts": ts.isoformat()}
     for k, name in enumerate(DATA_FIELDS):
         if r["text_len"][k] >= 0:
@@ -599,10 +597,7 @@ def run_writer(args: WriterArgs, stop: Callable[[], bool] | None = None) -> None
     the ring's draining flag (after the front has stopped) and its lane is
     empty, or until the supervisor itself is gone.
     """
-    shared = args.shared
-    with attached(Ring.attach(shared.ring, RECORD_DTYPE, shared.semaphores),
-                  Counters.attach(shared.counters, shared.ring.lanes),
-                  AckTable.attach(shared.acks, shared.ring.lanes)) as (ring, counters, acks):
+    with args.shared.attached() as (ring, counters, acks):
         _write(args, ring, counters, acks)  # its views into the blocks are gone when it returns
 
 

@@ -69,3 +69,15 @@ def test_the_docs_name_only_tests_that_exist():
                 continue
             missing.append(f"{doc}: {name}")
     assert not missing, missing
+
+
+def test_the_architecture_module_table_names_every_module_and_only_those():
+    table = (PACKAGE.parent / "docs" / "architecture.md").read_text().split("## Modules", 1)[1].split("\n\n")[1]
+    named = set(re.findall(r"^\| `([a-z_]+)\.py` \|", table, re.M))
+    assert named == {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+
+
+def test_each_core_module_has_its_own_test_module():
+    core = ("protocol", "front", "placement", "ring", "shm", "spool", "writer", "copy_payload", "claims", "chains",
+            "acks", "supervisor", "scheduler", "roles", "config", "stats", "backoff")
+    assert [m for m in core if not (PACKAGE.parent / "tests" / f"test_{m}.py").exists()] == []
