@@ -3,8 +3,8 @@
 Modelled on gunicorn's arbiter. Signal handlers only queue the signal; the
 loop wakes on a signal (``signal.set_wakeup_fd``), a child's death (its
 process sentinel), a stats request, or once a second, then handles queued
-signals, reaps dead children, spawns missing ones and does its periodic
-work (rate line, partitions).
+signals, reaps dead children, spawns missing ones and hands fresh figures
+to the periodic work of :mod:`ingestor.upkeep`.
 
 Children: one front, one writer per ring lane, and optionally a simulator.
 A dead child is respawned at the same index, after a backoff that doubles
@@ -39,7 +39,6 @@ from contextlib import contextmanager
 
 import msgspec
 import numpy as np
-import psycopg
 import zmq
 
 from . import central, child, commits, database, leftovers, roles, schema, seals, security
@@ -54,16 +53,14 @@ from .protocol import RECORD_DTYPE
 from .recent import RecentEvents
 from .ring import Ring
 from .roles import ChildArgs, FrontArgs, SharedBlocks, WriterArgs
-from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .spool import Spool
-from .stats import STATS_REQUEST, Counters, Figures, RateWindow, WriterFigures, acknowledged
+from .stats import STATS_REQUEST, Counters, Figures, RateWindow, WriterFigures
+from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
 LOOP_WAKE_S = 1.0  # the loop runs at least this often
-RATE_LOG_EVERY_S = 10.0  # the rate line of the seed system
-PARTITION_CHECK_EVERY_S = 3600.0
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
 RESTART_BACKOFF = Backoff(first_s=0.5, max_s=30.0)  # a child's restarts while it keeps failing quickly
@@ -159,31 +156,14 @@ class Supervisor:
         self._wakeup_r = self._wakeup_w = -1
         self.rate = RateWindow()
         self.recent = RecentEvents()  # what an operator should see in `ingestor top`
-        self._batches_logged = 0  # writers' batches counted by the last [RATE] line
         self._told_dsn: str | None = None
         self.sealer: seals.Sealer | None = None
         self.commits = commits.Keeper(config.data_dir, config.instance, config.schema, config.alibi)
-        self._commit_check_failing = False
         self._stop_deadline = 0.0
         self._offline_since: float | None = None
         self._halt_reason: str | None = None
         self.notifier = Notifier()
-        self.figures = Figures()  # the last tick's
-        self.scheduler = self.schedule()
-
-    def schedule(self) -> Scheduler:
-        """The loop's periodic work (:mod:`ingestor.scheduler`)."""
-        tasks = Scheduler()
-        tasks.every("rate line", RATE_LOG_EVERY_S, self.log_rate)
-        tasks.every("commits", commits.RECORD_EVERY_S, self.record_commits)
-        tasks.every("partitions", PARTITION_CHECK_EVERY_S, self.maintain_partitions)
-        # the first seal at once: the heads as this run found them
-        tasks.every("seal", self.config.seal_interval_s, self.seal_heads, first_s=0,
-                    when=lambda: self.sealer is not None and self.phase is Phase.RUNNING)
-        if self.notifier.watchdog_interval_s:  # systemd's WatchdogSec=: a hung loop stops the pings
-            tasks.every("watchdog", self.notifier.watchdog_interval_s, lambda: self.notifier.notify("WATCHDOG=1"),
-                        first_s=0)
-        return tasks
+        self.upkeep: Upkeep | None = None  # the periodic work, once the blocks exist
 
     # -- the loop -------------------------------------------------------------
 
@@ -290,7 +270,8 @@ class Supervisor:
         elif cfg.alibi:
             log.warning("Alibi chains on without --alibi-key: the chains are not sealed (docs/alibi.md)")
         shared = self.create_shared_blocks(cfg.writer_count())
-        self.check_commits()  # before any writer commits: the database as the last run left it
+        self.upkeep = Upkeep(cfg, self.dsn, self.ring, self.counters, self.commits, self.sealer, self.recent, self.notifier)
+        self.upkeep.check_commits()  # before any writer commits: the database as the last run left it
         self.children = [Child(args) for args in roles.plan(cfg, self.dsn, shared, server_public)]
         for c in self.children:
             self.spawn(c)
@@ -465,9 +446,7 @@ class Supervisor:
                 return 0 if self.spool_ring_leftovers() else 1
             return None
         log.info("Drained: %d events persisted in all, ring empty", int(self.counters.writers["persisted"].sum()))
-        self.record_commits(clean=True)
-        if self.sealer is not None:
-            self.seal_heads()  # every clean stop ends with a seal of what it wrote
+        self.upkeep.finish()  # the commits recorded as clean, and a seal of what this run wrote
         return 0 if self.ring.used() == 0 else 1
 
     def spool_ring_leftovers(self) -> bool:
@@ -531,93 +510,15 @@ class Supervisor:
     # -- periodic work ------------------------------------------------------------
 
     def tick(self) -> Figures:
-        """The loop's periodic work; returns fresh figures."""
-        figures = self.figures = self.snapshot()
+        """The loop's periodic work (:mod:`ingestor.upkeep`); returns fresh figures."""
+        figures = self.snapshot()
         self.recent.notice(figures)
         self.rate.add(time.monotonic(), figures.persisted)
-        if not self.commits.checked or (self.commits.skipped and self.sealer is not None):
-            self.check_commits()
-        elif self.commits.wants_reserve(self.numbers_used()):
-            self.scheduler["commits"].wake()
-        self.scheduler.run_due()
+        self.upkeep.tick(figures)
         if self.config.run_seconds and self.phase is Phase.RUNNING and time.time() - self.started >= self.config.run_seconds:
             log.info("Ran for %.0f s as asked (--run-seconds); draining", self.config.run_seconds)
             self.begin_drain()
         return figures
-
-    def log_rate(self) -> None:
-        """The [RATE] line, the summary of the per-batch lines (at DEBUG: ~25 a second at full speed flood a
-        journal), and systemd's STATUS=."""
-        s = self.figures
-        batches = sum(w.batches for w in s.writers)
-        done, self._batches_logged = batches - self._batches_logged, batches
-        log.info("[RATE] %.1f events/s; %d batches since the last line (average %.0f events, %.0f ms); "
-                 "%d persisted, %d pending, %d invalid, ring %d/%d", s.events_per_s, done, s.average_batch_size,
-                 s.average_batch_ms, s.persisted, s.pending, s.invalid, s.ring_used, s.ring_capacity)
-        self.notifier.notify(f"STATUS={self.phase.status}: {s.events_per_s:.0f} events/s, {s.persisted} persisted, "
-                             f"{s.pending} pending, database {'up' if s.database_connected else 'DOWN'}")
-
-    def check_commits(self) -> None:
-        """Compare the last run's record of its commits with the database (:mod:`ingestor.commits`); a loss found
-        is counted in ``lost_after_commit``. Retried every tick while the database cannot be read, and while the
-        chains a skip moved are not sealed yet: the writers get record numbers only after both."""
-        if not self.commits.checked:
-            try:
-                lost = self.commits.check(self.dsn)
-            except psycopg.Error as e:
-                if not self._commit_check_failing:
-                    log.warning("Cannot compare the last run's commits with the database yet (%s); retrying",
-                                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-                self._commit_check_failing = True
-                return
-            if lost:
-                self.counters.front["lost_after_commit_at_start"] = lost
-                self.recent.remember(f"{lost} committed events missing at start: lost")
-        if self.commits.skipped and self.sealer is not None:
-            if not self.seal_heads():  # the seal vouches for the skip (docs/alibi.md#after-a-restore)
-                return
-            self.commits.skipped = False
-        self.counters.front["record_floor"] = self.commits.floor
-        self.record_commits()  # at once: a loss found is told once, even if this run is killed before its next record
-
-    def record_commits(self, clean: bool = False) -> None:
-        """Keep each lane's last acknowledged commit, and the record numbers reserved, on disk
-        (:mod:`ingestor.commits`); the writers may use the numbers once the record holding them is written (or its
-        failure logged: the plant's measurements come first)."""
-        self.scheduler["commits"].postpone()
-        self.commits.keep(self.ring.spec.ring_id, [acknowledged(w) for w in self.counters.writers], clean,
-                          self.numbers_used())
-        self.counters.front["records_reserved"] = self.commits.reserved
-
-    def numbers_used(self) -> int:
-        """The greatest alibi record number any writer linked (stored before its commit)."""
-        return int(self.counters.writers["record_no_max"].max(initial=0))
-
-    def maintain_partitions(self) -> None:
-        """Create the coming day partitions (archive and retention are the lifecycle child's)."""
-        cfg = self.config
-        try:
-            schema.maintain_partitions(self.dsn, cfg.schema, cfg.partitions_ahead)
-        except psycopg.Error as e:
-            log.error("Could not create upcoming partitions (will retry in an hour): %s", e)
-
-    def seal_heads(self) -> bool:
-        """Seal every scale's chain head (docs/alibi.md); a failure is logged, counted and tried again next interval.
-        Returns whether the seal was stored (or there was no chain to seal)."""
-        self.scheduler["seal"].postpone()
-        front = self.counters.front
-        try:
-            seal = self.sealer.seal()
-        except (psycopg.Error, OSError) as e:
-            front["seal_failures"] += 1
-            log.error("Could not store a seal of the alibi chains (next try in %.0f s): %s",
-                      self.config.seal_interval_s, " ".join(str(e).split()))
-            return isinstance(e, OSError)  # stored in the database, not in the file: it vouches all the same
-        if seal is not None:
-            front["seals"] += 1
-            log.info("Sealed the alibi chains of %d scale(s) at %s (key %s)", len(seal.heads), seal.sealed_at,
-                     seal.key_id)
-        return True
 
     # -- stats ----------------------------------------------------------------------
 
