@@ -74,7 +74,8 @@ class AckTable(SharedBlock):
     # -- a writer -------------------------------------------------------------
 
     def count(self, lane: int, tags: np.ndarray, duplicate: np.ndarray | None = None, failed: bool = False) -> None:
-        """Add committed records of ``lane``: their ``tags`` (uint64; 0 = not acked) and which were duplicates.
+        """Add committed records of ``lane``: their ``tags`` (uint64; 0 = not acked) and which were duplicates
+        (``duplicate``, bool per record; None for none).
 
         With ``failed=True`` every record counts as rejected by the database.
         """
@@ -87,7 +88,12 @@ class AckTable(SharedBlock):
         mine = self.rows[lane, slots, _TAG] == unique
         done = np.bincount(index, minlength=len(unique))
         column = _FAILED if failed else _DUPLICATES
-        extra = done if failed else np.bincount(index, weights=duplicate[tagged], minlength=len(unique)).astype(np.int64)
+        if failed:
+            extra = done
+        elif duplicate is None:  # none of them was a duplicate
+            extra = np.zeros_like(done)
+        else:
+            extra = np.bincount(index, weights=duplicate[tagged], minlength=len(unique)).astype(np.int64)
         self.rows[lane, slots[mine], _DONE] += done[mine]
         self.rows[lane, slots[mine], column] += extra[mine]
 

@@ -293,17 +293,17 @@ class ChainCheck:
         by_no: dict[int, Record | list[Record]] = {}  # one row per number, the common case, or a list
         head_no = None if self.head is None else self.head[0]
         expected = self.expected
-        for r in records:
-            k = r.record_no
+        for stored in records:
+            k = stored.record_no
             if k is None:
-                self.strays.append(r)
+                self.strays.append(stored)
             elif head_no is not None and k > head_no:
-                self._beyond.append(r)
+                self._beyond.append(stored)
             elif k < expected:
-                self.late.append(r)
+                self.late.append(stored)
             else:
                 got = by_no.get(k)
-                by_no[k] = r if got is None else [*got, r] if isinstance(got, list) else [got, r]
+                by_no[k] = stored if got is None else [*got, stored] if isinstance(got, list) else [got, stored]
         numbers = sorted(by_no)
         if numbers and self._first_read is None:
             self._first_read = numbers[0]
@@ -381,7 +381,7 @@ class ChainCheck:
         head_no, head_link = self.head
         if self._beyond:
             beyond = sorted(self._beyond, key=lambda r: (r.record_no, r.row_id))
-            numbers = [r.record_no for r in beyond]
+            numbers = [r.record_no for r in beyond if r.record_no is not None]  # all: each is past the head
             linked = self.expected == head_no + 1 and numbers == list(range(head_no + 1, head_no + 1 + len(beyond)))
             prev = self.prev
             for r in beyond if linked else ():
@@ -461,6 +461,7 @@ class ChainCheck:
                 position = floor + 1
                 if found is None:  # landed on the record after the gap, or the head sits on the floor
                     break
+            assert found is not None  # each way to here found the row that holds
             placed[position] = (*found, True)
             used.add(id(found[1]))
             prev, position = found[1].link, position + 1
@@ -562,14 +563,15 @@ def resolve(checks: Iterable[ChainCheck]) -> list[Finding]:
     for check in checks:
         late = late_of[check.scale_id] = {}
         for r in check.late:
-            late.setdefault(r.record_no, []).append(r)
+            if r.record_no is not None:  # always: a late record has a number below the expected one
+                late.setdefault(r.record_no, []).append(r)
         for gap in check._gaps:
             check._fill(gap, late, pool, budget)
     findings = [f for c in checks for f in c.findings]
     leftover: dict[int, list[tuple[int, str]]] = {}
     for check in checks:
-        for number, rows in late_of[check.scale_id].items():
-            for r in rows:
+        for number, same_number in late_of[check.scale_id].items():
+            for r in same_number:
                 if check._first_read is None or number < check._first_read:
                     findings.append(Finding(check.scale_id, "changed", (number,), (
                         f"record {number} (row id {r.row_id}) is stored among later records: its created_at "

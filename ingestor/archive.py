@@ -46,7 +46,7 @@ import psycopg
 
 from .errors import ArchiveError, ConfigError
 from .failpoints import failpoint
-from .schema import regular_field
+from .schema import one, regular_field, row
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +229,17 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
     bounds = {"lo": lo, "hi": lo + dt.timedelta(days=1)}
     name = file_name(partition)
     tmp = temporary_name(partition)
+    moving: str | None = tmp  # the temporary file to verify and move; None when only the record is missing
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        rows, checksum, irregular = conn.execute(CHECKSUM_PG, bounds).fetchone()
+        rows, checksum, irregular = row(conn.execute(CHECKSUM_PG, bounds))
         rows, checksum = int(rows), int(checksum)
         if irregular is not None:
             raise ArchiveError(f"{partition}: row id {irregular} has a data field that is not {{\"val\": text}} "
                                "or a time out of range; the archive's columns could not hold it: not archived")
-        table_bytes = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (partition,)).fetchone()[0]
+        table_bytes = one(conn.execute("SELECT pg_total_relation_size(%s::regclass)", (partition,)))
         if _already_archived(conn, target, partition, name, rows, checksum):
-            tmp = None  # the final name holds exactly these rows: only the record is missing
+            moving = None  # the final name holds exactly these rows: only the record is missing
         else:
             meta = {"format": FORMAT_VERSION, "partition": partition, "day": day.isoformat(), "rows": rows,
                     "checksum": str(checksum)}
@@ -248,8 +249,8 @@ def archive_partition(conn: psycopg.Connection, target: Target, partition: str, 
             except BaseException:
                 _remove_quietly(target, tmp)
                 raise
-    if tmp is not None:
-        _verify_and_move(target, partition, tmp, name, rows, checksum)
+    if moving is not None:
+        _verify_and_move(target, partition, moving, name, rows, checksum)
     file_bytes = target.size(name) or 0
     failpoint("archive.record", conn)
     conn.execute(
@@ -285,7 +286,7 @@ def _verify_and_move(target: Target, partition: str, tmp: str, name: str, rows: 
 class _CopyReader(io.RawIOBase):
     """A readable file over the chunks of a psycopg COPY TO STDOUT, for pyarrow's CSV reader."""
 
-    def __init__(self, chunks: Iterator[memoryview]) -> None:
+    def __init__(self, chunks: Iterator[bytes | bytearray | memoryview]) -> None:
         self._chunks = chunks
         self._left = memoryview(b"")
 
@@ -402,10 +403,12 @@ def verify(target: Target, name: str) -> tuple[int, int]:
         try:
             con.execute("SET threads = 1")  # beside the writers on a small box; bench/archive_size.py times it
             con.register("batches", pa.RecordBatchReader.from_batches(schema, batches))
-            rows, checksum = con.execute(CHECKSUM_ARROW).fetchone()
+            found = con.execute(CHECKSUM_ARROW).fetchone()
         finally:
             con.close()
-    return int(rows), int(checksum)
+    if found is None:  # an aggregate always gives a row
+        raise ArchiveError("DuckDB returned no checksum row")
+    return int(found[0]), int(found[1])
 
 
 def file_metadata(target: Target, name: str) -> dict:

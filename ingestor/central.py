@@ -114,7 +114,7 @@ def setup(edge_dsn: str, central_dsn: str, schema: str, publisher_dsn: str | Non
     """
     name = name_of(schema)
     with psycopg.connect(edge_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as edge:
-        level = edge.execute("SHOW wal_level").fetchone()[0]
+        level = schema_mod.one(edge.execute("SHOW wal_level"))
         if level != "logical":
             raise DatabaseError(
                 f"the edge's wal_level is {level!r}; logical replication needs 'logical': "

@@ -30,6 +30,7 @@ import numpy as np
 from . import alibi
 from .alibi import Head
 from .copy_payload import Chained
+from .errors import DatabaseError
 
 
 class Unreserved(Exception):
@@ -122,6 +123,17 @@ class Chains:
 
 
 def locked_heads(stored: dict[int, tuple[int | None, bytes | None]], floor: int = 0) -> dict[int, Head]:
-    """The claim's locked heads as :class:`Head` (``floor`` at the genesis for a chain not begun)."""
-    return {s: Head(floor, alibi.genesis(s)) if no is None else Head(no, bytes(link))
-            for s, (no, link) in stored.items()}
+    """The claim's locked heads as :class:`Head` (``floor`` at the genesis for a chain not begun).
+
+    DatabaseError for a claims row with a record number and no link (migration 010 writes both or neither):
+    no record may be linked to a head that cannot be checked.
+    """
+    heads = {}
+    for s, (no, link) in stored.items():
+        if no is None:
+            heads[s] = Head(floor, alibi.genesis(s))
+        elif link is None:
+            raise DatabaseError(f"ingestor_claims row of scale {s} has record number {no} and no link")
+        else:
+            heads[s] = Head(no, bytes(link))
+    return heads

@@ -1,6 +1,6 @@
-"""The one entry point of every child process (started with the ``spawn`` method).
+"""A supervised child process: the supervisor's handle on it (:class:`Child`) and its one entry point (:func:`main`).
 
-The supervisor blocks SIGINT and SIGTERM while it spawns; here the child sets
+Children are started with the ``spawn`` method. The supervisor blocks SIGINT and SIGTERM while it spawns; here the child sets
 up logging again, installs its own handlers and only then unblocks them
 (dramatiq's ``try_block_signals`` idea), so no signal lands before the child
 can handle it. Children ignore SIGINT: a Ctrl-C in the terminal reaches the
@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from .backoff import Backoff
 from .errors import BootError
 from .roles import ChildArgs
 
@@ -28,7 +34,98 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RESTART_BACKOFF = Backoff(first_s=0.5, max_s=30.0)  # a child's restarts while it keeps failing quickly
+STABLE_AFTER_S = 10.0  # a child that lived this long resets its backoff
 LOG_FORMAT = "%(asctime)s %(levelname)-7s {instance}%(processName)s[%(process)d] %(message)s"
+
+
+class Child:
+    """One supervised child: its role (``args``, :mod:`ingestor.roles`), its current process, its restart
+    history. Used by the supervisor only."""
+
+    def __init__(self, args: ChildArgs) -> None:
+        self.args = args
+        self.name = args.name  # front, writer-N, simulator, lifecycle: in the log and the process title
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.quick_failures = 0
+        self.spawn_after = 0.0  # time.monotonic() from which a respawn is due
+        self.wanted = True  # False once the supervisor stops it for good
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+    @property
+    def pid(self) -> int:
+        """The live process's pid; 0 when none runs."""
+        return (self.process.pid or 0) if self.process is not None and self.alive() else 0
+
+    @property
+    def sentinel(self) -> int | None:
+        """The live process's sentinel (readable once it ends), None when none runs."""
+        return self.process.sentinel if self.process is not None and self.alive() else None
+
+    def start(self, ctx: multiprocessing.context.SpawnContext, log_level: str, instance: str) -> None:
+        """Start a new process running :func:`main` with ``args`` (signals blocked until its handlers are in)."""
+        process = ctx.Process(target=main, args=(self.args, log_level, instance), name=self.name, daemon=False)
+        with _signals_blocked():
+            process.start()
+        self.process = process
+        self.started_at = time.monotonic()
+        logging.getLogger("ingestor.supervisor").debug("Spawned %s (pid %d)", self.name, process.pid)
+
+    def reap(self) -> tuple[int, int] | None:
+        """The ended process's (exit code, pid), its handle closed; None while it runs (or none was started)."""
+        p = self.process
+        if p is None or p.exitcode is None:
+            return None
+        code, pid = p.exitcode, p.pid or 0
+        p.close()
+        self.process = None
+        return code, pid
+
+    def schedule_restart(self) -> float:
+        """Count a restart and set when it is due: at once after a stable life, else after a backoff that
+        doubles with each quick failure (:data:`RESTART_BACKOFF`). Returns the delay, s."""
+        lived = time.monotonic() - self.started_at
+        self.quick_failures = self.quick_failures + 1 if lived < STABLE_AFTER_S else 0
+        delay = RESTART_BACKOFF.delay(self.quick_failures) if self.quick_failures else 0.0
+        self.spawn_after = time.monotonic() + delay
+        self.restarts += 1
+        return delay
+
+    def terminate(self) -> None:
+        """SIGTERM: the child finishes what it holds and exits."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def join(self, timeout_s: float) -> None:
+        if self.process is not None:
+            self.process.join(timeout_s)
+
+
+def exit_description(code: int) -> str:
+    """How a process with exit code ``code`` ended, for the log: "exited", "exited with code 1", "was killed by
+    SIGKILL (perhaps out of memory?)" (a negative code is the signal's number)."""
+    if code < 0:
+        hint = " (perhaps out of memory?)" if -code == signal.SIGKILL else ""
+        return f"was killed by {signal.Signals(-code).name}{hint}"
+    return f"exited with code {code}" if code else "exited"
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block the handled signals while spawning; the child unblocks them once its handlers are in."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def setup_logging(level: str, instance: str | None = None) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
@@ -68,13 +68,16 @@ FROM unnest(%b::int4[], %b::int8[], %b::int8[], %b::int8[], %b::bytea[]) AS u(sc
 WHERE c.scale_id = u.scale_id
 """
 
+# a locked claims row: (scale_id, head first seq, head last seq, chain number, chain link), as LOCK_SQL reads it
+_Head = tuple[Any, ...]
+
 INSERT_RUNS_SQL = "INSERT INTO ingestor_claim_runs SELECT * FROM unnest(%b::int4[], %b::int8[], %b::int8[])"
 
 
 class Runs(NamedTuple):
     """A batch whose keys are one run of consecutive seqs per scale, as migration 007's function takes it."""
 
-    index: np.ndarray  #: position in the batch of each distinct key's first occurrence (int64)
+    positions: np.ndarray  #: position in the batch of each distinct key's first occurrence (int64)
     new_scales: BinaryArray | None  #: int4[] of the scales without a known claims row, or None
     scales: BinaryArray  #: int4[], one per scale, ascending
     first: BinaryArray  #: int8[], each scale's lowest seq in the batch
@@ -172,7 +175,7 @@ class Claims:
         self._known.update(self._pending)
         self._pending = []
 
-    def _lock(self, cur: psycopg.Cursor, scales: np.ndarray) -> list[tuple]:
+    def _lock(self, cur: psycopg.Cursor[Any], scales: np.ndarray) -> list[_Head]:
         heads = cur.execute(LOCK_SQL, (BinaryArray(scales, INT4_ARRAY_OID),)).fetchall()
         if len(heads) != len(scales):
             # A scale this process thought known has no row (deleted by hand): make it,
@@ -212,7 +215,8 @@ class _Keys:
         self.run_scale = np.cumsum(new_scale)[self.run_start] - 1
 
 
-def _merge(cur: psycopg.Cursor, keys: _Keys, heads: list) -> tuple[np.ndarray, list, list]:
+def _merge(cur: psycopg.Cursor[Any], keys: _Keys,
+           heads: list[_Head]) -> tuple[np.ndarray, list[tuple[int, int, int]], list[tuple[int, int, int]]]:
     """Duplicates (bool per distinct key), head rows to write and run rows to insert.
 
     Vectorized for scales whose batch is one run continuing the head; the
@@ -235,26 +239,27 @@ def _merge(cur: psycopg.Cursor, keys: _Keys, heads: list) -> tuple[np.ndarray, l
     if not slow:
         return dup, head_updates, []
     stored = _stored_runs(cur, keys, heads, slow)
-    run_inserts = []
+    run_inserts: list[tuple[int, int, int]] = []
     for i in slow:
         start = keys.run_start[first_run[i]]
         end = keys.run_end[first_run[i] + runs_per_scale[i] - 1] + 1
         head = None if heads[i][2] is None else (heads[i][1], heads[i][2])
         scale_dup, new_head, inserts = _merge_scale(keys.seqs[start:end], head, stored[heads[i][0]])
         dup[start:end] = scale_dup
-        if new_head != head:
+        if new_head is not None and new_head != head:
             head_updates.append((heads[i][0], *new_head))
         run_inserts.extend((heads[i][0], first, last) for first, last in inserts)
     return dup, head_updates, run_inserts
 
 
-def _stored_runs(cur: psycopg.Cursor, keys: _Keys, heads: list, slow: list[int]) -> dict[int, list]:
+def _stored_runs(cur: psycopg.Cursor[Any], keys: _Keys, heads: list[_Head],
+                 slow: list[int]) -> dict[int, list[tuple[int, int]]]:
     """The stored runs (besides the heads) that the batch's runs of ``slow`` scales overlap, per scale id."""
     slow_scales = set(slow)
     reach = [(heads[i][0], int(keys.seqs[keys.run_start[r]]), int(keys.seqs[keys.run_end[r]]))
              for r, i in enumerate(keys.run_scale.tolist()) if i in slow_scales
              and heads[i][2] is not None and keys.seqs[keys.run_start[r]] <= heads[i][2]]
-    found: dict[int, list] = defaultdict(list)
+    found: dict[int, list[tuple[int, int]]] = defaultdict(list)
     if reach:
         for scale, first, last in set(cur.execute(RUNS_SQL, _columns(reach)).fetchall()):
             found[scale].append((first, last))
@@ -262,7 +267,7 @@ def _stored_runs(cur: psycopg.Cursor, keys: _Keys, heads: list, slow: list[int])
 
 
 def _merge_scale(seqs: np.ndarray, head: tuple[int, int] | None,
-                 stored: list[tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, int]]]:
+                 stored: list[tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int] | None, list[tuple[int, int]]]:
     """One scale: which of ``seqs`` (distinct, ascending) are claimed already, its new head, runs to insert.
 
     ``stored`` holds every stored run that any of ``seqs`` could fall in, besides the head.

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import msgspec
 
@@ -28,7 +28,7 @@ DSN_OPTIONS = ("dsn", "edge_dsn", "central_dsn", "publisher_dsn")
 class _Parser(argparse.ArgumentParser):
     """argparse with a refusal of one line (docs/operations.md#exit-codes): what is wrong, and where the help is."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -575,11 +575,9 @@ def cmd_alibi(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    if args.action == "alibi":
-        from .seals import generate_keys
-    else:
-        from .security import generate_keys
+    from . import seals, security
 
+    generate_keys = seals.generate_keys if args.action == "alibi" else security.generate_keys
     try:
         public, secret = generate_keys(args.dir, args.name)
     except FileExistsError as e:

@@ -190,7 +190,7 @@ class Sender:
             self._resend_overdue()
             left = deadline - time.monotonic()
             wait = min(max(left, 0.0), self._next_resend_in())
-            if not self._sock.poll(wait * 1000):
+            if not self._sock.poll(int(wait * 1000)):
                 if left <= 0:
                     return new
                 continue

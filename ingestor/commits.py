@@ -44,7 +44,7 @@ import msgspec
 import psycopg
 
 from .failpoints import failpoint
-from .schema import set_search_path
+from .schema import one, row, set_search_path
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def save(file: Path, record: Record) -> None:
 def database_state(conn: psycopg.Connection, schema: str, instance: str) -> tuple[str, dict[int, LaneCommit]]:
     """(``ingestor_database.id``, the instance's checkpoints by lane) of the database ``conn`` reaches."""
     set_search_path(conn, schema)
-    (database,) = conn.execute("SELECT id::text FROM ingestor_database").fetchone()
+    database = one(conn.execute("SELECT id::text FROM ingestor_database"))
     rows = conn.execute("SELECT lane, ring_id, position, persisted, lifetime FROM ingestor_checkpoints "
                         "WHERE instance = %s", (instance,)).fetchall()
     return database, {lane: LaneCommit(ring_id, position, persisted, lifetime)
@@ -156,8 +156,9 @@ def skip(conn: psycopg.Connection, floor: int, instance: str, lost: int) -> int:
 
 def numbers_held(conn: psycopg.Connection) -> tuple[int, int]:
     """(the greatest record number of any chain's head, the greatest skip floor) the database holds; 0 for none."""
-    return conn.execute("SELECT (SELECT coalesce(max(record_no), 0) FROM ingestor_claims), "
-                        "(SELECT coalesce(max(floor), 0) FROM ingestor_alibi_skips)").fetchone()
+    held, floor = row(conn.execute("SELECT (SELECT coalesce(max(record_no), 0) FROM ingestor_claims), "
+                                   "(SELECT coalesce(max(floor), 0) FROM ingestor_alibi_skips)"))
+    return int(held), int(floor)
 
 
 class Keeper:
@@ -217,7 +218,8 @@ class Keeper:
                 self.skipped = True  # sealed before the writers go on (again, if a run died before it could)
         self._database, self._lanes = database, dict(held)  # this run starts from what the database holds
         self.reserved, self.floor = reserved + RESERVE, floor
-        for s in found:
+        for s in found:  # found only with a record
+            assert record is not None
             behind = (f"position {s.held.position} of the same run" if s.held is not None and s.held.ring_id ==
                       s.recorded.ring_id else f"another run's checkpoint ({s.held.ring_id})" if s.held else "nothing")
             log.error(

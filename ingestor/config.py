@@ -14,7 +14,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import msgspec.inspect
@@ -214,10 +214,10 @@ def load(
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as e:
-        key = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else None
-        if key not in _TYPES:
+        bad = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else None
+        if bad is None or bad not in _TYPES:
             raise ConfigError(f"invalid configuration: {e}") from None
-        raise ConfigError(f"{key} = {merged.get(key)!r} (from {sources[key]}): must be {_rule(_TYPES[key])}") from None
+        raise ConfigError(f"{bad} = {merged.get(bad)!r} (from {sources[bad]}): must be {_rule(_TYPES[bad])}") from None
     if (config.curve_secret_key is None) != (config.curve_clients_dir is None):
         given, missing = (("curve_secret_key", "curve_clients_dir") if config.curve_clients_dir is None
                           else ("curve_clients_dir", "curve_secret_key"))
@@ -278,7 +278,7 @@ def check_dsn(dsn: str, source: str) -> None:
             raise ConfigError(f"dsn = {mask_password(dsn)!r} (from {source}): {key} {value!r} is not a number")
 
 
-_TYPES = {f.name: f.type for f in msgspec.inspect.type_info(Config).fields}
+_TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config)).fields}
 
 
 def _rule(t: msgspec.inspect.Type) -> str:
@@ -341,7 +341,7 @@ def without_password(dsn: str) -> str:
 
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     params.pop("password", None)
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 def mask_password(dsn: str) -> str:

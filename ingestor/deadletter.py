@@ -113,8 +113,8 @@ class DeadLetterWriter:
             self._size = self._path.stat().st_size if self._path.exists() else 0
         if self._size and self._size + incoming > self.file_bytes:
             failpoint("deadletter.rotate")
-            n = int(self._path.stem.rsplit("-", 1)[1]) + 1
-            self._path, self._size = self.directory / f"{day}-{n}.jsonl", 0
+            number = int(self._path.stem.rsplit("-", 1)[1]) + 1
+            self._path, self._size = self.directory / f"{day}-{number}.jsonl", 0
             self._enforce_bound(incoming)
         return self._path
 
@@ -164,7 +164,7 @@ class DeadLetterWriter:
             frame, encoding = _frame_text(r.raw)
             letter = DeadLetter(
                 time=stamp, source=self.source, kind=r.kind, reason=r.reason, frame=frame,
-                frame_encoding=encoding, scale_id=r.scale_id, index=r.index, sqlstate=sqlstate,
+                frame_encoding=encoding, scale_id=r.scale_id, index=r.position, sqlstate=sqlstate,
             )
             lines.append(_encoder.encode(letter))
         if not lines:

@@ -91,7 +91,7 @@ STATE_ENV = "INGESTOR_FAILPOINTS_STATE"
 
 
 class Step(NamedTuple):
-    count: int | None  # fires of this step, None = for ever
+    fires: int | None  # fires of this step, None = for ever
     task: str
     arg: int | None
 
@@ -152,12 +152,12 @@ def failpoint(name: str, conn: Any = None) -> None:
 def _fire(name: str, conn: Any) -> None:
     k = _next_pass(name)  # which pass this is, counted over every process sharing the state directory
     for step in _armed[name]:
-        if step.count is None or k < step.count:
+        if step.fires is None or k < step.fires:
             if step.task != "off":
                 _record_fire(name)
             _run(name, step, conn)
             return
-        k -= step.count
+        k -= step.fires
     # every counted step used up: nothing happens
 
 
@@ -209,7 +209,7 @@ def _run(name: str, step: Step, conn: Any) -> None:
     if task == "off":
         return
     if task == "sleep":
-        time.sleep(step.arg / 1000)
+        time.sleep((step.arg or 0) / 1000)  # parse() gives sleep its argument
     elif task == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(10)  # pragma: no cover - SIGKILL is not deliverable late, but never go on

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import zmq
@@ -86,6 +87,13 @@ class Front:
         self.dead_letters = dead_letters
         self.stopping = stopping
 
+    @property
+    def acked_replies(self) -> Replies:
+        """The replies awaiting commits in acked mode; RuntimeError for a front made without ``acks``."""
+        if self.replies is None:
+            raise RuntimeError("acked input needs the ack table (Front(acks=...))")
+        return self.replies
+
     def run(self) -> None:
         self.placement.open()
         ctx = zmq.Context()
@@ -98,16 +106,16 @@ class Front:
                 # room for a reply to every message that may await one, so none is dropped
                 # while a sender is slow to read (ROUTER drops at the high-water mark)
                 router.setsockopt(zmq.SNDHWM, MAX_AWAITING)
-            for sock, endpoint in ((pull, self.bind), (router, self.ack_bind)):
-                if sock is not None:
-                    sock.setsockopt(zmq.RCVHWM, RCVHWM)
-                    sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
-                    if self.curve is not None:
-                        self.curve.apply(sock, endpoint)
-                    try:
-                        sock.bind(endpoint)
-                    except zmq.ZMQError as e:  # the service halts: a restart would not free the port
-                        raise BootError(f"cannot bind {endpoint}: {e}") from None
+            listeners = [(pull, self.bind)] + ([(router, self.ack_bind)] if router and self.ack_bind else [])
+            for sock, endpoint in listeners:
+                sock.setsockopt(zmq.RCVHWM, RCVHWM)
+                sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAXMSGSIZE_FACTOR * self.max_frame_bytes)
+                if self.curve is not None:
+                    self.curve.apply(sock, endpoint)
+                try:
+                    sock.bind(endpoint)
+                except zmq.ZMQError as e:  # the service halts: a restart would not free the port
+                    raise BootError(f"cannot bind {endpoint}: {e}") from None
             log.info("Front listening on %s (PULL)%s%s", self.bind,
                      f" and {self.ack_bind} (ROUTER, acked mode)" if router is not None else "",
                      ", CURVE" if self.curve is not None else "")
@@ -119,7 +127,7 @@ class Front:
                 if router is not None:
                     self.reply_committed(router)
                     # too many awaiting replies would reuse their rows: stop reading acked input
-                    poller.register(router, 0 if self.replies.full() else zmq.POLLIN)
+                    poller.register(router, 0 if self.acked_replies.full() else zmq.POLLIN)
                 spooling = self.placement.spooling
                 timeout = SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else POLL_MS
                 ready = dict(poller.poll(timeout))
@@ -164,7 +172,7 @@ class Front:
             else:
                 error = None if frames else "no_frames"
                 batch.decode(frames)
-            tag = self.replies.add(identity, token, len(batch.builder) - start, len(batch.rejected) - invalid_before,
+            tag = self.acked_replies.add(identity, token, len(batch.builder) - start, len(batch.rejected) - invalid_before,
                                    error, (f"{r.kind}: {r.reason}" for r in batch.rejected[invalid_before:]))
             tagged.append((tag, start, len(batch.builder)))
         c = self.counters
@@ -192,14 +200,15 @@ class Front:
         reason = f"frame of {len(frame)} bytes is over --max-frame-bytes {self.max_frame_bytes}"
         return Rejected("frame_too_large", reason, None, frame[:REFUSED_KEEP_BYTES], None)
 
-    def reply_committed(self, router: zmq.Socket) -> None:
+    def reply_committed(self, router: zmq.Socket[bytes]) -> None:
         """Answer every acked message whose accepted events are all committed (docs/PROTOCOL.md §5)."""
-        for reply in self.replies.ready():
+        replies = self.acked_replies
+        for reply in replies.ready():
             router.send_multipart(reply, zmq.NOBLOCK)
             self.counters["ack_replies"] += 1
         # added, not stored: the shared total outlives a restarted front, whose own count starts at 0
-        self.counters["ack_expired"] += self.replies.expired
-        self.replies.expired = 0
+        self.counters["ack_expired"] += replies.expired
+        replies.expired = 0
 
 class _Batch:
     """The frames of one received batch, decoded: valid events as columns, invalid ones with their reasons."""
@@ -238,7 +247,7 @@ def _bad_token(token: bytes, raw: bytes, index: int | None) -> Rejected:
     return Rejected("bad_token", reason, None, raw, index)
 
 
-def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:
+def _receive(sock: zmq.Socket[bytes], gather_s: float) -> list[list[bytes]]:
     """The messages queued on ``sock``, up to MAX_BATCH_BYTES, gathering for ``gather_s`` more seconds.
 
     Gathering makes the cycles at a low rate serve several frames, and spool
@@ -249,9 +258,9 @@ def _receive(sock: zmq.Socket, gather_s: float) -> list[list[bytes]]:
     size = 0
     deadline = time.monotonic() + gather_s
     while size < MAX_BATCH_BYTES:
-        if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+        if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(left * 1000):
+            if left <= 0 or not sock.poll(int(left * 1000)):
                 break
             continue
         try:

@@ -77,7 +77,7 @@ def glance(s: Figures | None, healthy: bool, reason: str) -> Glance:
         reasons.append(f"{s.seal_failures} seals could not be stored")
     if (s.central_stalled_s or 0) > CENTRAL_STALLED_AMBER_S:
         reasons.append(f"the central server has confirmed nothing for {s.central_stalled_s:.0f} s")
-    level = "red" if not healthy else "amber" if reasons else "green"
+    level: Literal["green", "amber", "red"] = "red" if not healthy else "amber" if reasons else "green"
     return Glance(level, reasons)
 
 

@@ -73,7 +73,7 @@ class _Collector:
             c = CounterMetricFamily(f"{PREFIX}_{key}", doc)
             c.add_metric([], getattr(s, key))
             yield c
-        gauges = (
+        gauges: list[tuple[str, str, float | int]] = [
             ("pending_events", "Events accepted and not yet written (ring, spool, in hand).", s.pending),
             ("ring_capacity_slots", "Slots of the shared-memory ring.", s.ring_capacity),
             ("ring_used_slots", "Slots holding events now.", s.ring_used),
@@ -88,14 +88,14 @@ class _Collector:
             ("average_batch_duration_seconds", "Duration of a committed batch, on average.", s.average_batch_ms / 1000),
             ("retention_refused_partitions", "Day partitions the last retention pass refused to drop (no verified "
              "archive).", s.retention_refused),
-        )
+        ]
         if s.central_lag_bytes is not None:  # only where a central server subscribes to this edge
-            gauges += (("central_lag_bytes", "WAL bytes the central server has not confirmed yet.",
+            gauges += [("central_lag_bytes", "WAL bytes the central server has not confirmed yet.",
                         s.central_lag_bytes),
                        ("central_stalled_seconds", "Seconds the central server has confirmed nothing while WAL "
-                        "waited for it (down, or its subscription failing again and again).", s.central_stalled_s),
+                        "waited for it (down, or its subscription failing again and again).", s.central_stalled_s or 0.0),
                        ("central_syncing_tables", "Tables of the central copy whose initial copy has not finished "
-                        "(table-sync slots on this database).", s.central_syncing_tables))
+                        "(table-sync slots on this database).", s.central_syncing_tables or 0)]
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
             g.add_metric([], value)

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from . import archive
 from .errors import ArchiveError
-from .schema import day_partitions_before, set_search_path
+from .schema import day_partitions_before, one, set_search_path
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def retire(dsn: str, schema: str, cutoff: dt.date, target: archive.Target | None
                 why = _why_not_droppable(target, partition, archives.get(partition))
                 if why is None:
                     try:
-                        rows = conn.execute("SELECT ingestor_drop_archived_partition(%s)", (partition,)).fetchone()[0]
+                        rows = one(conn.execute("SELECT ingestor_drop_archived_partition(%s)", (partition,)))
                         dropped.append((partition, int(rows)))
                         continue
                     except psycopg.errors.ObjectNotInPrerequisiteState as e:
@@ -145,8 +145,8 @@ def partitions(dsn: str, schema: str, count: bool = False) -> list[PartitionStat
             day = dt.datetime.strptime(name[-8:], "%Y%m%d").date() if name[-8:].isdigit() else None
             rows = None
             if count:
-                rows = conn.execute(sql.SQL("SELECT count(*) FROM weighing_logs WHERE tableoid = {}::regclass").format(
-                    sql.Literal(name))).fetchone()[0]
+                rows = one(conn.execute(sql.SQL("SELECT count(*) FROM weighing_logs WHERE tableoid = {}::regclass")
+                                        .format(sql.Literal(name))))
             a = archives.pop(name, None)
             out.append(PartitionState(name, day, rows, estimate, size, a[2] if a else None, a[3] if a else None,
                                       a[4] if a else None))

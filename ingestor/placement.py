@@ -130,9 +130,9 @@ class Placement:
 
     def _put_fitting(self, records: np.ndarray) -> np.ndarray:
         """Put what fits now into each lane; return the rest (each lane's order kept)."""
-        rest = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._split(records)) if len(part)]
-        rest = [r for r in rest if len(r)]
-        rest = np.concatenate(rest) if rest else records[:0]
+        parts = [part[lane.put(part):] for lane, part in zip(self.ring.lanes, self._split(records)) if len(part)]
+        parts = [r for r in parts if len(r)]
+        rest = np.concatenate(parts) if parts else records[:0]
         self.hold(len(rest))
         return rest
 
@@ -183,7 +183,9 @@ class Placement:
         while self.spool.events:
             if self._carry is None:
                 try:
-                    self._carry = self._split(self.spool.peek())
+                    if (block := self.spool.peek()) is None:  # not while spool.events > 0
+                        return
+                    self._carry = self._split(block)
                 except OSError as e:  # the block stays in the spool: tried again on the next round
                     if not self._read_failing:
                         log.error("Cannot read the spool's oldest block from %s (%s); retrying",
@@ -221,7 +223,7 @@ class Placement:
             return
         rest = [part for part in self._carry if len(part)]
         try:
-            self.spool.requeue_oldest(np.concatenate(rest) if rest else self.spool.peek()[:0])
+            self.spool.requeue_oldest(np.concatenate(rest) if rest else np.zeros(0, self.spool.dtype))
         except (SpoolError, OSError) as e:
             # The whole block stays in the spool: its part already in the ring is
             # replayed too and found duplicate, never lost.
@@ -293,3 +295,21 @@ class Placement:
         c["held_events"] = self._held
         c["front_pending"] = self._held + self.spool.events - in_ring
         c["spool_bytes"] = self.spool.bytes
+
+
+def settle_front_died_stopping(counters: np.ndarray, pid: int) -> int:
+    """A front that died while the service stopped held its batch in hand: count it ``lost``; return how many.
+
+    ``counters``: the front's record of ``stats.FRONT_DTYPE``. No successor
+    will settle it (:meth:`Placement._reconcile_after_crash`), so the
+    supervisor does, here. What the front had taken from ZeroMQ and not yet
+    counted is gone uncounted; in acked mode its senders get no reply and
+    re-send (docs/PROTOCOL.md §5).
+    """
+    held = int(counters["held_events"])
+    if held:
+        counters["held_events"] = 0
+        counters["front_pending"] -= held
+        counters["lost"] += held
+        log.error("LOST %d accepted events: the front (pid %d) died holding them (counted in stats 'lost')", held, pid)
+    return held

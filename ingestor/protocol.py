@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import operator
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, TypeAlias, TypeVar, cast
 
 import msgspec
 import numpy as np
@@ -67,17 +67,20 @@ class _Probe(msgspec.Struct):
     scale_id: object = None
 
 
+_T = TypeVar("_T")
+_Decoder: TypeAlias = msgspec.json.Decoder[_T] | msgspec.msgpack.Decoder[_T]
 _Frame = Annotated[list[Event], msgspec.Meta(max_length=MAX_EVENTS_PER_FRAME)] | Event
-_DECODERS = {
+# keyed by "is JSON": the front decodes each frame in the encoding its first byte says
+_DECODERS: dict[bool, _Decoder[list[Event] | Event]] = {
     True: msgspec.json.Decoder(_Frame),
     False: msgspec.msgpack.Decoder(_Frame),
 }
-_EVENT_DECODERS = {True: msgspec.json.Decoder(Event), False: msgspec.msgpack.Decoder(Event)}
-_RAW_LIST_DECODERS = {
+_EVENT_DECODERS: dict[bool, _Decoder[Event]] = {True: msgspec.json.Decoder(Event), False: msgspec.msgpack.Decoder(Event)}
+_RAW_LIST_DECODERS: dict[bool, _Decoder[list[msgspec.Raw]]] = {
     True: msgspec.json.Decoder(list[msgspec.Raw]),
     False: msgspec.msgpack.Decoder(list[msgspec.Raw]),
 }
-_PROBE_DECODERS = {True: msgspec.json.Decoder(_Probe), False: msgspec.msgpack.Decoder(_Probe)}
+_PROBE_DECODERS: dict[bool, _Decoder[_Probe]] = {True: msgspec.json.Decoder(_Probe), False: msgspec.msgpack.Decoder(_Probe)}
 
 # A ring record: one valid measurement, fixed size so the ring can hold it in a
 # numpy array and the writers can build COPY rows from columns.
@@ -116,7 +119,7 @@ class Rejected(NamedTuple):
     reason: str  #: one sentence naming the field and the rule broken
     scale_id: int | None  #: when the event says it and it is an integer
     raw: bytes  #: the frame, or the event's own bytes inside an array frame
-    index: int | None  #: position in the frame's array, None for a single event
+    position: int | None  #: index in the frame's array, None for a single event (a tuple's own ``index`` is a method)
 
 
 class _Invalid(Exception):
@@ -132,14 +135,14 @@ def _text(name: str, value: Text) -> bytes | None:
     """
     if value is None:
         return None
-    if type(value) is str:
+    if isinstance(value, str):
         raw = value.encode()
         if len(raw) > MAX_TEXT_BYTES:
             raise _Invalid("text_too_long", f"{name} is {len(raw)} bytes of UTF-8, over the {MAX_TEXT_BYTES}-byte limit")
         if b"\x00" in raw:
             raise _Invalid("invalid", f"{name} contains U+0000, which PostgreSQL cannot store")
         return raw
-    if type(value) is int:
+    if isinstance(value, int):
         raw = str(value).encode()
     else:
         if not math.isfinite(value):
@@ -219,7 +222,7 @@ class RecordBuilder:
     def add(self, event: Event, now_us: int) -> None:
         """Append one event; raise _Invalid (and append nothing) when it breaks a rule."""
         ts = event.ts
-        if type(ts) is int:
+        if isinstance(ts, int):
             if ts < _TS_MIN_MS:
                 raise _Invalid("invalid", f"ts {ts} ms is before year 1")
             if ts > (now_us + FUTURE_TOLERANCE_US) // 1000:
@@ -243,7 +246,7 @@ class RecordBuilder:
             elif type(value) is str and len(value) <= _SURELY_SHORT and "\x00" not in value:
                 texts.append(value.encode())  # the common case, without a call
             else:
-                texts.append(_text(DATA_FIELDS[k], value))
+                texts.append(_text(DATA_FIELDS[k], value) or b"")  # not None: value is not None
         self.scale_id.append(event.scale_id)
         self.seq.append(event.seq)
         self.measured_us.append(us)
@@ -292,7 +295,7 @@ def _text_column(values: list[Text], text: np.ndarray, text_len: np.ndarray) -> 
         return True
     if kinds == {str}:
         try:
-            raw = list(map(str.encode, values))
+            raw = list(map(str.encode, cast("list[str]", values)))  # kinds == {str}
         except UnicodeEncodeError:
             return False
     elif kinds <= {str, int, _NONE}:
@@ -350,7 +353,7 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
                 return _judge_each(split, json, into, now_us)
         fmt = "JSON" if json else "MessagePack"
         return 1, [Rejected("undecodable", f"undecodable {fmt} frame: {e}", None, frame, None)]
-    if type(decoded) is not list:
+    if not isinstance(decoded, list):
         try:
             into.add(decoded, now_us)
         except _Invalid as e:
@@ -359,14 +362,14 @@ def decode_frame(frame: bytes, into: RecordBuilder, now_us: int) -> tuple[int, l
     if len(decoded) >= FAST_PATH_MIN_EVENTS and into.add_all(decoded, now_us):
         return len(decoded), []
     rejected: list[Rejected] = []
-    raws: list[msgspec.Raw] | None = None
+    own: list[msgspec.Raw] | None = None
     for index, event in enumerate(decoded):
         try:
             into.add(event, now_us)
         except _Invalid as e:
-            if raws is None:  # rare: only now pay for the events' own bytes
-                raws = _RAW_LIST_DECODERS[json].decode(frame)
-            rejected.append(Rejected(e.kind, e.reason, event.scale_id, bytes(raws[index]), index))
+            if own is None:  # rare: only now pay for the events' own bytes
+                own = _RAW_LIST_DECODERS[json].decode(frame)
+            rejected.append(Rejected(e.kind, e.reason, event.scale_id, bytes(own[index]), index))
     return len(decoded), rejected
 
 

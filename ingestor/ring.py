@@ -50,7 +50,7 @@ import msgspec
 import numpy as np
 
 from .errors import RingError, SharedMemoryError
-from .shm import SharedBlock
+from .shm import SharedBlock, buffer
 
 MAGIC = b"SCALERNG"
 LAYOUT_VERSION = 1
@@ -119,11 +119,11 @@ class Ring(SharedBlock):
         spec = RingSpec(name=shm.name, lanes=lanes, lane_capacity=lane_capacity, ring_id=secrets.token_hex(8))
         header = np.ndarray((8,), np.uint64, shm.buf, 0)
         header[:] = 0
-        shm.buf[0:8] = MAGIC
+        buffer(shm)[0:8] = MAGIC
         header[1] = LAYOUT_VERSION | (lanes << 32)
         header[2] = lane_capacity
         header[3] = dtype.itemsize
-        shm.buf[40:56] = bytes.fromhex(spec.ring_id).ljust(16, b"\0")
+        buffer(shm)[40:56] = bytes.fromhex(spec.ring_id).ljust(16, b"\0")
         np.ndarray((lanes, _LANE_WORDS), np.uint64, shm.buf, _HEADER)[:] = 0
         sems = _Semaphores(lanes, ctx or multiprocessing.get_context("spawn"))
         return cls(shm, spec, dtype, sems, owner=True)
@@ -138,7 +138,7 @@ class Ring(SharedBlock):
             shm = cls._open(spec.name, "shared-memory ring")
         except SharedMemoryError as e:
             raise RingError(str(e)) from None
-        if bytes(shm.buf[0:8]) != MAGIC:
+        if bytes(buffer(shm)[0:8]) != MAGIC:
             shm.close()
             raise RingError(f"shared memory {spec.name!r} is not a scale-ingestor ring")
         header = np.ndarray((8,), np.uint64, shm.buf, 0)
@@ -297,7 +297,7 @@ class Lane:
         start = self.tail % self.capacity
         first = min(n, self.capacity - start)
         if first == n:
-            return self._slots[start : start + n].copy()
+            return np.array(self._slots[start : start + n])
         return np.concatenate((self._slots[start:], self._slots[: n - first]))
 
     def release(self, n: int) -> None:

@@ -22,6 +22,7 @@ import zmq
 from .acks import AckTable
 from .client import CurveKeys
 from .config import Config
+from .errors import ConfigError
 from .protocol import RECORD_DTYPE
 from .ring import Ring, RingSpec
 from .shm import attached
@@ -177,6 +178,8 @@ def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | 
     """
     front_curve = simulator_curve = None
     if config.curve_secret_key:
+        if server_public is None or config.curve_clients_dir is None:  # Config and Resources.load_keys give both
+            raise ConfigError("CURVE needs the service's public key and the directory of allowed client keys")
         extra: tuple[bytes, ...] = ()
         if config.simulate_scales:
             sim_public, sim_secret = zmq.curve_keypair()

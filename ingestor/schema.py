@@ -13,7 +13,7 @@ import datetime as dt
 import importlib.resources
 import logging
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.conninfo
@@ -58,6 +58,19 @@ def set_search_path(conn: psycopg.Connection, schema: str) -> None:
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
 
+def row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The one row of a statement that always returns one (an aggregate, a function call, ``SHOW``);
+    DatabaseError when it returned none."""
+    if (found := cursor.fetchone()) is None:
+        raise DatabaseError("PostgreSQL returned no row for a statement that always returns one")
+    return found
+
+
+def one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of :func:`row`."""
+    return row(cursor)[0]
+
+
 def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS_AHEAD) -> list[Migration]:
     """Bring the schema ``schema`` of database ``dsn`` up to date; return what was applied.
 
@@ -69,15 +82,15 @@ def migrate(dsn: str, schema: str = "public", partitions_ahead: int = PARTITIONS
     """
     applied = []
     # a host that does not answer would otherwise hold the start for the kernel's TCP timeout (minutes)
-    timeout = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn) else {"connect_timeout": CONNECT_TIMEOUT_S}
-    with psycopg.connect(dsn, autocommit=True, **timeout) as conn:
+    given = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=None if given else CONNECT_TIMEOUT_S) as conn:
         check_encoding(conn)
         # Look before creating: PostgreSQL checks the CREATE privilege even for
         # IF NOT EXISTS, and a least-privilege role (sql/roles.sql) has none.
-        if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None:
+        if one(conn.execute("SELECT to_regnamespace(%s)", (schema,))) is None:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         set_search_path(conn, schema)
-        if conn.execute("SELECT to_regclass('ingestor_schema_migrations')").fetchone()[0] is None:
+        if one(conn.execute("SELECT to_regclass('ingestor_schema_migrations')")) is None:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS ingestor_schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
@@ -119,10 +132,10 @@ def check_encoding(conn: psycopg.Connection) -> None:
     state would disagree ("°C" stored as "Â°C"), and characters LATIN1 lacks
     could not be stored at all. Refused at start, never mangled.
     """
-    row = conn.execute("SELECT pg_encoding_to_char(encoding), datname FROM pg_database "
-                       "WHERE datname = current_database()").fetchone()
+    found = row(conn.execute("SELECT pg_encoding_to_char(encoding), datname FROM pg_database "
+                             "WHERE datname = current_database()"))
     # in a SQL_ASCII database psycopg cannot decode text and returns bytes
-    encoding, database = (v.decode(errors="replace") if isinstance(v, bytes) else v for v in row)
+    encoding, database = (v.decode(errors="replace") if isinstance(v, bytes) else v for v in found)
     if encoding != "UTF8":
         raise DatabaseError(f"database {database!r} has encoding {encoding}; scale-ingestor stores UTF-8 text "
                             f"and needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0)")

@@ -147,7 +147,6 @@ class CurveServer:
         self._refused_logged: set[bytes] = set()
         self._lock = threading.Lock()  # the ZAP thread and the watcher threads share the key set and the count
         self._auth: ThreadAuthenticator | None = None
-        self._ctx: zmq.Context | None = None
         self._stopping = threading.Event()
         self._watchers: list[threading.Thread] = []
         self._plain_logged_at = -PLAIN_LOG_EVERY_S
@@ -155,7 +154,6 @@ class CurveServer:
 
     def start(self, ctx: zmq.Context) -> None:
         """Start the ZAP handler of ``ctx`` (before any socket is bound)."""
-        self._ctx = ctx
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("ingestor.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
@@ -184,13 +182,13 @@ class CurveServer:
         sock.zap_domain = ZAP_DOMAIN
         monitor = f"inproc://ingestor-curve-monitor-{len(self._watchers)}"
         sock.monitor(monitor, HANDSHAKE_FAILED)
-        watcher = threading.Thread(target=self._watch, args=(monitor, endpoint), name=f"curve-monitor-{endpoint}",
+        watcher = threading.Thread(target=self._watch, args=(sock.context, monitor, endpoint), name=f"curve-monitor-{endpoint}",
                                    daemon=True)
         watcher.start()
         self._watchers.append(watcher)
 
-    def _watch(self, monitor: str, endpoint: str) -> None:
-        events = self._ctx.socket(zmq.PAIR)
+    def _watch(self, ctx: zmq.Context[zmq.Socket[bytes]], monitor: str, endpoint: str) -> None:
+        events = ctx.socket(zmq.PAIR)
         events.connect(monitor)
         try:
             while not self._stopping.is_set():

@@ -34,6 +34,13 @@ def untrack(shm: SharedMemory) -> None:
         pass
 
 
+def buffer(shm: SharedMemory) -> memoryview:
+    """``shm``'s bytes; SharedMemoryError naming it once it is closed in this process (its buffer is then gone)."""
+    if (buf := shm.buf) is None:
+        raise SharedMemoryError(f"shared memory {shm.name!r} is closed in this process")
+    return buf
+
+
 class SharedBlock:
     """A block of shared memory holding numpy views; subclasses map them in ``__init__`` and drop them in :meth:`_unmap`."""
 
@@ -44,7 +51,8 @@ class SharedBlock:
 
     @property
     def buf(self) -> memoryview:
-        return self._shm.buf
+        """The block's bytes; SharedMemoryError once it is closed in this process."""
+        return buffer(self._shm)
 
     @staticmethod
     def _allocate(size: int) -> SharedMemory:

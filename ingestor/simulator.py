@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 
@@ -68,7 +69,7 @@ class Simulator:
         events_per_frame: int = 100,
         seq_start: int = 0,
         start_ms: int | None = None,
-        fmt: str = "msgpack",
+        fmt: Literal["msgpack", "json"] = "msgpack",
         curve: CurveKeys | None = None,
     ) -> None:
         if scales < 1:

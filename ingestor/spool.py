@@ -31,6 +31,7 @@ events the writers then count as duplicates: stored once either way.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import logging
 import os
@@ -87,7 +88,7 @@ class Spool:
     Not thread-safe, and only one process may have a directory open at a time.
     """
 
-    def __init__(self, directory: str | os.PathLike, dtype: np.dtype, max_bytes: int,
+    def __init__(self, directory: str | os.PathLike[str], dtype: np.dtype, max_bytes: int,
                  segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
         self.dtype = dtype
@@ -182,7 +183,7 @@ class Spool:
             return None
         if _block_crc(records, memoryview(data)[start : start + nbytes]) != crc:
             return None
-        return records
+        return int(records)
 
     @property
     def bytes(self) -> int:
@@ -272,7 +273,7 @@ class Spool:
         except OSError as e:  # an empty segment left behind is dropped at the next open
             log.warning("Could not remove empty spool segment %s: %s", self._segment_path(segment), e)
 
-    def _write(self, fd: int, segment: int, block: bytes, records: int) -> None:
+    def _write(self, fd: int, segment: int, block: builtins.bytes, records: int) -> None:
         offset = self._sizes[segment]
         try:
             failpoint("spool.write")

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import zmq
 
-from .errors import StatsUnavailable
+from .errors import IngestorError, StatsUnavailable
 from .shm import SharedBlock
 
 # Receive-to-commit latency histogram: 1 ms buckets up to 1 s, 100 ms buckets
@@ -137,6 +137,12 @@ class Counters(SharedBlock):
     def _unmap(self) -> None:
         del self.front, self.writers
 
+    def database_connected(self, alive: typing.Sequence[bool]) -> bool:
+        """True when some writer lives and every live one's last database operation succeeded; ``alive``: one
+        flag per writer, by lane (docs/operations.md#stats ``database_connected``)."""
+        connected = self.writers["connected"]
+        return any(alive) and all(bool(connected[i]) for i, a in enumerate(alive) if a)
+
     def read_into(self, f: Figures, ring_used: typing.Callable[[], int]) -> Figures:
         """Fill ``f``'s counts (and ``ring_used``, from the ring's ``ring_used()``) from the block and return it.
 
@@ -192,7 +198,7 @@ def bucket_of(value: float, bounds: tuple) -> int:
     return int(np.searchsorted(bounds, value, side="left"))
 
 
-def cumulative_buckets(counts: np.ndarray, bounds: tuple) -> list[tuple[str, int]]:
+def cumulative_buckets(counts: np.ndarray | list[int], bounds: tuple[float, ...]) -> list[tuple[str, int]]:
     """Prometheus histogram buckets ("le", cumulative count) from per-bucket ``counts``."""
     acc = np.cumsum(counts).tolist()
     return [(repr(float(b)), acc[i]) for i, b in enumerate(bounds)] + [("+Inf", acc[-1])]
@@ -279,9 +285,12 @@ class WriterFigures(msgspec.Struct):
     pid: int
     alive: bool
     restarts: int
-    persisted: int
-    batches: int
-    last_batch_ms: float
+    persisted: int = 0  #: read from the counters (:meth:`Counters.read_into`)
+    batches: int = 0
+    last_batch_ms: float = 0.0
+
+
+Status = Literal["starting", "running", "draining"]  #: the service's life, as the stats say it
 
 
 class Figures(msgspec.Struct, kw_only=True):
@@ -298,7 +307,7 @@ class Figures(msgspec.Struct, kw_only=True):
     #: the service's database as a libpq string without its password (the embedded server's changes every start):
     #: the one-shot commands use it when given no --dsn; None until it is known
     dsn: str | None = None
-    status: Literal["starting", "running", "draining"] = "starting"
+    status: Status = "starting"
     uptime_s: float = 0.0
     received_frames: Annotated[int, _counter("Frames received (ZeroMQ message parts).")] = 0
     received_events: Annotated[int, _counter("Events received, valid or not (and replayed from the spool).")] = 0
@@ -365,7 +374,7 @@ def counter_fields() -> list[tuple[str, str]]:
     for name in Figures.__struct_fields__:
         for meta in getattr(hints[name], "__metadata__", ()):
             if isinstance(meta, msgspec.Meta) and (meta.extra or {}).get("prometheus") == "counter":
-                out.append((name, meta.description))
+                out.append((name, meta.description or name))  # _counter() gives each a description
     return out
 
 
@@ -393,6 +402,39 @@ def format_text(f: Figures) -> str:
 STATS_REQUEST = b"stats"
 
 
+class StatsServer:
+    """The service's stats socket: a ZeroMQ REP bound on ``endpoint`` answering :data:`STATS_REQUEST` with a
+    snapshot's JSON (docs/operations.md#stats), anything else with ``{"error": ...}``.
+
+    The supervisor polls :attr:`socket` in its loop and calls :meth:`answer`
+    when it is readable. IngestorError naming the endpoint when it cannot be bound.
+    """
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+        self.socket: zmq.Socket[bytes] = context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as e:
+            self.socket.close()
+            raise IngestorError(f"cannot bind the stats endpoint {endpoint}: {e}") from None
+
+    def answer(self, snapshot: typing.Callable[[], Figures]) -> None:
+        """Answer the request waiting, if any (never blocks)."""
+        try:
+            request = self.socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if request == STATS_REQUEST:
+            reply = msgspec.json.encode(snapshot())
+        else:
+            reply = msgspec.json.encode({"error": f"unknown request {request[:40]!r}; send {STATS_REQUEST!r}"})
+        self.socket.send(reply)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
 def fetch(endpoint: str, timeout_s: float = 2.0) -> Figures:
     """The figures of the service on ``endpoint``. Raises StatsUnavailable when nothing answers in ``timeout_s`` s."""
     return msgspec.json.decode(_ask(endpoint, timeout_s), type=Figures)
@@ -407,7 +449,7 @@ def query(endpoint: str, timeout_s: float = 2.0) -> dict:
 
 
 def _ask(endpoint: str, timeout_s: float) -> bytes:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))

@@ -17,7 +17,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -78,7 +78,7 @@ def render(s: Figures | None, endpoint: str, error: str | None = None, live: boo
 
 
 @contextlib.contextmanager
-def _keys() -> Iterator[callable]:
+def _keys() -> Iterator[Callable[[float], str | None]]:
     """Yield ``pressed(timeout_s) -> str | None`` reading single keys from the terminal (cbreak mode)."""
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd)

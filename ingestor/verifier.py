@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -226,7 +226,7 @@ def _window(since: dt.datetime | None, until: dt.datetime | None, scale: int | N
     return sql.SQL(" AND ").join(parts)
 
 
-def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict) -> Iterator[tuple]:
+def _rows(conn: psycopg.Connection, query: sql.Composed | sql.SQL, params: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     with conn.cursor(name="alibi_rows") as rows:
         rows.itersize = FETCH_ROWS
         rows.execute(query, params)
@@ -398,12 +398,12 @@ def _copies(stored: list[tuple], seal_file: str | os.PathLike | None,
         columns += [] if _same_moment(sealed_at, seal.sealed_at) else ["sealed_at"]
         copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})["db"].append(
             (seal_id, seal, columns))
-    for number, seal in file_seals or ():
-        if seal is None:
+    for number, filed in file_seals or ():
+        if filed is None:
             findings.append(Finding(None, "forged", (number,), f"line {number} of {seal_file} is not a seal"))
             continue
-        copies.setdefault((seal.instance, _moment(seal.sealed_at)), {"db": [], "file": []})["file"].append(
-            (number, seal))
+        copies.setdefault((filed.instance, _moment(filed.sealed_at)), {"db": [], "file": []})["file"].append(
+            (number, filed))
     for key, rows in unreadable.items():
         twin = copies.pop(key, {"file": []})["file"] if not copies.get(key, {}).get("db") else []
         findings.append(Finding(None, "forged", tuple(i for i, _ in rows), "; ".join(
@@ -537,8 +537,9 @@ def _lost_seals(findings: list[Finding], stored: list[tuple], file_seals: list[t
     return kept, explained
 
 
-def _skip_explaining(seal: seals.Seal, held: list[tuple[str, object]], moments: list[tuple[object, int]]) -> int | None:
-    at = _moment(seal.sealed_at)
+def _skip_explaining(seal: seals.Seal, held: list[tuple[str, Any]], moments: list[tuple[Any, int]]) -> int | None:
+    # Any: the moments are datetimes, or a forged copy's text; comparing those raises TypeError, caught below
+    at: Any = _moment(seal.sealed_at)
     for skipped_at, floor in moments:
         try:
             if not at < skipped_at:

@@ -77,7 +77,7 @@ from .failpoints import failpoint
 from .protocol import DATA_FIELDS, EPOCH, Rejected
 from .ring import Lane, Ring
 from .roles import WriterArgs
-from .schema import set_search_path
+from .schema import one, set_search_path
 from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Counters, bucket_of, latency_buckets
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def latest_per_scale(records: np.ndarray) -> np.ndarray:
     return order[last]
 
 
-def upsert_params(records: np.ndarray) -> list:
+def upsert_params(records: np.ndarray) -> list[BinaryArray | list[str | None]]:
     latest = records[latest_per_scale(records)]
     return [
         BinaryArray(latest["scale_id"], INT4_ARRAY_OID),
@@ -173,7 +173,7 @@ def upsert_params(records: np.ndarray) -> list:
     ]
 
 
-def _sqlstate(error: psycopg.Error) -> str:
+def _sqlstate(error: BaseException) -> str:
     return getattr(error, "sqlstate", None) or ""
 
 
@@ -317,8 +317,8 @@ class Writer:
         if runs is None:
             return None
         fresh = np.zeros(len(records), bool)
-        fresh[runs.index] = True
-        new = records[runs.index]
+        fresh[runs.positions] = True
+        new = records[runs.positions]
         chain: dict[str, BinaryArray | None] = dict.fromkeys(("prev_no", "head_no", "head_link", "record_no", "link"))
         if self.chains is not None:
             scales = runs.scale_ids
@@ -339,7 +339,7 @@ class Writer:
             seq=BinaryArray(new["seq"], INT8_ARRAY_OID), measured_us=BinaryArray(new["measured_us"], INT8_ARRAY_OID),
             created_us=created_us, d1=d1, d2=d2, d3=d3, d4=d4, d5=d5, **chain)
         failpoint("writer.small_batch", conn)
-        written = conn.execute(WRITE_SMALL_BATCH_SQL, batch._asdict()).fetchone()[0]
+        written = one(conn.execute(WRITE_SMALL_BATCH_SQL, batch._asdict()))
         self.claims.committed()  # the new scales' rows are there whatever it returned
         return counts if written else None
 

@@ -177,7 +177,7 @@ def test_one_invalid_event_does_not_invalidate_the_array():
     n, recs, rejected = decode(frame)
     assert n == 5
     assert recs["seq"].tolist() == [1, 3, 5]
-    assert [r.index for r in rejected] == [1, 3]
+    assert [r.position for r in rejected] == [1, 3]
     assert json.loads(rejected[0].raw)["seq"] == 2  # the event's own bytes are kept
 
 

@@ -105,7 +105,7 @@ def test_each_event_of_an_array_gets_its_own_verdict(items, as_json):
     n, records, rejected = decode(frame)
     expected_bad = {i: m[2] for i, (_, m) in enumerate(items) if m}
     assert n == len(events)
-    assert {r.index: r.kind for r in rejected} == expected_bad
+    assert {r.position: r.kind for r in rejected} == expected_bad
     good = [e for i, e in enumerate(events) if i not in expected_bad]
     assert records["scale_id"].tolist() == [e["scale_id"] for e in good]
     assert records["seq"].tolist() == [e["seq"] for e in good]
@@ -128,7 +128,7 @@ def test_invalid_utf8_in_a_string_rejects_only_that_event(event, bad):
     frame = frame.replace(msgspec.msgpack.encode(marker), raw_str)
     n, records, rejected = decode(frame)
     assert n == 2 and len(records) == 1
-    assert [(r.index, r.kind) for r in rejected] == [(1, "undecodable")]
+    assert [(r.position, r.kind) for r in rejected] == [(1, "undecodable")]
 
 
 def _utf8(b: bytes) -> bool:
@@ -163,4 +163,4 @@ def test_the_column_way_and_the_per_event_way_accept_the_same_events_into_the_sa
     finally:
         protocol.FAST_PATH_MIN_EVENTS = before
     assert fast[0] == slow[0] and fast[1].tobytes() == slow[1].tobytes()
-    assert [(r.kind, r.reason, r.index) for r in fast[2]] == [(r.kind, r.reason, r.index) for r in slow[2]]
+    assert [(r.kind, r.reason, r.position) for r in fast[2]] == [(r.kind, r.reason, r.position) for r in slow[2]]
