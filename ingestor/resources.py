@@ -182,16 +182,22 @@ class Resources:
         self.publish(figures)
 
     def close(self) -> None:
-        """Release what was opened, in reverse (the children must be gone: the blocks are unlinked)."""
+        """Release what was opened, in reverse (the children must be gone: the blocks are unlinked). Closing
+        twice does nothing more."""
         if self.monitoring is not None:
             self.monitoring.stop()
+            self.monitoring = None
         if self.central_lag is not None:
             self.central_lag.stop()
+            self.central_lag = None
         if self.stats is not None:
             self.stats.close()
+            self.stats = None
         self.zmq.term()
         if self._blocks is not None:
             self._blocks.destroy()
+            self._blocks = None
         if self.embedded is not None:
             self.embedded.stop()
+            self.embedded = None
         self.notifier.close()

@@ -1,14 +1,16 @@
 """The supervisor (``ingestor run``): owns the ring and the children, in one loop.
 
-Modelled on gunicorn's arbiter. Signal handlers only queue the signal; the
-loop wakes on a signal (``signal.set_wakeup_fd``), a child's death (its
+Modelled on gunicorn's arbiter. Signal handlers only queue the signal
+(:mod:`ingestor.signals`); the loop wakes on a signal, a child's death (its
 process sentinel), a stats request, or once a second, then handles queued
-signals, reaps dead children, spawns missing ones and hands fresh figures
+signals, reaps dead children (:class:`ingestor.child.Child`), spawns missing
+ones and hands fresh figures
 to :class:`ingestor.resources.Resources` (the stats, the periodic work of
 :mod:`ingestor.upkeep`). Everything the service holds besides its processes
 (sockets, the database, the shared blocks) lives there.
 
-Children: one front, one writer per ring lane, and optionally a simulator.
+Children: one front, one writer per ring lane, optionally the lifecycle child
+and a simulator (:func:`ingestor.roles.plan`).
 A dead child is respawned at the same index, after a backoff that doubles
 with each quick failure; a child exiting with ``EXIT_BOOT_ERROR`` halts the
 supervisor instead (it would only fail again).
@@ -17,8 +19,8 @@ Stopping (the phases of :class:`Phase`):
 - graceful (SIGTERM, SIGINT): ``STOPPING_FRONT``: stop the simulator and
   the front (SIGTERM, they place the batch in hand); once the front is gone,
   ``DRAINING``: set the ring's draining flag so writers exit once their lane
-  is written; then stop the embedded PostgreSQL and exit 0. When the database stays unreachable for
-  ``DRAIN_OFFLINE_GRACE_S``, or writing takes longer than
+  is written; then stop the embedded PostgreSQL and exit 0. When the
+  database stays unreachable for ``DRAIN_OFFLINE_GRACE_S``, or writing takes longer than
   ``--drain-seconds``, the writers are killed and what the ring still
   holds goes in front of the spool for the next start (exit 0: nothing
   accepted was lost).

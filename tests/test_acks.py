@@ -24,6 +24,12 @@ def test_counts_add_up_over_lanes_and_only_for_the_open_tag(table):
     assert table.progress(np.array([5])).tolist() == [[3, 1, 1]]  # the stale tag 5+SLOTS (same row) is ignored
 
 
+def test_records_counted_without_a_duplicate_mask_are_none_of_them_duplicates(table):
+    table.open(9)
+    table.count(0, np.array([9, 9], np.uint64))
+    assert table.progress(np.array([9])).tolist() == [[2, 0, 0]]
+
+
 def test_reply_waits_for_every_accepted_event_then_reports_counts(table):
     replies = Replies(table)
     tag = replies.add(b"id", b"tok", accepted=3, invalid=2)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ingestor import alibi
 from ingestor.alibi import Head
 from ingestor.chains import Chains, Reservation, Unreserved, locked_heads
+from ingestor.errors import DatabaseError
 from ingestor.protocol import _TS_MIN_MS, Event, RecordBuilder
 from ingestor.stats import FRONT_DTYPE, WRITER_DTYPE
 
@@ -68,3 +69,8 @@ def test_a_number_past_the_reservation_is_refused_and_reported_first():
 def test_a_locked_head_not_begun_starts_at_the_floor_from_its_genesis():
     assert locked_heads({1: (None, None), 2: (5, b"\x02" * 32)}, floor=40) == {
         1: Head(40, alibi.genesis(1)), 2: Head(5, b"\x02" * 32)}
+
+
+def test_a_locked_head_with_a_number_and_no_link_is_refused_naming_the_scale():
+    with pytest.raises(DatabaseError, match="scale 7 has record number 12 and no link"):
+        locked_heads({1: (None, None), 7: (12, None)})

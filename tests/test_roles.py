@@ -11,6 +11,7 @@ import zmq
 
 from ingestor import roles
 from ingestor.config import Config
+from ingestor.errors import ConfigError
 from ingestor.ring import RingSpec
 from ingestor.roles import FrontArgs, LifecycleArgs, SharedBlocks, SimulatorArgs, WriterArgs
 
@@ -62,3 +63,9 @@ def test_every_role_survives_the_pickling_of_spawn():
     for args in planned(simulate_scales=5, retention_days=30):
         copy = pickle.loads(pickle.dumps(args))
         assert copy == args and copy.name == args.name and copy.entry == args.entry
+
+
+def test_curve_without_the_service_s_public_key_is_refused_rather_than_run_without_curve(tmp_path):
+    config = Config(data_dir=str(tmp_path), curve_secret_key="k", curve_clients_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="CURVE needs the service's public key"):
+        roles.plan(config, "dbname=x", SHARED, None)

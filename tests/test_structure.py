@@ -79,5 +79,6 @@ def test_the_architecture_module_table_names_every_module_and_only_those():
 
 def test_each_core_module_has_its_own_test_module():
     core = ("protocol", "front", "placement", "ring", "shm", "spool", "writer", "copy_payload", "claims", "chains",
-            "acks", "supervisor", "scheduler", "roles", "config", "stats", "backoff")
+            "acks", "supervisor", "child", "signals", "resources", "blocks", "scheduler", "roles", "config", "stats",
+            "backoff")
     assert [m for m in core if not (PACKAGE.parent / "tests" / f"test_{m}.py").exists()] == []
