@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from .fix_service import free_port
+
 # Values the archive must carry through CSV and Parquet unchanged.
 ODD_VALUES = ["", "0", "12.50", "kg", "°C", "a,b", 'say "hi"', "line\nbreak", "tab\there", "pipe|and:colon",
               "back\\slash", "ünïcødé ✓", "-", "1:x", "NULL", "\\N"]
@@ -63,12 +65,6 @@ def rows_of_day(conn: psycopg.Connection, day: dt.date) -> list[tuple]:
         "data_4->>'val', data_5->>'val', record_no, encode(link, 'hex') FROM weighing_logs "
         "WHERE created_at >= %s AND created_at < %s ORDER BY id",
         (start, start + dt.timedelta(days=1))).fetchall()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
