@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import zmq
@@ -23,6 +23,7 @@ from .acks import AckTable
 from .client import CurveKeys
 from .config import Config
 from .errors import ConfigError
+from .mqtt_map import PayloadFields
 from .protocol import RECORD_DTYPE
 from .ring import Ring, RingSpec
 from .shm import attached
@@ -165,7 +166,27 @@ class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 
-ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs
+class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the MQTT input needs (:func:`ingestor.mqtt.run_mqtt`); not yet planned from the configuration
+    (issue 30)."""
+
+    name: ClassVar[str] = "mqtt"
+    entry: ClassVar[str] = "ingestor.mqtt:run_mqtt"
+
+    broker: str  #: host:port
+    topics: tuple[str, ...]  #: templates of ingestor/mqtt_map.py, e.g. plant/+/scale/{scale_id}/weight
+    fields: PayloadFields = PayloadFields()
+    client_id: str  #: the persistent session's name at the broker: one per input, stable across restarts
+    ack_endpoint: str  #: the front's ROUTER endpoint (acked mode), on loopback
+    dead_letters: DeadLetterArgs
+    qos: Literal[0, 1] = 1
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password_file: str | None = None  #: a file holding the password (first line), readable by the service only
+    tls_ca: str | None = None  #: a CA file: TLS to the broker, its certificate checked against it
+
+
+ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs | MqttArgs
 
 
 def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:

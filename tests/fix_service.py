@@ -21,8 +21,9 @@ from ingestor import stats
 
 def require_command(name: str) -> str:
     """The path of command ``name``; without it the test is skipped, and fails in CI (``CI`` set):
-    CI installs every command the tests need (.ci/run), so a skip there would hide an untested claim."""
-    path = shutil.which(name)
+    CI installs every command the tests need (.ci/run), so a skip there would hide an untested claim. Daemons
+    (mosquitto) live in /usr/sbin, which a normal user's PATH often lacks: it is searched too."""
+    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"the {name} command is not installed, and CI must run this test (.ci/run installs it)")

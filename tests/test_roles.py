@@ -13,7 +13,7 @@ from ingestor import roles
 from ingestor.config import Config
 from ingestor.errors import ConfigError
 from ingestor.ring import RingSpec
-from ingestor.roles import FrontArgs, LifecycleArgs, SharedBlocks, SimulatorArgs, WriterArgs
+from ingestor.roles import FrontArgs, LifecycleArgs, MqttArgs, SharedBlocks, SimulatorArgs, WriterArgs
 
 SHARED = SharedBlocks(RingSpec("ring-x", 3, 1024, "id"), None, "counters-x", "acks-x")
 
@@ -22,7 +22,7 @@ def planned(**overrides) -> list[roles.ChildArgs]:
     return roles.plan(Config(data_dir="/tmp/unused", **overrides), "dbname=x", SHARED, None)
 
 
-@pytest.mark.parametrize("role", [FrontArgs, WriterArgs, SimulatorArgs, LifecycleArgs])
+@pytest.mark.parametrize("role", [FrontArgs, WriterArgs, SimulatorArgs, LifecycleArgs, MqttArgs])
 def test_each_role_names_an_entry_point_that_takes_its_args_and_a_stop_flag(role):
     module, function = role.entry.split(":")
     entry = getattr(importlib.import_module(module), function)

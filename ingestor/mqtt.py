@@ -1,0 +1,248 @@
+"""The MQTT input: a broker's QoS 1 messages into the ingestor's acked mode, each PUBACK sent only after commit.
+
+It subscribes on a persistent session (MQTT 3.1.1 ``clean_session=0``, or
+MQTT 5 ``clean_start=0`` with a session that never expires) with manual
+acknowledgement. Each loop turn takes what the broker delivered, maps each
+message (:mod:`ingestor.mqtt_map`), and sends the measurements as one
+acked message to the front's ROUTER endpoint (docs/PROTOCOL.md §5); the
+PUBACK of each MQTT message goes out once the ingestor's reply says its
+events are committed. So a crash anywhere (this process, the ingestor,
+the broker's connection) leaves the broker holding the message, which it
+delivers again; the dedup of (scale_id, seq) stores it once and counts the
+re-delivery as a duplicate.
+
+At a stop it reads no more, waits up to ``FINISH_S`` for the replies still
+due and acknowledges those messages: a clean stop leaves the broker nothing
+to deliver again.
+
+A message that cannot be mapped is written to the dead letters with its
+topic (kind ``unmappable``) and then acknowledged: kept, never silently
+dropped. QoS 0 messages are at most once by MQTT's own rule: the broker
+sends them once and forgets them.
+
+After the connection is lost, the message ids awaiting a reply are
+forgotten (they belong to the old connection; the broker delivers those
+messages again on the next one) and the connection is made again with
+``RECONNECT`` backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .backoff import Backoff
+from .client import MAX_EVENTS_PER_FRAME, Sender
+from .deadletter import DeadLetterWriter
+from .errors import BootError, ConfigError
+from .mqtt_map import TopicTemplate, Unmappable, measurement
+from .protocol import Rejected
+from .roles import MqttArgs
+
+log = logging.getLogger(__name__)
+
+RECONNECT = Backoff(first_s=0.5, max_s=30.0)
+LOOP_S = 0.02  # one turn's wait for the broker: what arrives within it goes to the ingestor as one message
+KEEPALIVE_S = 30
+FINISH_S = 5.0  # at a stop, how long to wait for the ingestor's replies to what was sent (each then PUBACKed)
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: the broker keeps our session and queue
+
+
+class MqttInput:
+    """One connection to the broker and one acked sender to the ingestor (see the module doc)."""
+
+    def __init__(self, args: MqttArgs, sender: Sender, dead_letters: DeadLetterWriter) -> None:
+        self.args = args
+        self.templates = [TopicTemplate(t) for t in args.topics]
+        self.sender = sender
+        self.dead_letters = dead_letters
+        self._batch: list[dict[str, Any]] = []  # measurements of this turn
+        self._batch_mids: list[int] = []  # their messages' ids (one message may hold no measurement)
+        self._awaiting: dict[bytes, list[int]] = {}  # token of an acked message -> MQTT message ids to PUBACK
+        self.received = self.acknowledged = self.redelivered = self.unmappable = 0
+        self.connected = False
+        self._connecting = False  # a CONNECT sent, its CONNACK not yet read
+        self._stopping = False
+        self.client = self._client()
+
+    def _client(self) -> paho.Client:
+        a = self.args
+        v5 = a.protocol == "5"
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=a.client_id,
+                             clean_session=None if v5 else False, protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+                             manual_ack=True)
+        if a.username is not None:
+            client.username_pw_set(a.username, _password(a.password_file))
+        if a.tls_ca is not None:
+            client.tls_set(ca_certs=a.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def connect(self) -> None:
+        """Connect (OSError, or paho's errors, when the broker cannot be reached)."""
+        host, _, port = self.args.broker.rpartition(":")
+        if self.args.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            self.client.connect(host, int(port), KEEPALIVE_S, clean_start=False, properties=properties)
+        else:
+            self.client.connect(host, int(port), KEEPALIVE_S)
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
+        self._connecting = False
+        if reason.is_failure:
+            log.error("MQTT broker %s refused the connection: %s", self.args.broker, reason)
+            return
+        self.connected = True
+        log.info("MQTT connected to %s (session %s, %s); subscribing to %s", self.args.broker, self.args.client_id,
+                 "resumed" if flags.session_present else "new", ", ".join(t.filter for t in self.templates))
+        filters: list[tuple[str, int]] = [(t.filter, self.args.qos) for t in self.templates]
+        client.subscribe(filters)
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected = self._connecting = False
+        if self._stopping:
+            return
+        forgotten = sum(len(mids) for mids in self._awaiting.values()) + len(self._batch_mids)
+        self._awaiting.clear()  # their ids were the old connection's; the broker delivers them again
+        self._batch.clear()
+        self._batch_mids.clear()
+        log.warning("MQTT connection to %s lost (%s); %d messages awaiting commit will be delivered again",
+                    self.args.broker, reason, forgotten)
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        self.received += 1
+        self.redelivered += bool(message.dup)
+        try:
+            event = self._map(message.topic, bytes(message.payload))
+        except Unmappable as e:
+            self.unmappable += 1
+            self.dead_letters.write([Rejected("unmappable", f"MQTT {e}", None, bytes(message.payload), None)])
+            self._ack([message.mid])  # kept as a dead letter: the broker may forget it
+            return
+        self._batch.append(event)
+        self._batch_mids.append(message.mid)
+
+    def _map(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """The measurement of one message; Unmappable naming its topic and what is wrong."""
+        scale = self._scale_of(topic)  # its refusal names the topic
+        try:
+            return measurement(scale, payload, self.args.fields)
+        except Unmappable as e:
+            raise Unmappable(f"topic {topic!r}: {e}") from None
+
+    def _scale_of(self, topic: str) -> int:
+        errors = []
+        for template in self.templates:
+            try:
+                return template.scale_of(topic)
+            except Unmappable as e:
+                errors.append(str(e))
+        raise Unmappable("; ".join(errors))
+
+    def turn(self) -> None:
+        """One loop turn: read from the broker, send this turn's measurements, PUBACK what is committed."""
+        self.client.loop(LOOP_S)
+        for start in range(0, len(self._batch), MAX_EVENTS_PER_FRAME):
+            token = self.sender.send(self._batch[start:start + MAX_EVENTS_PER_FRAME])
+            assert token is not None  # an acked sender gives every message a token
+            self._awaiting[token] = self._batch_mids[start:start + MAX_EVENTS_PER_FRAME]
+        self._batch.clear()
+        self._batch_mids.clear()
+        for token in self.sender.poll():
+            self._ack(self._awaiting.pop(token, []))  # none: sent on a connection that is gone
+        self.sender.replies.clear()  # a sender that runs for months keeps no history of replies
+
+    def _ack(self, mids: list[int]) -> None:
+        if self.args.qos:
+            for mid in mids:
+                self.client.ack(mid, self.args.qos)
+        self.acknowledged += len(mids)
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        """Turn until ``stop()``; connect again, with backoff while it keeps failing, whenever not connected (the
+        broker away, or refusing the connection: a wrong password may be mended at the broker meanwhile)."""
+        failures = 0
+        while not stop():
+            if not self.connected and not self._connecting:
+                if failures:
+                    _pause(RECONNECT.delay(failures), stop)
+                if not self._reconnect():
+                    failures += 1
+                    continue
+            self.turn()
+            if self.connected:
+                failures = 0
+            elif not self._connecting:  # lost, or refused
+                failures += 1
+        self._finish()
+        self._stopping = True
+        self.client.disconnect()
+        log.info("MQTT input stopped: %d received, %d acknowledged, %d delivered again, %d unmappable",
+                 self.received, self.acknowledged, self.redelivered, self.unmappable)
+
+    def _finish(self) -> None:
+        """At a stop: read no more, but wait up to ``FINISH_S`` for the replies still due and PUBACK those
+        messages, so that a clean stop leaves the broker nothing to deliver again."""
+        deadline = time.monotonic() + FINISH_S
+        while self._awaiting and self.connected and (left := deadline - time.monotonic()) > 0:
+            for token in self.sender.poll(min(left, 0.05)):
+                self._ack(self._awaiting.pop(token, []))
+            self.client.loop_write()
+        self.sender.replies.clear()
+        if self._awaiting:
+            log.warning("MQTT input stopping with %d messages not yet answered by the ingestor: the broker "
+                        "delivers them again on the next start (stored once)",
+                        sum(len(mids) for mids in self._awaiting.values()))
+
+    def _reconnect(self) -> bool:
+        try:
+            self.connect()
+        except (OSError, ValueError) as e:
+            log.warning("MQTT broker %s unreachable: %s", self.args.broker, e)
+            return False
+        self._connecting = True  # the next turns read the CONNACK (on_connect) or the refusal (on_disconnect)
+        return True
+
+
+def _pause(seconds: float, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop() and time.monotonic() < deadline:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        lines = Path(path).read_text().splitlines()
+        return lines[0] if lines else ""
+    except OSError as e:
+        raise ConfigError(f"cannot read the MQTT password file {path}: {e.strerror}") from None
+
+
+def run_mqtt(args: MqttArgs, stop: Callable[[], bool]) -> None:
+    """Child entry (see :mod:`ingestor.child`): run the MQTT input until ``stop()``.
+
+    Raises BootError for a template, a password file or a TLS file that cannot be used (a restart would not help).
+    """
+    dead_letters = DeadLetterWriter(args.dead_letters.directory, "mqtt", args.dead_letters.max_bytes)
+    sender = Sender(args.ack_endpoint, acked=True)
+    try:
+        try:
+            mqtt_input = MqttInput(args, sender, dead_letters)
+        except (ConfigError, OSError, ssl.SSLError) as e:
+            raise BootError(f"MQTT input: {e}") from None
+        mqtt_input.run(stop)
+    finally:
+        sender.close(linger_s=0)
