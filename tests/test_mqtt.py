@@ -179,9 +179,9 @@ def test_an_input_killed_mid_stream_loses_nothing_the_broker_delivers_again_and_
         broker, service_factory, dsn, tmp_path):
     state = tmp_path / "failpoints"
     state.mkdir()
-    # each writer's first batch waits 3 s: the input has sent messages the ingestor has not yet answered
+    # each writer's first batch waits 8 s: the input has sent messages the ingestor has not yet answered
     svc = service_factory("--dsn", dsn, "--writers", "2",
-                          env={failpoints.ENV: "writer.dedup=2*sleep(3000)", failpoints.STATE_ENV: str(state)})
+                          env={failpoints.ENV: "writer.dedup=2*sleep(8000)", failpoints.STATE_ENV: str(state)})
     svc.wait_ready()
     messages = [weighing(scale, seq) for seq in range(1, 401) for scale in range(1, 11)]
     open_session(broker)
