@@ -83,7 +83,10 @@ class Sender:
     :meth:`send` blocks until one is.
     ``events_per_frame``: 1..1,000. ``fmt``: "msgpack" or "json".
     ``resend_after_s``: acked messages without a reply are re-sent this
-    often while :meth:`wait` runs. Raises ValueError for a value out of range.
+    often while :meth:`wait` runs. ``keep_replies``: keep every reply in
+    :attr:`replies` (what :meth:`wait` returns); a sender that runs for months
+    and takes its replies from :meth:`poll` passes False and keeps none.
+    Raises ValueError for a value out of range.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Sender:
         resend_after_s: float = 5.0,
         curve: CurveKeys | None = None,
         context: zmq.Context | None = None,
+        keep_replies: bool = True,
     ) -> None:
         if not 1 <= events_per_frame <= MAX_EVENTS_PER_FRAME:
             raise ValueError(f"events_per_frame must be 1..{MAX_EVENTS_PER_FRAME}, got {events_per_frame!r}")
@@ -127,7 +131,8 @@ class Sender:
         self._prefix = os.urandom(8)
         self._numbers = itertools.count()
         self._unanswered: dict[bytes, tuple[list[bytes], float]] = {}  # token -> (frames, last sent, monotonic)
-        self.replies: dict[bytes, Reply] = {}  #: every reply received, by token
+        self.replies: dict[bytes, Reply] = {}  #: every reply received, by token (none without keep_replies)
+        self._keep_replies = keep_replies
         self.events_sent = 0  #: events handed to ZeroMQ, re-sends not counted
         self.messages_sent = 0  #: messages handed to ZeroMQ, re-sends not counted
         self.messages_resent = 0  #: acked messages re-sent for want of a reply (each time)
@@ -200,12 +205,15 @@ class Sender:
                 except zmq.Again:
                     break
                 if self._unanswered.pop(token, None) is not None:  # a re-sent message may be answered twice
-                    new[token] = self.replies[token] = _REPLY.decode(body)
+                    new[token] = _REPLY.decode(body)
+                    if self._keep_replies:
+                        self.replies[token] = new[token]
             if not self._unanswered or time.monotonic() >= deadline:
                 return new
 
     def wait(self, timeout_s: float = 30.0) -> dict[bytes, Reply]:
-        """Wait until every acked message is answered, re-sending; return every reply so far.
+        """Wait until every acked message is answered, re-sending; return every reply so far (without
+        ``keep_replies``: none).
 
         Raises :class:`Unanswered` (naming the tokens) when some are still
         unanswered after ``timeout_s``; they stay in :attr:`unanswered` and a

@@ -161,7 +161,6 @@ class MqttInput:
         self._batch_mids.clear()
         for token in self.sender.poll():
             self._ack(self._awaiting.pop(token, []))  # none: sent on a connection that is gone
-        self.sender.replies.clear()  # a sender that runs for months keeps no history of replies
 
     def _ack(self, mids: list[int]) -> None:
         if self.args.qos:
@@ -199,7 +198,6 @@ class MqttInput:
             for token in self.sender.poll(min(left, 0.05)):
                 self._ack(self._awaiting.pop(token, []))
             self.client.loop_write()
-        self.sender.replies.clear()
         if self._awaiting:
             log.warning("MQTT input stopping with %d messages not yet answered by the ingestor: the broker "
                         "delivers them again on the next start (stored once)",
@@ -237,7 +235,7 @@ def run_mqtt(args: MqttArgs, stop: Callable[[], bool]) -> None:
     Raises BootError for a template, a password file or a TLS file that cannot be used (a restart would not help).
     """
     dead_letters = DeadLetterWriter(args.dead_letters.directory, "mqtt", args.dead_letters.max_bytes)
-    sender = Sender(args.ack_endpoint, acked=True)
+    sender = Sender(args.ack_endpoint, acked=True, keep_replies=False)
     try:
         try:
             mqtt_input = MqttInput(args, sender, dead_letters)

@@ -65,6 +65,23 @@ def test_unanswered_message_is_resent_until_answered(router):
     assert len(received) == 2 and received[0][1:] == received[1][1:]
 
 
+def test_a_sender_keeping_no_replies_hands_each_reply_out_of_poll_once_and_keeps_none(router):
+    endpoint, sock = router
+    with Sender(endpoint, acked=True, keep_replies=False) as sender:
+        tokens = [sender.send(events(1, range(i, i + 1))) for i in range(3)]
+        for _ in tokens:
+            identity, token, *_frames = sock.recv_multipart()
+            sock.send_multipart([identity, token, msgspec.msgpack.encode({"accepted": 1, "duplicates": 0, "invalid": 0})])
+        got: dict = {}
+        deadline = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            new = sender.poll(0.1)
+            assert not set(new) & set(got)  # each reply once
+            got |= new
+        assert set(got) == set(tokens) and sender.replies == {} and sender.unanswered == []
+        assert sender.wait(0.1) == {}
+
+
 def test_wait_raises_unanswered_naming_the_tokens_and_keeps_them(router):
     endpoint, _ = router
     with Sender(endpoint, acked=True) as sender:
