@@ -20,6 +20,7 @@ import msgspec
 import msgspec.inspect
 
 from .errors import ConfigError
+from .mqtt_map import PayloadFields, TopicTemplate
 
 ENV_PREFIX = "INGESTOR_"
 
@@ -29,12 +30,16 @@ _ENDPOINT = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+)$"
 _ENDPOINT_OR_OFF = r"^(tcp://.+:(\d{1,5}|\*)|ipc://.+|inproc://.+|off|none|)$"
 _HOST_PORT_OR_OFF = r"^(.+:\d{1,5}|off|none|)$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_HOST_PORT = r"^[^\s/]+:\d{1,5}$"
+_CLIENT_ID = r"^[A-Za-z0-9._-]{1,128}$"
 _PATTERN_RULES = {
     _IDENTIFIER: "a PostgreSQL identifier (letters, digits, _; up to 63 characters)",
     _ENDPOINT: "a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME",
     _ENDPOINT_OR_OFF: "a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH) or off",
     _HOST_PORT_OR_OFF: "HOST:PORT or off",
     _NAME: "a name of letters, digits, '.', '_' and '-', starting with a letter or digit, up to 63 characters",
+    _HOST_PORT: "HOST:PORT",
+    _CLIENT_ID: "an MQTT client id of letters, digits, '.', '_' and '-', up to 128 characters",
 }
 
 
@@ -50,6 +55,34 @@ def default_data_dir() -> str:
 def default_instance() -> str:
     """The host name (``socket.gethostname()``): one ingestor per box needs no --instance."""
     return socket.gethostname()
+
+
+class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[mqtt]`` table of the configuration file: the MQTT input (docs/inputs.md#mqtt).
+
+    A table, so in the file only (no environment variable or flag). The
+    files named here are read when the service starts (ConfigError naming
+    the key when one cannot be), and again by the input at each restart.
+    """
+
+    broker: Annotated[str, msgspec.Meta(pattern=_HOST_PORT)]  #: the broker's HOST:PORT (1883; 8883 with TLS)
+    #: topic templates of ingestor/mqtt_map.py, such as ``plant/+/scale/{scale_id}/weight``
+    topics: Annotated[tuple[str, ...], msgspec.Meta(min_length=1, max_length=64)]  # MAX_MQTT_TOPICS
+    fields: PayloadFields = PayloadFields()  #: the ``[mqtt.fields]`` table: where the JSON payload holds each field
+    #: the persistent session's name at the broker: stable across restarts, one per ingestor; default
+    #: ``scale-ingestor-<instance>``
+    client_id: Annotated[str, msgspec.Meta(pattern=_CLIENT_ID)] | None = None
+    qos: Literal[0, 1] = 1  #: 1: at least once from the broker, stored once; 0: at most once
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password_file: str | None = None  #: a file holding the password (its first line), readable by the service only
+    tls_ca: str | None = None  #: a CA file (PEM): TLS to the broker, whose certificate it must have signed
+    tls_cert: str | None = None  #: this client's certificate (PEM), for a broker that asks for one
+    tls_key: str | None = None  #: its private key (PEM)
+
+    def session(self, instance: str) -> str:
+        """The client id: ``client_id``, or ``scale-ingestor-<instance>``."""
+        return self.client_id or f"scale-ingestor-{instance}"
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -89,6 +122,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     alibi_key: str | None = None  #: the Ed25519 secret key that signs seals ('ingestor keys alibi'); None: no seals
     seal_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     seal_file: str | None = None  #: the append-only file of seals; default data_dir/alibi-seals.jsonl
+    mqtt: MqttConfig | None = None  #: the ``[mqtt]`` table (file only): the MQTT input; None: no MQTT input
 
     def writer_count(self) -> int:
         """``writers``, with ``auto`` resolved for this machine (bench/README.md)."""
@@ -148,11 +182,13 @@ def auto_writers(cpus: int) -> int:
 
 
 FIELDS = tuple(f.name for f in msgspec.structs.fields(Config))
+TABLES = ("mqtt",)  # options that are TOML tables: in the file only
+SCALARS = tuple(name for name in FIELDS if name not in TABLES)  # also environment variables and flags
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     out = {}
-    for name in FIELDS:
+    for name in SCALARS:
         value = environ.get(ENV_PREFIX + name.upper())
         if value is not None:
             out[name] = value
@@ -165,7 +201,7 @@ NOT_OPTIONS = frozenset({"INGESTOR_FAILPOINTS", "INGESTOR_FAILPOINTS_STATE"})
 
 def unknown_environment(environ: Mapping[str, str] = os.environ) -> list[str]:
     """``INGESTOR_*`` variables that name no option: most likely typos, which would otherwise go unnoticed."""
-    known = {ENV_PREFIX + name.upper() for name in FIELDS} | NOT_OPTIONS
+    known = {ENV_PREFIX + name.upper() for name in SCALARS} | NOT_OPTIONS
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known and not k.startswith("INGESTOR_TEST_"))
 
 
@@ -214,10 +250,9 @@ def load(
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as e:
-        bad = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else None
-        if bad is None or bad not in _TYPES:
-            raise ConfigError(f"invalid configuration: {e}") from None
-        raise ConfigError(f"{bad} = {merged.get(bad)!r} (from {sources[bad]}): must be {_rule(_TYPES[bad])}") from None
+        raise _refusal(e, merged, sources) from None
+    except ConfigError as e:  # a table's own check (PayloadFields)
+        raise ConfigError(f"[mqtt.fields] (from {sources['mqtt']}): {e}") from None
     if (config.curve_secret_key is None) != (config.curve_clients_dir is None):
         given, missing = (("curve_secret_key", "curve_clients_dir") if config.curve_clients_dir is None
                           else ("curve_clients_dir", "curve_secret_key"))
@@ -229,6 +264,8 @@ def load(
     if config.dsn:
         check_dsn(config.dsn, sources["dsn"])
     _check_lifecycle(config, sources)
+    if config.mqtt is not None:
+        _check_mqtt(config, sources["mqtt"])
     for key in ("bind", "ack_bind", "stats_endpoint", "http_bind"):
         _check_port(key, getattr(config, key), sources[key])
     return config, sources
@@ -250,6 +287,62 @@ def _check_lifecycle(config: Config, sources: Mapping[str, str]) -> None:
             Target(config.archive_to, config.archive_endpoint)
         except ConfigError as e:
             raise ConfigError(f"{e} (from {sources['archive_to']})") from None
+
+
+def _refusal(e: msgspec.ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> ConfigError:
+    """The ConfigError for msgspec's refusal of ``merged``: the key (dotted inside a table), its value, its
+    source and the rule it breaks."""
+    what, _, at = str(e).rpartition(" - at `$")
+    path = at.rstrip("`").lstrip(".")
+    if path in _TYPES and path not in TABLES:
+        return ConfigError(f"{path} = {merged.get(path)!r} (from {sources[path]}): must be {_rule(_TYPES[path])}")
+    table, _, key = path.partition(".")
+    if table not in TABLES:
+        return ConfigError(f"invalid configuration: {e}")
+    source = sources[table]
+    if not isinstance(merged[table], dict):
+        return ConfigError(f"{table} = {merged[table]!r} (from {source}): must be a table ([{table}])")
+    name, _, index = key.partition("[")
+    if not key or name == "fields" or name not in _MQTT_TYPES:  # a table: a key missing or unknown, or of its own
+        return ConfigError(f"[{table}{'.' + key if key else ''}] (from {source}): {what}")
+    value = merged[table].get(name)
+    if index:  # an element of topics: a template, text
+        return ConfigError(f"{table}.{key} = {value[int(index.rstrip(']'))]!r} (from {source}): must be text")
+    rule = (f"a list of 1 to {MAX_MQTT_TOPICS} topic templates" if name == "topics" else _rule(_MQTT_TYPES[name]))
+    return ConfigError(f"{table}.{key} = {value!r} (from {source}): must be {rule}")
+
+
+MAX_MQTT_TOPICS = 64
+
+
+def _check_mqtt(config: Config, source: str) -> None:
+    """ConfigError naming the ``[mqtt]`` key when a topic template is not one, acked mode is off (the input
+    acknowledges a message to the broker only after the ingestor's reply), or a file it names cannot be read."""
+    mqtt = config.mqtt
+    assert mqtt is not None
+    for i, template in enumerate(mqtt.topics):
+        try:
+            TopicTemplate(template)
+        except ConfigError as e:
+            raise ConfigError(f"mqtt.topics[{i}] = {template!r} (from {source}): {e}") from None
+    if config.ack_endpoint() is None:
+        raise ConfigError(f"[mqtt] (from {source}) needs acked mode, but ack_bind = {config.ack_bind!r}: the input "
+                          "acknowledges each message to the broker only after the ingestor's reply")
+    if (mqtt.password_file is None) != (mqtt.username is None):
+        given, missing = ("password_file", "username") if mqtt.username is None else ("username", "password_file")
+        raise ConfigError(f"mqtt.{given} is set (from {source}) but mqtt.{missing} is not: the broker takes the two "
+                          "together")
+    if (mqtt.tls_cert is None) != (mqtt.tls_key is None) or (mqtt.tls_cert is not None and mqtt.tls_ca is None):
+        raise ConfigError(f"[mqtt] (from {source}): a client certificate needs tls_cert, tls_key and tls_ca together")
+    for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
+        path = getattr(mqtt, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise ConfigError(f"mqtt.{key} = {path!r} (from {source}): cannot be read: {e.strerror}") from None
 
 
 def _check_port(key: str, value: str, source: str) -> None:
@@ -279,6 +372,7 @@ def check_dsn(dsn: str, source: str) -> None:
 
 
 _TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config)).fields}
+_MQTT_TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(MqttConfig)).fields}
 
 
 def _rule(t: msgspec.inspect.Type) -> str:
@@ -312,7 +406,7 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
     lines = []
     resolved = {"dead_letter_dir": config.resolved_dead_letter_dir(), "spool_dir": config.resolved_spool_dir(),
                 "seal_file": config.resolved_seal_file()}
-    for name in FIELDS:
+    for name in SCALARS:
         value = getattr(config, name)
         if name in resolved and value is None:
             lines.append(f"{name} = {_toml_value(str(resolved[name]))}  # {sources[name]}: data_dir/{resolved[name].name}")
@@ -327,7 +421,27 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
         if name == "dsn":
             value = mask_password(value)
         lines.append(f"{name} = {_toml_value(value)}  # {sources[name]}")
+    if config.mqtt is None:
+        lines.append("# [mqtt] (unset): no MQTT input  # default")
+    else:
+        lines += _table("mqtt", config.mqtt, sources["mqtt"], {"client_id": config.mqtt.session(config.instance)})
     return "\n".join(lines)
+
+
+def _table(name: str, table: msgspec.Struct, source: str, resolved: Mapping[str, str]) -> list[str]:
+    """A table and its sub-tables as TOML lines (unset keys as comments, ``resolved`` ones with their value)."""
+    lines, below = ["", f"[{name}]  # {source}"], []
+    for key in table.__struct_fields__:
+        value = getattr(table, key)
+        if isinstance(value, msgspec.Struct):
+            below += _table(f"{name}.{key}", value, source, {})
+        elif value is None and key in resolved:
+            lines.append(f"{key} = {_toml_value(resolved[key])}  # default")
+        elif value is None:
+            lines.append(f"# {key} = (unset)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return lines + below
 
 
 _PASSWORD_KV = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
@@ -354,4 +468,6 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return msgspec.json.encode(str(value)).decode()

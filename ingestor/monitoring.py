@@ -107,6 +107,7 @@ class _Collector:
             restarts.add_metric([str(i)], w.restarts)
         yield alive
         yield restarts
+        yield from _inputs(s)
         yield _latency(s.latency_histogram)
         # before the first counts (PostgreSQL awaited at start) the histograms are empty: every bucket 0
         sizes = s.batch_size_histogram or cumulative_buckets([0] * (len(BATCH_SIZE_BOUNDS) + 1), BATCH_SIZE_BOUNDS)
@@ -118,6 +119,34 @@ class _Collector:
         seconds.add_metric([], [(str(float(le) / 1000) if le != "+Inf" else le, n) for le, n in durations],
                            sum_value=s.batch_us_total / 1e6)
         yield seconds
+
+
+INPUT_COUNTERS = (
+    ("received", "Messages the input took from its source (the MQTT broker), re-deliveries included."),
+    ("acknowledged", "Messages the input acknowledged to its source: committed, or kept as dead letters."),
+    ("redelivered", "Messages the source marked as delivered before (MQTT DUP): the ingestor stores them once."),
+    ("unmappable", "Messages that were no measurement: dead letters with their topic."),
+)
+
+
+def _inputs(s: Figures) -> Iterator:
+    """Per input (label ``input``, such as "mqtt"): its message counters, and whether it is connected to its source;
+    nothing without an input besides ZeroMQ."""
+    if not s.inputs:
+        return
+    for key, doc in INPUT_COUNTERS:
+        c = CounterMetricFamily(f"{PREFIX}_input_{key}_messages", doc, labels=["input"])
+        for source in s.inputs:
+            c.add_metric([source.name], getattr(source, key))
+        yield c
+    connected = GaugeMetricFamily(f"{PREFIX}_input_connected", "1 while the input is connected to its source.",
+                                  labels=["input"])
+    restarts = CounterMetricFamily(f"{PREFIX}_input_restarts", "Restarts of the input's process.", labels=["input"])
+    for source in s.inputs:
+        connected.add_metric([source.name], int(source.connected))
+        restarts.add_metric([source.name], source.restarts)
+    yield connected
+    yield restarts
 
 
 # Fixed bucket bounds, s: a bucket that appeared only once it held an event would start its rate() late and

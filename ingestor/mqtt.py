@@ -28,13 +28,16 @@ messages again on the next one) and the connection is made again with
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -46,6 +49,8 @@ from .errors import BootError, ConfigError
 from .mqtt_map import TopicTemplate, Unmappable, measurement
 from .protocol import Rejected
 from .roles import MqttArgs
+from .shm import attached
+from .stats import INPUT_DTYPE, Counters
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +62,44 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: the broker
 
 
 class MqttInput:
-    """One connection to the broker and one acked sender to the ingestor (see the module doc)."""
+    """One connection to the broker and one acked sender to the ingestor (see the module doc).
 
-    def __init__(self, args: MqttArgs, sender: Sender, dead_letters: DeadLetterWriter) -> None:
+    ``counts``: an INPUT_DTYPE record (shape ``()``) this input alone writes: its figures in the stats.
+    """
+
+    def __init__(self, args: MqttArgs, sender: Sender, dead_letters: DeadLetterWriter, counts: np.ndarray) -> None:
         self.args = args
-        self.templates = [TopicTemplate(t) for t in args.topics]
+        self.source = args.source
+        self.templates = [TopicTemplate(t) for t in args.source.topics]
         self.sender = sender
         self.dead_letters = dead_letters
+        self.counts = counts
         self._batch: list[dict[str, Any]] = []  # measurements of this turn
         self._batch_mids: list[int] = []  # their messages' ids (one message may hold no measurement)
         self._awaiting: dict[bytes, list[int]] = {}  # token of an acked message -> MQTT message ids to PUBACK
-        self.received = self.acknowledged = self.redelivered = self.unmappable = 0
         self.connected = False
         self._connecting = False  # a CONNECT sent, its CONNACK not yet read
         self._stopping = False
         self.client = self._client()
 
+    @property
+    def connected(self) -> bool:
+        return bool(self.counts["connected"])
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        self.counts["connected"] = int(value)
+
     def _client(self) -> paho.Client:
-        a = self.args
+        a = self.source
         v5 = a.protocol == "5"
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=a.client_id,
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.args.client_id,
                              clean_session=None if v5 else False, protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
                              manual_ack=True)
         if a.username is not None:
             client.username_pw_set(a.username, _password(a.password_file))
         if a.tls_ca is not None:
-            client.tls_set(ca_certs=a.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=a.tls_ca, certfile=a.tls_cert, keyfile=a.tls_key, cert_reqs=ssl.CERT_REQUIRED)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -90,8 +107,8 @@ class MqttInput:
 
     def connect(self) -> None:
         """Connect (OSError, or paho's errors, when the broker cannot be reached)."""
-        host, _, port = self.args.broker.rpartition(":")
-        if self.args.protocol == "5":
+        host, _, port = self.source.broker.rpartition(":")
+        if self.source.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
             self.client.connect(host, int(port), KEEPALIVE_S, clean_start=False, properties=properties)
@@ -101,12 +118,12 @@ class MqttInput:
     def _on_connect(self, client: paho.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
         self._connecting = False
         if reason.is_failure:
-            log.error("MQTT broker %s refused the connection: %s", self.args.broker, reason)
+            log.error("MQTT broker %s refused the connection: %s", self.source.broker, reason)
             return
         self.connected = True
-        log.info("MQTT connected to %s (session %s, %s); subscribing to %s", self.args.broker, self.args.client_id,
+        log.info("MQTT connected to %s (session %s, %s); subscribing to %s", self.source.broker, self.args.client_id,
                  "resumed" if flags.session_present else "new", ", ".join(t.filter for t in self.templates))
-        filters: list[tuple[str, int]] = [(t.filter, self.args.qos) for t in self.templates]
+        filters: list[tuple[str, int]] = [(t.filter, self.source.qos) for t in self.templates]
         client.subscribe(filters)
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
@@ -118,15 +135,15 @@ class MqttInput:
         self._batch.clear()
         self._batch_mids.clear()
         log.warning("MQTT connection to %s lost (%s); %d messages awaiting commit will be delivered again",
-                    self.args.broker, reason, forgotten)
+                    self.source.broker, reason, forgotten)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        self.received += 1
-        self.redelivered += bool(message.dup)
+        self.counts["received"] += 1
+        self.counts["redelivered"] += bool(message.dup)
         try:
             event = self._map(message.topic, bytes(message.payload))
         except Unmappable as e:
-            self.unmappable += 1
+            self.counts["unmappable"] += 1
             self.dead_letters.write([Rejected("unmappable", f"MQTT {e}", None, bytes(message.payload), None)])
             self._ack([message.mid])  # kept as a dead letter: the broker may forget it
             return
@@ -137,7 +154,7 @@ class MqttInput:
         """The measurement of one message; Unmappable naming its topic and what is wrong."""
         scale = self._scale_of(topic)  # its refusal names the topic
         try:
-            return measurement(scale, payload, self.args.fields)
+            return measurement(scale, payload, self.source.fields)
         except Unmappable as e:
             raise Unmappable(f"topic {topic!r}: {e}") from None
 
@@ -163,10 +180,10 @@ class MqttInput:
             self._ack(self._awaiting.pop(token, []))  # none: sent on a connection that is gone
 
     def _ack(self, mids: list[int]) -> None:
-        if self.args.qos:
+        if self.source.qos:
             for mid in mids:
-                self.client.ack(mid, self.args.qos)
-        self.acknowledged += len(mids)
+                self.client.ack(mid, self.source.qos)
+        self.counts["acknowledged"] += len(mids)
 
     def run(self, stop: Callable[[], bool]) -> None:
         """Turn until ``stop()``; connect again, with backoff while it keeps failing, whenever not connected (the
@@ -187,8 +204,9 @@ class MqttInput:
         self._finish()
         self._stopping = True
         self.client.disconnect()
+        c = self.counts
         log.info("MQTT input stopped: %d received, %d acknowledged, %d delivered again, %d unmappable",
-                 self.received, self.acknowledged, self.redelivered, self.unmappable)
+                 c["received"], c["acknowledged"], c["redelivered"], c["unmappable"])
 
     def _finish(self) -> None:
         """At a stop: read no more, but wait up to ``FINISH_S`` for the replies still due and PUBACK those
@@ -207,7 +225,7 @@ class MqttInput:
         try:
             self.connect()
         except (OSError, ValueError) as e:
-            log.warning("MQTT broker %s unreachable: %s", self.args.broker, e)
+            log.warning("MQTT broker %s unreachable: %s", self.source.broker, e)
             return False
         self._connecting = True  # the next turns read the CONNACK (on_connect) or the refusal (on_disconnect)
         return True
@@ -230,15 +248,32 @@ def _password(path: str | None) -> str | None:
 
 
 def run_mqtt(args: MqttArgs, stop: Callable[[], bool]) -> None:
-    """Child entry (see :mod:`ingestor.child`): run the MQTT input until ``stop()``.
+    """Child entry (see :mod:`ingestor.child`): run the MQTT input until ``stop()``, counting in record
+    ``args.slot`` of the counters block ``args.counters`` (a record of its own without one).
 
     Raises BootError for a template, a password file or a TLS file that cannot be used (a restart would not help).
     """
+    if not args.counters:
+        _serve(args, np.zeros((), INPUT_DTYPE), stop)
+        return
+    counters = Counters.attach(args.counters, args.lanes)
+    with attached(counters):
+        counts = counters.inputs[args.slot, ...]  # a 0-d view of the record
+        counts["pid"] = os.getpid()
+        try:
+            _serve(args, counts, stop)
+        finally:
+            counts["connected"] = 0
+        del counts
+        gc.collect()  # the paho client and the input refer to each other: their view goes before the block closes
+
+
+def _serve(args: MqttArgs, counts: np.ndarray, stop: Callable[[], bool]) -> None:
     dead_letters = DeadLetterWriter(args.dead_letters.directory, "mqtt", args.dead_letters.max_bytes)
-    sender = Sender(args.ack_endpoint, acked=True, keep_replies=False)
+    sender = Sender(args.ack_endpoint, acked=True, keep_replies=False, curve=args.curve)
     try:
         try:
-            mqtt_input = MqttInput(args, sender, dead_letters)
+            mqtt_input = MqttInput(args, sender, dead_letters, counts)
         except (ConfigError, OSError, ssl.SSLError) as e:
             raise BootError(f"MQTT input: {e}") from None
         mqtt_input.run(stop)

@@ -9,7 +9,7 @@ filter ``plant/+/scale/+/weight`` and reads scale 17 from the fourth level
 :class:`PayloadFields` names the payload's fields, dotted for nested objects
 (``weight.value``).
 
-When a payload has no sequence number (``seq = None``), its time stands in:
+When a payload has no sequence number (``seq = ""``), its time stands in:
 ``seq`` becomes ``ts`` in milliseconds since the epoch. A re-delivered
 message then has the same key and is counted a duplicate, as it must; but
 two weighings of one scale within the same millisecond are one measurement
@@ -87,13 +87,13 @@ class PayloadFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where a JSON payload holds each field of the measurement: a key, or a dotted path into nested objects."""
 
     ts: str = "ts"  #: epoch milliseconds or an RFC 3339 time, as in docs/PROTOCOL.md §3
-    seq: str | None = "seq"  #: None: payloads carry no seq, and ``ts`` in milliseconds stands in (module doc)
+    seq: str = "seq"  #: "": payloads carry no seq, and ``ts`` in milliseconds stands in (module doc)
     data: tuple[str, ...] = ("data_1", "data_2", "data_3", "data_4", "data_5")  #: data_1 … data_5, in order
 
     def __post_init__(self) -> None:
         if len(self.data) > MAX_DATA_FIELDS:
             raise ConfigError(f"MQTT payload fields: {len(self.data)} data fields, at most {MAX_DATA_FIELDS}")
-        names = [self.ts, *([self.seq] if self.seq is not None else []), *self.data]
+        names = [self.ts, *([self.seq] if self.seq else []), *self.data]
         if any(not name or "" in name.split(".") for name in names):
             raise ConfigError(f"MQTT payload fields: an empty field name or path in {names!r}")
 
@@ -114,7 +114,7 @@ def measurement(scale_id: int, payload: bytes, fields: PayloadFields) -> dict[st
     ts = _field(document, fields.ts, required=True)
     if isinstance(ts, bool) or not isinstance(ts, (int, str)):
         raise Unmappable(f"field {fields.ts!r} is {ts!r}: not epoch milliseconds or an RFC 3339 time")
-    if fields.seq is not None:
+    if fields.seq:
         seq = _field(document, fields.seq, required=True)
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise Unmappable(f"field {fields.seq!r} is {seq!r}: not an integer ≥ 0")

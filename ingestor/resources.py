@@ -33,7 +33,7 @@ from .monitoring import Monitoring
 from .recent import RecentEvents
 from .roles import SharedBlocks
 from .sdnotify import Notifier
-from .stats import Figures, RateWindow, StatsServer, Status, WriterFigures
+from .stats import Figures, InputFigures, RateWindow, StatsServer, Status, WriterFigures
 from .upkeep import Upkeep
 
 log = logging.getLogger("ingestor.supervisor")  # its lines are the supervisor's, as before the split
@@ -151,7 +151,7 @@ class Resources:
             return True
         return self._blocks.spool_leftovers(self.config.resolved_spool_dir(), self.config.spool_max_bytes)
 
-    def figures(self, status: Status, writers: list[WriterFigures]) -> Figures:
+    def figures(self, status: Status, writers: list[WriterFigures], inputs: list[InputFigures] | None = None) -> Figures:
         """The figures of docs/operations.md#stats: ``status`` and the ``writers``' processes from the supervisor,
         the rest from the shared counters (the defaults before :meth:`open`)."""
         cfg = self.config
@@ -166,7 +166,7 @@ class Resources:
         if self.central_lag is not None and (lag := self.central_lag.latest) is not None:
             f.central_lag_bytes = lag.lag_bytes
             f.central_stalled_s, f.central_syncing_tables = self.central_lag.stalled_s, lag.syncing_tables
-        f.writers = writers
+        f.writers, f.inputs = writers, inputs or []
         return counters.read_into(f, ring.used)
 
     def publish(self, figures: Figures) -> None:

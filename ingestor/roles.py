@@ -1,4 +1,4 @@
-"""The roles of the supervised processes (front, writer, simulator, lifecycle): one typed Struct each.
+"""The roles of the supervised processes (front, writer, simulator, lifecycle, MQTT input): one typed Struct each.
 
 uvicorn hands each worker one config object; here the supervisor builds one
 of these per child from the service's Config and the shared blocks it
@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import msgspec
 import zmq
 
 from .acks import AckTable
 from .client import CurveKeys
-from .config import Config
+from .config import Config, MqttConfig
 from .errors import ConfigError
-from .mqtt_map import PayloadFields
 from .protocol import RECORD_DTYPE
 from .ring import Ring, RingSpec
 from .shm import attached
@@ -133,8 +132,7 @@ class SimulatorArgs(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_config(cls, config: Config, curve: CurveKeys | None) -> SimulatorArgs:
-        endpoint = config.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
-        return cls(endpoint=endpoint, scales=config.simulate_scales, rate=config.simulate_rate, curve=curve)
+        return cls(endpoint=loopback(config.bind), scales=config.simulate_scales, rate=config.simulate_rate, curve=curve)
 
 
 
@@ -167,50 +165,69 @@ class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the MQTT input needs (:func:`ingestor.mqtt.run_mqtt`); not yet planned from the configuration
-    (issue 30)."""
+    """Everything the MQTT input needs (:func:`ingestor.mqtt.run_mqtt`): the ``[mqtt]`` table and where to send."""
 
     name: ClassVar[str] = "mqtt"
     entry: ClassVar[str] = "ingestor.mqtt:run_mqtt"
 
-    broker: str  #: host:port
-    topics: tuple[str, ...]  #: templates of ingestor/mqtt_map.py, e.g. plant/+/scale/{scale_id}/weight
-    fields: PayloadFields = PayloadFields()
-    client_id: str  #: the persistent session's name at the broker: one per input, stable across restarts
+    source: MqttConfig  #: the [mqtt] table (docs/inputs.md#mqtt)
+    client_id: str  #: the persistent session's name at the broker (MqttConfig.session)
     ack_endpoint: str  #: the front's ROUTER endpoint (acked mode), on loopback
     dead_letters: DeadLetterArgs
-    qos: Literal[0, 1] = 1
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
-    username: str | None = None
-    password_file: str | None = None  #: a file holding the password (first line), readable by the service only
-    tls_ca: str | None = None  #: a CA file: TLS to the broker, its certificate checked against it
+    counters: str = ""  #: name of the stats.Counters block; empty: count in a record of its own (tests)
+    lanes: int = 0  #: the counters block's writer count (its shape)
+    slot: int = 0  #: this input's record among the counters' inputs
+    curve: CurveKeys | None = None  #: when CURVE is on: this input's keys, allowed by the front for this run
+
+    @classmethod
+    def from_config(cls, config: Config, shared: SharedBlocks, slot: int, curve: CurveKeys | None) -> MqttArgs:
+        assert config.mqtt is not None and (endpoint := config.ack_endpoint()) is not None  # config.load checks both
+        return cls(source=config.mqtt, client_id=config.mqtt.session(config.instance), ack_endpoint=loopback(endpoint),
+                   dead_letters=DeadLetterArgs.from_config(config), counters=shared.counters, lanes=shared.ring.lanes,
+                   slot=slot, curve=curve)
+
+
+def loopback(endpoint: str) -> str:
+    """A bound endpoint as a process on this machine connects to it: a wildcard host becomes 127.0.0.1."""
+    return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+
+
+INPUTS = (MqttArgs,)  # the roles that take measurements from a source besides ZeroMQ: stopped first
 
 
 ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs | MqttArgs
 
 
 def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:
-    """The children of a service: one writer per ring lane, the front, the simulator when asked for, and the
-    lifecycle child with --archive-after-days or --retention-days.
+    """The children of a service: one writer per ring lane, the front, the simulator when asked for, the MQTT
+    input with an ``[mqtt]`` table, and the lifecycle child with --archive-after-days or --retention-days.
 
     ``server_public``: the service's CURVE public key when CURVE is on; the
-    bundled simulator then gets a key pair of its own for this run, which
-    the front allows besides the clients directory's.
+    bundled simulator and the MQTT input then get a key pair each for this
+    run, which the front allows besides the clients directory's.
     """
-    front_curve = simulator_curve = None
+    front_curve = simulator_curve = mqtt_curve = None
     if config.curve_secret_key:
         if server_public is None or config.curve_clients_dir is None:  # Config and Resources.load_keys give both
             raise ConfigError("CURVE needs the service's public key and the directory of allowed client keys")
-        extra: tuple[bytes, ...] = ()
         if config.simulate_scales:
-            sim_public, sim_secret = zmq.curve_keypair()
-            extra = (sim_public,)
-            simulator_curve = CurveKeys(server_public, sim_public, sim_secret)
+            simulator_curve = _run_keys(server_public)
+        if config.mqtt is not None:
+            mqtt_curve = _run_keys(server_public)
+        extra = tuple(keys.public for keys in (simulator_curve, mqtt_curve) if keys is not None)
         front_curve = CurveServerArgs(config.curve_secret_key, config.curve_clients_dir, extra)
     planned: list[ChildArgs] = [WriterArgs.from_config(config, shared, i, dsn) for i in range(shared.ring.lanes)]
     planned.append(FrontArgs.from_config(config, shared, front_curve))
     if config.simulate_scales:
         planned.append(SimulatorArgs.from_config(config, simulator_curve))
+    if config.mqtt is not None:
+        planned.append(MqttArgs.from_config(config, shared, 0, mqtt_curve))
     if LifecycleArgs.wanted(config):
         planned.append(LifecycleArgs.from_config(config, dsn, shared.counters, shared.ring.lanes))
     return planned
+
+
+def _run_keys(server_public: bytes) -> CurveKeys:
+    """A key pair of a bundled sender for this run only, which the front allows besides the clients directory's."""
+    public, secret = zmq.curve_keypair()
+    return CurveKeys(server_public, public, secret)

@@ -96,6 +96,18 @@ WRITER_DTYPE = np.dtype(
     ]
 )
 
+INPUT_SLOTS = 4  # inputs besides ZeroMQ (MQTT, ...) one service can run: records reserved in the block
+INPUT_DTYPE = np.dtype(
+    [
+        ("pid", "<i8"),
+        ("connected", "<i8"),  # 1 while connected to its source (the broker, the OPC UA server)
+        ("received", "<i8"),  # messages taken from the source, re-deliveries included
+        ("acknowledged", "<i8"),  # messages acknowledged to the source: committed, or kept as dead letters
+        ("redelivered", "<i8"),  # messages the source marked as delivered before (MQTT's DUP flag)
+        ("unmappable", "<i8"),  # messages that are no measurement: dead letters, with their topic
+    ]
+)
+
 
 def acknowledged(writer: np.ndarray) -> tuple[int, int] | None:
     """A lane's last acknowledged ``(position, persisted)`` from its WRITER_DTYPE record; None before any.
@@ -118,16 +130,18 @@ ACK_READ_TRIES = 1000
 
 
 class Counters(SharedBlock):
-    """The shared counter block: ``front`` (one FRONT_DTYPE record) and ``writers`` (one WRITER_DTYPE per lane)."""
+    """The shared counter block: ``front`` (one FRONT_DTYPE record), ``writers`` (one WRITER_DTYPE per lane) and
+    ``inputs`` (INPUT_SLOTS INPUT_DTYPE records, one per input by its ``slot``)."""
 
     def __init__(self, shm: SharedMemory, writers: int, owner: bool) -> None:
         super().__init__(shm, owner)
         self.front = np.ndarray((), FRONT_DTYPE, shm.buf, 0)
         self.writers = np.ndarray((writers,), WRITER_DTYPE, shm.buf, _writers_offset())
+        self.inputs = np.ndarray((INPUT_SLOTS,), INPUT_DTYPE, shm.buf, _inputs_offset(writers))
 
     @classmethod
     def create(cls, writers: int) -> Counters:
-        return cls(cls._allocate(_writers_offset() + writers * WRITER_DTYPE.itemsize), writers, owner=True)
+        return cls(cls._allocate(_inputs_offset(writers) + INPUT_SLOTS * INPUT_DTYPE.itemsize), writers, owner=True)
 
     @classmethod
     def attach(cls, name: str, writers: int) -> Counters:
@@ -135,7 +149,7 @@ class Counters(SharedBlock):
         return cls(cls._open(name, "shared counters"), writers, owner=False)
 
     def _unmap(self) -> None:
-        del self.front, self.writers
+        del self.front, self.writers, self.inputs
 
     def database_connected(self, alive: typing.Sequence[bool]) -> bool:
         """True when some writer lives and every live one's last database operation succeeded; ``alive``: one
@@ -186,11 +200,21 @@ class Counters(SharedBlock):
             writer.pid = writer.pid or int(w["pid"][i])
             writer.persisted, writer.batches = int(w["persisted"][i]), int(w["batches"][i])
             writer.last_batch_ms = round(int(w["last_batch_us"][i]) / 1000, 1)
+        for source in f.inputs:
+            counts = self.inputs[source.slot]
+            source.pid = source.pid or int(counts["pid"])
+            source.connected = bool(counts["connected"]) and source.alive
+            for name in ("received", "acknowledged", "redelivered", "unmappable"):
+                setattr(source, name, int(counts[name]))
         return f
 
 
 def _writers_offset() -> int:
     return (FRONT_DTYPE.itemsize + 63) // 64 * 64
+
+
+def _inputs_offset(writers: int) -> int:
+    return (_writers_offset() + writers * WRITER_DTYPE.itemsize + 63) // 64 * 64
 
 
 def bucket_of(value: float, bounds: tuple) -> int:
@@ -290,6 +314,21 @@ class WriterFigures(msgspec.Struct):
     last_batch_ms: float = 0.0
 
 
+class InputFigures(msgspec.Struct):
+    """One input's figures besides ZeroMQ (docs/inputs.md): its process, and its messages (each may hold events)."""
+
+    name: str  #: the role, such as "mqtt"
+    slot: int  #: its record in the counters
+    pid: int
+    alive: bool
+    restarts: int
+    connected: bool = False  #: to its source (the broker)
+    received: int = 0  #: messages taken from the source, re-deliveries included
+    acknowledged: int = 0  #: acknowledged to the source: committed, or kept as dead letters
+    redelivered: int = 0  #: marked by the source as delivered before
+    unmappable: int = 0  #: no measurement: dead letters with their topic
+
+
 Status = Literal["starting", "running", "draining"]  #: the service's life, as the stats say it
 
 
@@ -358,6 +397,7 @@ class Figures(msgspec.Struct, kw_only=True):
     latency_ms: Latency = msgspec.field(default_factory=Latency)
     recent_events: list[RecentEvent] = []
     writers: list[WriterFigures] = []
+    inputs: list[InputFigures] = []  #: the MQTT input and others (docs/inputs.md); none when the configuration has none
     # for /metrics and plots; `ingestor stats` leaves them out unless --histograms
     latency_histogram: LatencyHistogram = msgspec.field(default_factory=LatencyHistogram)
     batch_size_histogram: list[tuple[str, int]] = []  #: (Prometheus "le", cumulative count)
@@ -382,7 +422,7 @@ def format_text(f: Figures) -> str:
     """The figures as aligned ``name: value`` lines for people (histograms left out)."""
     lines = []
     for name in Figures.__struct_fields__:
-        if name in HISTOGRAMS or name in ("writers", "recent_events", "latency_ms", "batch_us_total"):
+        if name in HISTOGRAMS or name in ("writers", "inputs", "recent_events", "latency_ms", "batch_us_total"):
             continue
         value = getattr(f, name)
         lines.append(f"{name:>22}: {'never' if value is None else str(value).lower() if isinstance(value, bool) else value}")
@@ -392,6 +432,11 @@ def format_text(f: Figures) -> str:
     for i, w in enumerate(f.writers):
         lines.append(f"{f'writer {i}':>22}: pid {w.pid} {'alive' if w.alive else 'DEAD'}, {w.persisted} persisted "
                      f"in {w.batches} batches, last {w.last_batch_ms} ms, {w.restarts} restarts")
+    for source in f.inputs:
+        lines.append(f"{source.name:>22}: pid {source.pid} {'alive' if source.alive else 'DEAD'}, "
+                     f"{'connected' if source.connected else 'NOT CONNECTED'}, {source.received} received, "
+                     f"{source.acknowledged} acknowledged, {source.redelivered} delivered again, "
+                     f"{source.unmappable} unmappable, {source.restarts} restarts")
     for e in f.recent_events[-5:]:
         lines.append(f"{'recent':>22}: {e.time} {e.event}")
     return "\n".join(lines)

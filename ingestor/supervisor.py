@@ -9,14 +9,17 @@ to :class:`ingestor.resources.Resources` (the stats, the periodic work of
 :mod:`ingestor.upkeep`). Everything the service holds besides its processes
 (sockets, the database, the shared blocks) lives there.
 
-Children: one front, one writer per ring lane, optionally the lifecycle child
-and a simulator (:func:`ingestor.roles.plan`).
+Children: one front, one writer per ring lane, optionally the lifecycle child,
+a simulator and the MQTT input (:func:`ingestor.roles.plan`).
 A dead child is respawned at the same index, after a backoff that doubles
 with each quick failure; a child exiting with ``EXIT_BOOT_ERROR`` halts the
 supervisor instead (it would only fail again).
 
 Stopping (the phases of :class:`Phase`):
-- graceful (SIGTERM, SIGINT): ``STOPPING_FRONT``: stop the simulator and
+- graceful (SIGTERM, SIGINT): ``STOPPING_INPUTS`` (with an MQTT input):
+  stop the inputs (SIGTERM: each reads no more and acknowledges to its
+  source what the ingestor answers meanwhile, while front and writers run
+  on); once they are gone, ``STOPPING_FRONT``: stop the simulator and
   the front (SIGTERM, they place the batch in hand); once the front is gone,
   ``DRAINING``: set the ring's draining flag so writers exit once their lane
   is written; then stop the embedded PostgreSQL and exit 0. When the
@@ -46,15 +49,16 @@ from .errors import IngestorError
 from .failpoints import failpoint
 from .placement import settle_front_died_stopping
 from .resources import Resources
-from .roles import FrontArgs, WriterArgs
+from .roles import INPUTS, FrontArgs, WriterArgs
 from .signals import SignalQueue
-from .stats import Figures, Status, WriterFigures
+from .stats import Figures, InputFigures, Status, WriterFigures
 
 log = logging.getLogger(__name__)
 
 LOOP_WAKE_S = 1.0  # the loop runs at least this often
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
+INPUT_STOP_TIMEOUT_S = 15.0  # an input waits up to 5 s for the ingestor's last replies (ingestor/mqtt.py FINISH_S)
 # the identity of docs/operations.md#stats, logged once at exit: received_events = the sum of the others.
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
@@ -64,6 +68,7 @@ class Phase(enum.Enum):
 
     STARTING = enum.auto()  # PostgreSQL awaited and migrated, children started; until the front listens
     RUNNING = enum.auto()
+    STOPPING_INPUTS = enum.auto()  # graceful stop 0: the inputs acknowledge what is answered and exit
     STOPPING_FRONT = enum.auto()  # graceful stop 1: simulator and front place what they hold and exit
     DRAINING = enum.auto()  # graceful stop 2: the ring's draining flag is set, writers write their lanes out
 
@@ -74,7 +79,7 @@ class Phase(enum.Enum):
 
     @property
     def stopping(self) -> bool:
-        return self in (Phase.STOPPING_FRONT, Phase.DRAINING)
+        return self in (Phase.STOPPING_INPUTS, Phase.STOPPING_FRONT, Phase.DRAINING)
 
 
 class Supervisor:
@@ -87,7 +92,7 @@ class Supervisor:
         self.phase = Phase.STARTING
         self.children: list[Child] = []
         self.res = Resources(config)  # the sockets, the database, the shared blocks, the periodic work
-        self._stop_deadline = self._front_deadline = 0.0
+        self._stop_deadline = self._phase_deadline = 0.0
         self._offline_since: float | None = None
         self._halt_reason: str | None = None
 
@@ -195,6 +200,10 @@ class Supervisor:
         return [c for c in self.children if isinstance(c.args, WriterArgs)]
 
     @property
+    def inputs(self) -> list[Child]:
+        return [c for c in self.children if isinstance(c.args, INPUTS)]
+
+    @property
     def front(self) -> Child:
         return next(c for c in self.children if isinstance(c.args, FrontArgs))
 
@@ -236,9 +245,18 @@ class Supervisor:
         for c in self.children:
             if c.wanted and c.process is None and now >= c.spawn_after:
                 self.spawn(c)
+        if self.phase is Phase.STOPPING_INPUTS:
+            if any(c.alive() for c in self.inputs):
+                if now <= self._phase_deadline:
+                    return None
+                log.error("Inputs did not stop within %.0f s; killing them (their sources deliver again what they "
+                          "did not acknowledge)", INPUT_STOP_TIMEOUT_S)
+                for c in self.inputs:
+                    c.kill()
+            self.stop_front()
         if self.phase is Phase.STOPPING_FRONT:
             if self.front.alive():
-                if now > self._front_deadline:
+                if now > self._phase_deadline:
                     log.error("Front did not stop within %.0f s; killing it", FRONT_STOP_TIMEOUT_S)
                     self.front.kill()
                 return None
@@ -269,13 +287,23 @@ class Supervisor:
         return 0 if self.res.spool_leftovers() else 1
 
     def begin_drain(self) -> None:
-        self.phase = Phase.STOPPING_FRONT
+        """Graceful stop: the inputs first (front and writers answer what they sent), then the front."""
         self.res.notifier.notify("STOPPING=1", "STATUS=draining: writing everything accepted")
-        now = time.monotonic()
-        self._stop_deadline = now + self.config.drain_seconds
-        self._front_deadline = now + FRONT_STOP_TIMEOUT_S
+        self._stop_deadline = time.monotonic() + self.config.drain_seconds
+        if not self.inputs:
+            self.stop_front()
+            return
+        self.phase = Phase.STOPPING_INPUTS
+        self._phase_deadline = time.monotonic() + INPUT_STOP_TIMEOUT_S
+        for c in self.inputs:
+            c.wanted = False
+            c.terminate()
+
+    def stop_front(self) -> None:
+        self.phase = Phase.STOPPING_FRONT
+        self._phase_deadline = time.monotonic() + FRONT_STOP_TIMEOUT_S
         for c in self.children:
-            if not isinstance(c.args, WriterArgs):  # the writers go on until the ring is drained
+            if not isinstance(c.args, WriterArgs) and c.wanted:  # the writers go on until the ring is drained
                 c.wanted = False
                 c.terminate()
 
@@ -312,7 +340,9 @@ class Supervisor:
         """The figures of docs/operations.md#stats (:meth:`Resources.figures`) with the writers' processes."""
         self.notice_ready()  # here: a stats request sees "running" the moment the front listens
         writers = [WriterFigures(pid=c.pid, alive=c.alive(), restarts=c.restarts) for c in self.writers]
-        return self.res.figures(self.phase.status, writers)
+        inputs = [InputFigures(name=c.name, slot=getattr(c.args, "slot", 0), pid=c.pid, alive=c.alive(),
+                               restarts=c.restarts) for c in self.inputs]
+        return self.res.figures(self.phase.status, writers, inputs)
 
     # -- teardown -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 import tty
 from collections.abc import Callable, Iterator
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleRenderable, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -68,12 +68,23 @@ def render(s: Figures | None, endpoint: str, error: str | None = None, live: boo
         writers.add_row(str(i), str(w.pid), state, str(w.restarts), f"{w.persisted:,}", f"{w.batches:,}",
                         f"{w.last_batch_ms} ms")
 
+    parts: list[ConsoleRenderable] = [head, Text(""), fill, Text(""), writers, Text("")]
+    if s.inputs:
+        inputs = Table("input", "pid", "state", "source", "restarts", "received", "acknowledged", "again",
+                       "unmappable", box=None)
+        for one in s.inputs:
+            state = Text("alive", style="green") if one.alive else Text("dead", style="bold red")
+            source = Text("connected", style="green") if one.connected else Text("not connected", style="bold red")
+            inputs.add_row(one.name, str(one.pid), state, source, str(one.restarts), f"{one.received:,}",
+                           f"{one.acknowledged:,}", f"{one.redelivered:,}", f"{one.unmappable:,}")
+        parts += [inputs, Text("")]
+
     recent = Table("time (UTC)", "recent events", box=None)
     for e in s.recent_events[-8:]:
         recent.add_row(e.time, e.event)
     if not s.recent_events:
         recent.add_row("", Text("none", style="dim"))
-    return Panel(Group(head, Text(""), fill, Text(""), writers, Text(""), recent),
+    return Panel(Group(*parts, recent),
                  title=f"ingestor top — {endpoint}", subtitle="q quits" if live else None)
 
 

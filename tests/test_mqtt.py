@@ -19,6 +19,7 @@ import pytest
 
 from ingestor import failpoints
 from ingestor.child import Child
+from ingestor.config import MqttConfig
 from ingestor.mqtt_map import PayloadFields
 from ingestor.roles import DeadLetterArgs, MqttArgs
 
@@ -120,10 +121,11 @@ def open_session(broker: Broker, client_id: str = "ingestor-test", qos: int = 1)
 
 
 def mqtt_input(broker: Broker, svc, tmp_path: Path, **overrides) -> Child:
-    args = MqttArgs(broker=broker.address, topics=(TEMPLATE,), fields=PayloadFields(), client_id="ingestor-test",
-                    ack_endpoint=svc.ack_bind, dead_letters=DeadLetterArgs(str(tmp_path / "dead-letters"), 1 << 20),
-                    **overrides)
-    c = Child(args)  # as the supervisor will, once the configuration plans the input
+    """The input as a child of its own, as the supervisor starts it, but killed and restarted by the test."""
+    args = MqttArgs(source=MqttConfig(broker=broker.address, topics=(TEMPLATE,), fields=PayloadFields(), **overrides),
+                    client_id="ingestor-test", ack_endpoint=svc.ack_bind,
+                    dead_letters=DeadLetterArgs(str(tmp_path / "dead-letters"), 1 << 20))
+    c = Child(args)
     c.start(SPAWN, "info", "test")
     return c
 
