@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,23 +36,50 @@ TemplateFilter = "plant/+/scale/+/weight"
 
 
 class Broker:
-    """One mosquitto with persistence on a free port; ``restart()`` keeps its queued messages."""
+    """One mosquitto with persistence on a free port; ``restart()`` keeps its queued messages.
 
-    def __init__(self, directory: Path) -> None:
+    ``secure``: as a plant runs it: TLS only (a certificate signed by a CA of the test's own, and one required of
+    each client), no anonymous clients, a password file (``admin`` for the tests' own clients; ``plant`` for the
+    input, with ``plant_password``).
+    """
+
+    def __init__(self, directory: Path, secure: bool = False, plant_password: str = "plant-secret") -> None:
         self.directory = directory
+        self.secure = secure
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {directory}/\n"
-            # no bound on a session's queue or in-flight window: the plant's rule (docs: a broker's default
-            # of 1,000 queued QoS 1 messages drops the rest while the ingestor is away)
-            "max_queued_messages 0\nmax_inflight_messages 0\n"
+        lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {directory}/",
+                 # no bound on a session's queue or in-flight window: the plant's rule (docs/inputs.md: a broker's
+                 # default of 1,000 queued QoS 1 messages drops the rest while the ingestor is away)
+                 "max_queued_messages 0", "max_inflight_messages 0"]
+        if os.geteuid() == 0:
             # as root mosquitto drops to the user "mosquitto", which cannot enter pytest's 0700 directory to save
             # its persistence file; stay root there (the tests' directories are ours)
-            + ("user root\n" if os.geteuid() == 0 else ""))
+            lines.append("user root")
+        if secure:
+            self.tls = certificates(directory)
+            self.passwords = directory / "passwd"
+            self.set_password("admin", "admin-secret")
+            self.set_password("plant", plant_password)
+            lines += ["allow_anonymous false", f"password_file {self.passwords}", f"cafile {self.tls['ca']}",
+                      f"certfile {self.tls['server.crt']}", f"keyfile {self.tls['server.key']}",
+                      "require_certificate true"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def set_password(self, user: str, password: str) -> None:
+        """Set ``user``'s password in the password file (mosquitto_passwd); a running broker reads it at SIGHUP."""
+        create = [] if self.passwords.exists() else ["-c"]
+        subprocess.run([require_command("mosquitto_passwd"), *create, "-b", str(self.passwords), user, password],
+                       check=True, capture_output=True)
+        self.passwords.chmod(0o600)
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def start(self) -> None:
         with open(self.directory / "mosquitto.log", "ab") as log:
@@ -76,6 +105,38 @@ class Broker:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def client(self, client_id: str, **kwargs) -> paho.Client:
+        """A connected test client (as ``admin``, over TLS with a client certificate, when secure); it keeps
+        every message it publishes in flight at once."""
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        if self.secure:
+            client.username_pw_set("admin", "admin-secret")
+            client.tls_set(ca_certs=self.tls["ca"], certfile=self.tls["client.crt"], keyfile=self.tls["client.key"])
+        client.connect("127.0.0.1", self.port)
+        return client
+
+
+def certificates(directory: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl (EC P-256, one day)."""
+    openssl = require_command("openssl")
+    out = {name: str(directory / name) for name in ("ca", "ca.key", "server.crt", "server.key", "client.crt",
+                                                     "client.key")}
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", out["ca.key"], "-out", out["ca"], "-days", "1", "-subj", "/CN=test plant CA")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        csr = directory / f"{name}.csr"
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        run("req", *ec, "-keyout", out[f"{name}.key"], "-out", str(csr), "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", str(csr), "-CA", out["ca"], "-CAkey", out["ca.key"], "-CAcreateserial",
+            "-out", out[f"{name}.crt"], "-days", "1", "-extfile", str(directory / f"{name}.ext"))
+    return out
+
 
 @pytest.fixture
 def broker(tmp_path) -> Iterator[Broker]:
@@ -86,10 +147,7 @@ def broker(tmp_path) -> Iterator[Broker]:
 
 
 def publish(broker: Broker, messages: list[tuple[str, bytes]], qos: int = 1) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-publisher")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", broker.port)
+    client = broker.client("test-publisher")
     client.loop_start()
     try:
         infos = [client.publish(topic, body, qos=qos) for topic, body in messages]
@@ -108,10 +166,9 @@ def weighing(scale: int, seq: int) -> tuple[str, bytes]:
 def open_session(broker: Broker, client_id: str = "ingestor-test", qos: int = 1) -> None:
     """Subscribe as the input's persistent session and leave: from now on the broker queues its messages (as at a
     plant where the input has run before), so a test's messages do not race the input's first subscription."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client = broker.client(client_id, clean_session=False)
     subscribed: list[int] = []
     client.on_subscribe = lambda c, u, mid, codes, props: subscribed.append(mid)
-    client.connect("127.0.0.1", broker.port)
     client.subscribe(TemplateFilter, qos)
     deadline = time.monotonic() + 10
     while not subscribed:
@@ -146,9 +203,8 @@ def wait_stored(dsn: str, n: int, timeout_s: float = 60) -> None:
 def queued_at_broker(broker: Broker, client_id: str = "ingestor-test") -> int:
     """Messages the broker still holds for the input's session: connect as it, count what arrives, ack none."""
     got: list[int] = []
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True)
+    client = broker.client(client_id, clean_session=False, manual_ack=True)
     client.on_message = lambda c, u, m: got.append(m.mid)
-    client.connect("127.0.0.1", broker.port)
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         client.loop(0.05)
@@ -264,3 +320,108 @@ def test_the_input_restarts_its_connection_after_the_broker_restarts(broker, ser
     finally:
         c.kill()
     assert stored(dsn) == (100, 100)
+
+
+# -- the input as the service runs it: planned from the [mqtt] table, supervised, in the figures ----------------
+
+
+def configured(tmp_path: Path, broker: Broker, **keys: str) -> str:
+    """A configuration file with an [mqtt] table for ``broker`` (and ``keys``, TOML values as text)."""
+    lines = [f'broker = "{broker.address}"', f'topics = ["{TEMPLATE}"]', 'client_id = "ingestor-test"',
+             *(f"{k} = {v}" for k, v in keys.items())]
+    path = tmp_path / "ingestor.toml"
+    path.write_text("[mqtt]\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def mqtt_figures(svc) -> dict:
+    (figures,) = svc.stats()["inputs"]
+    return figures
+
+
+def metric(svc, line_start: str) -> float:
+    with urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    (value,) = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(value)
+
+
+def test_a_graceful_stop_stops_the_input_first_so_the_broker_keeps_nothing_it_sent(broker, service_factory, dsn,
+                                                                                    tmp_path):
+    state = tmp_path / "failpoints"
+    state.mkdir()
+    open_session(broker)
+    # each writer's first batch waits 4 s: the SIGTERM comes while the ingestor has not answered the input
+    svc = service_factory("--dsn", dsn, "--writers", "2", "--config", configured(tmp_path, broker),
+                          env={failpoints.ENV: "writer.dedup=2*sleep(4000)", failpoints.STATE_ENV: str(state)})
+    svc.wait_ready()
+    messages = [weighing(scale, seq) for seq in range(1, 101) for scale in range(1, 11)]
+    publish(broker, messages)
+    s = svc.wait_for(lambda s: s["inputs"][0]["received"] == 1000)
+    assert s["persisted"] < 1000 and s["inputs"][0]["acknowledged"] < 1000  # answers outstanding
+    assert svc.terminate() == 0
+    assert stored(dsn) == (1000, 1000)
+    assert queued_at_broker(broker) == 0  # the input acknowledged every one before the front stopped
+    assert "MQTT input stopped: 1000 received, 1000 acknowledged, 0 delivered again, 0 unmappable" in svc.output()
+
+
+def test_the_inputs_figures_count_its_messages_and_follow_its_connection_in_stats_and_metrics(
+        broker, service_factory, dsn, tmp_path):
+    open_session(broker)
+    svc = service_factory("--dsn", dsn, "--config", configured(tmp_path, broker))
+    svc.wait_ready()
+    publish(broker, [weighing(7, seq) for seq in range(1, 201)] + [("plant/h/scale/x/weight", b"{}")] * 2)
+    f = svc.wait_for(lambda s: s["inputs"][0]["acknowledged"] == 202)["inputs"][0]
+    assert (f["name"], f["alive"], f["connected"], f["received"], f["unmappable"], f["restarts"]) == \
+        ("mqtt", True, True, 202, 2, 0)
+    svc.wait_for(lambda s: s["persisted"] == 200)
+    assert metric(svc, 'ingestor_input_received_messages_total{input="mqtt"}') == 202
+    assert metric(svc, 'ingestor_input_unmappable_messages_total{input="mqtt"}') == 2
+    assert metric(svc, 'ingestor_input_connected{input="mqtt"}') == 1
+
+    broker.stop()
+    svc.wait_for(lambda s: not s["inputs"][0]["connected"])
+    assert metric(svc, 'ingestor_input_connected{input="mqtt"}') == 0
+    broker.start()
+    svc.wait_for(lambda s: s["inputs"][0]["connected"])
+
+    os.kill(mqtt_figures(svc)["pid"], signal.SIGKILL)  # the supervisor restarts it; the broker delivers again
+    svc.wait_for(lambda s: s["inputs"][0]["restarts"] == 1 and s["inputs"][0]["connected"])
+    publish(broker, [weighing(7, seq) for seq in range(201, 301)])
+    svc.wait_for(lambda s: s["persisted"] == 300)
+    assert stored(dsn) == (300, 300)
+    assert svc.terminate() == 0
+    assert queued_at_broker(broker) == 0
+
+
+@pytest.fixture
+def secure_broker(tmp_path) -> Iterator[Broker]:
+    (tmp_path / "broker").mkdir()
+    b = Broker(tmp_path / "broker", secure=True, plant_password="not-yet")
+    yield b
+    b.stop()
+
+
+def test_over_tls_with_a_password_the_input_stores_everything_once_the_broker_takes_its_password(
+        secure_broker, service_factory, dsn, tmp_path):
+    broker = secure_broker
+    password = tmp_path / "mqtt-password"
+    password.write_text("plant-secret\n")
+    password.chmod(0o600)
+    open_session(broker)
+    config = configured(tmp_path, broker, username='"plant"', password_file=f'"{password}"',
+                        tls_ca=f'"{broker.tls["ca"]}"', tls_cert=f'"{broker.tls["client.crt"]}"',
+                        tls_key=f'"{broker.tls["client.key"]}"')
+    messages = [weighing(scale, seq) for seq in range(1, 51) for scale in range(1, 5)]
+    publish(broker, messages)
+    svc = service_factory("--dsn", dsn, "--config", config)
+    svc.wait_ready()
+    time.sleep(3)  # the broker refuses the password it does not know yet: nothing read, nothing lost
+    assert not mqtt_figures(svc)["connected"] and stored(dsn) == (0, 0)
+    assert f"MQTT broker 127.0.0.1:{broker.port} refused the connection: Not authorized" in svc.output()
+    broker.set_password("plant", "plant-secret")  # mended at the broker, as an operator would
+    broker.reload()
+    wait_stored(dsn, len(messages))
+    assert mqtt_figures(svc)["connected"] and stored(dsn) == (200, 200)
+    assert svc.terminate() == 0
+    assert queued_at_broker(broker) == 0
