@@ -58,6 +58,9 @@ RECONNECT = Backoff(first_s=0.5, max_s=30.0)
 LOOP_S = 0.02  # one turn's wait for the broker: what arrives within it goes to the ingestor as one message
 KEEPALIVE_S = 30
 FINISH_S = 5.0  # at a stop, how long to wait for the ingestor's replies to what was sent (each then PUBACKed)
+# an acked message unanswered this long is sent to the front again: it was lost with a front that restarted.
+# Long, so that a slow database does not get the same events again while it is still writing them.
+RESEND_S = 30.0
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: the broker keeps our session and queue
 
 
@@ -270,7 +273,7 @@ def run_mqtt(args: MqttArgs, stop: Callable[[], bool]) -> None:
 
 def _serve(args: MqttArgs, counts: np.ndarray, stop: Callable[[], bool]) -> None:
     dead_letters = DeadLetterWriter(args.dead_letters.directory, "mqtt", args.dead_letters.max_bytes)
-    sender = Sender(args.ack_endpoint, acked=True, keep_replies=False, curve=args.curve)
+    sender = Sender(args.ack_endpoint, acked=True, keep_replies=False, curve=args.curve, resend_after_s=RESEND_S)
     try:
         try:
             mqtt_input = MqttInput(args, sender, dead_letters, counts)

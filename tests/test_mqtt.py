@@ -425,3 +425,40 @@ def test_over_tls_with_a_password_the_input_stores_everything_once_the_broker_ta
     assert mqtt_figures(svc)["connected"] and stored(dsn) == (200, 200)
     assert svc.terminate() == 0
     assert queued_at_broker(broker) == 0
+
+
+def test_what_is_published_while_the_ingestor_is_stopped_is_stored_once_when_it_starts_again(
+        broker, service_factory, dsn, tmp_path):
+    open_session(broker)
+    config = configured(tmp_path, broker)
+    svc = service_factory("--dsn", dsn, "--config", config)
+    svc.wait_ready()
+    publish(broker, [weighing(scale, seq) for seq in range(1, 51) for scale in range(1, 11)])
+    svc.wait_for(lambda s: s["persisted"] == 500)
+    assert svc.terminate() == 0
+    publish(broker, [weighing(scale, seq) for seq in range(51, 101) for scale in range(1, 11)])  # held by the broker
+    assert queued_at_broker(broker) == 500  # (this peek acknowledges none)
+    svc = service_factory("--dsn", dsn, "--config", config)
+    svc.wait_ready()
+    s = svc.wait_for(lambda s: s["persisted"] == 500 and s["inputs"][0]["acknowledged"] == 500)
+    assert (s["duplicates"], s["invalid"], s["inputs"][0]["received"]) == (0, 0, 500)
+    assert stored(dsn) == (1000, 1000)
+
+
+def test_a_database_that_stalls_delays_the_acknowledgements_and_loses_or_repeats_nothing(
+        broker, service_factory, dsn, tmp_path):
+    open_session(broker)
+    svc = service_factory("--dsn", dsn, "--config", configured(tmp_path, broker))
+    svc.wait_ready()
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE weighing_logs IN ACCESS EXCLUSIVE MODE")  # every COPY waits for it
+        publish(broker, [weighing(scale, seq) for seq in range(1, 201) for scale in range(1, 11)])
+        s = svc.wait_for(lambda s: s["inputs"][0]["received"] == 2000)
+        time.sleep(6)  # longer than a client's default re-send interval (5 s)
+        s = svc.stats()
+        assert (s["persisted"], s["inputs"][0]["acknowledged"]) == (0, 0)  # nothing committed, nothing acknowledged
+    s = svc.wait_for(lambda s: s["inputs"][0]["acknowledged"] == 2000)
+    assert (s["persisted"], s["duplicates"], s["received_events"], s["inputs"][0]["received"]) == (2000, 0, 2000, 2000)
+    assert stored(dsn) == (2000, 2000)
+    assert svc.terminate() == 0
+    assert queued_at_broker(broker) == 0
