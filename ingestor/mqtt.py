@@ -54,7 +54,7 @@ from .stats import INPUT_DTYPE, Counters
 
 log = logging.getLogger(__name__)
 
-RECONNECT = Backoff(first_s=0.5, max_s=30.0)
+RECONNECT = Backoff(first_s=0.5, max_s=30.0, jitter=True)  # a plant's inputs restarted together spread out
 LOOP_S = 0.02  # one turn's wait for the broker: what arrives within it goes to the ingestor as one message
 KEEPALIVE_S = 30
 FINISH_S = 5.0  # at a stop, how long to wait for the ingestor's replies to what was sent (each then PUBACKed)

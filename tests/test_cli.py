@@ -12,6 +12,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ingestor import config, schema
@@ -206,15 +207,21 @@ def test_shipped_example_configs_load(path):
 
 
 def test_the_full_example_config_names_every_option_with_its_default():
-    text = (EXAMPLES / "ingestor.toml").read_text()
+    text, mqtt = (EXAMPLES / "ingestor.toml").read_text().split("\n# [mqtt]\n")
     commented = dict(re.findall(r"^# (\w+) = (\S+)", text, flags=re.M))
-    assert set(commented) == set(config.FIELDS)
+    assert set(commented) == set(config.SCALARS)
     defaults = config.Config(data_dir="/var/lib/ingestor")
     for name, shown in commented.items():
         if name in ("dsn", "instance", "curve_secret_key", "curve_clients_dir", "spool_dir", "dead_letter_dir",
                     "archive_to", "alibi_key", "seal_file"):
             continue  # examples of values, not defaults (these default to unset)
         assert tomllib.loads(f"v = {shown}")["v"] == getattr(defaults, name), name
+    # the [mqtt] table, uncommented, names every key of it and of [mqtt.fields], the defaults as defaults
+    table = tomllib.loads("[mqtt]\n" + re.sub(r"^# ?", "", mqtt, flags=re.M))["mqtt"]
+    assert set(table) == set(config.MqttConfig.__struct_fields__)
+    assert msgspec.convert(table.pop("fields"), config.PayloadFields) == config.PayloadFields()
+    defaults = {f.name: f.default for f in msgspec.structs.fields(config.MqttConfig)}
+    assert (table["qos"], table["protocol"]) == (defaults["qos"], defaults["protocol"])
 
 
 def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variables():

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 
-from ingestor import failpoints
+from ingestor import config, failpoints
 from ingestor.child import Child
 from ingestor.config import MqttConfig
 from ingestor.mqtt_map import PayloadFields
@@ -30,6 +32,7 @@ from .fix_service import free_port, require_command
 
 pytestmark = pytest.mark.slow  # the long tier; the README's runs the promise (marked) test only
 
+ROOT = Path(__file__).resolve().parent.parent
 SPAWN = multiprocessing.get_context("spawn")
 TEMPLATE = "plant/+/scale/{scale_id}/weight"
 TemplateFilter = "plant/+/scale/+/weight"
@@ -409,12 +412,12 @@ def test_over_tls_with_a_password_the_input_stores_everything_once_the_broker_ta
     password.write_text("plant-secret\n")
     password.chmod(0o600)
     open_session(broker)
-    config = configured(tmp_path, broker, username='"plant"', password_file=f'"{password}"',
+    config_file = configured(tmp_path, broker, username='"plant"', password_file=f'"{password}"',
                         tls_ca=f'"{broker.tls["ca"]}"', tls_cert=f'"{broker.tls["client.crt"]}"',
                         tls_key=f'"{broker.tls["client.key"]}"')
     messages = [weighing(scale, seq) for seq in range(1, 51) for scale in range(1, 5)]
     publish(broker, messages)
-    svc = service_factory("--dsn", dsn, "--config", config)
+    svc = service_factory("--dsn", dsn, "--config", config_file)
     svc.wait_ready()
     time.sleep(3)  # the broker refuses the password it does not know yet: nothing read, nothing lost
     assert not mqtt_figures(svc)["connected"] and stored(dsn) == (0, 0)
@@ -430,15 +433,15 @@ def test_over_tls_with_a_password_the_input_stores_everything_once_the_broker_ta
 def test_what_is_published_while_the_ingestor_is_stopped_is_stored_once_when_it_starts_again(
         broker, service_factory, dsn, tmp_path):
     open_session(broker)
-    config = configured(tmp_path, broker)
-    svc = service_factory("--dsn", dsn, "--config", config)
+    config_file = configured(tmp_path, broker)
+    svc = service_factory("--dsn", dsn, "--config", config_file)
     svc.wait_ready()
     publish(broker, [weighing(scale, seq) for seq in range(1, 51) for scale in range(1, 11)])
     svc.wait_for(lambda s: s["persisted"] == 500)
     assert svc.terminate() == 0
     publish(broker, [weighing(scale, seq) for seq in range(51, 101) for scale in range(1, 11)])  # held by the broker
     assert queued_at_broker(broker) == 500  # (this peek acknowledges none)
-    svc = service_factory("--dsn", dsn, "--config", config)
+    svc = service_factory("--dsn", dsn, "--config", config_file)
     svc.wait_ready()
     s = svc.wait_for(lambda s: s["persisted"] == 500 and s["inputs"][0]["acknowledged"] == 500)
     assert (s["duplicates"], s["invalid"], s["inputs"][0]["received"]) == (0, 0, 500)
@@ -462,3 +465,43 @@ def test_a_database_that_stalls_delays_the_acknowledgements_and_loses_or_repeats
     assert stored(dsn) == (2000, 2000)
     assert svc.terminate() == 0
     assert queued_at_broker(broker) == 0
+
+
+def doc_example(path: Path, name: str) -> str:
+    """The code block after ``<!-- example: NAME -->`` in a document."""
+    found = re.search(rf"<!-- example: {name} -->\n```\w+\n(.*?)```", path.read_text(), re.S)
+    assert found, f"no example {name} in {path}"
+    return found[1]
+
+
+def test_the_readme_configuration_and_the_protocol_publisher_store_every_weighing_once(
+        broker, service_factory, dsn, tmp_path):
+    """README's [mqtt] example runs the input; PROTOCOL.md §11.1's publisher publishes; both as written, but for the
+    broker's port (the examples name 1883, this broker listens on a free port)."""
+    config_file = tmp_path / "ingestor.toml"
+    config_file.write_text(doc_example(ROOT / "README.md", "readme-mqtt").replace("127.0.0.1:1883", broker.address))
+    svc = service_factory("--dsn", dsn, "--config", str(config_file))
+    svc.wait_ready()
+    svc.wait_for(lambda s: s["inputs"][0]["connected"])
+    time.sleep(0.5)  # its subscription confirmed (a new session: nothing is queued for it before)
+    publisher = doc_example(ROOT / "docs" / "PROTOCOL.md", "mqtt-publisher").replace(
+        '"127.0.0.1", 1883', f'"127.0.0.1", {broker.port}')
+    run = subprocess.run([sys.executable, "-c", publisher], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "published 100", run.stderr
+    publish(broker, [weighing(17, seq) for seq in range(101, 111)], qos=2)  # QoS 2 arrives as 1: stored once too
+    svc.wait_for(lambda s: s["persisted"] == 110)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT scale_id, count(*), min(seq), max(seq) FROM weighing_logs GROUP BY 1").fetchall() \
+            == [(17, 110, 1, 110)]
+    assert svc.terminate() == 0
+
+
+def test_the_operations_example_of_the_mqtt_table_loads_as_written(tmp_path):
+    text = doc_example(ROOT / "docs" / "operations.md", "mqtt-config")
+    for name in ("mqtt-password", "mqtt-ca.pem"):  # the files it names, readable here
+        (tmp_path / name).write_text("x\n")
+        text = text.replace(f"/etc/ingestor/{name}", str(tmp_path / name))
+    (tmp_path / "ingestor.toml").write_text(text)
+    cfg, _ = config.load({}, config_file=str(tmp_path / "ingestor.toml"), environ={})
+    assert cfg.mqtt is not None and cfg.mqtt.broker == "mqtt.plant.local:8883" and cfg.mqtt.username == "ingestor"
+    assert cfg.mqtt.fields == PayloadFields()
