@@ -72,3 +72,36 @@ def test_events_per_s_is_measured_over_the_window_only():
     assert rate.events_per_s() == 0.0
     rate.add(122.0, 5900)
     assert rate.events_per_s() == 300.0
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3, 8, 64])
+def test_each_input_record_is_its_own_and_reads_into_its_figures_by_slot(writers):
+    """Every field of every record of the block written with a distinct value reads back unchanged: the front's,
+    the writers' and the inputs' records do not overlap for any writer count (each layout's own offset)."""
+    from ingestor.stats import INPUT_DTYPE, INPUT_SLOTS, InputFigures
+
+    block = Counters.create(writers)
+    try:
+        attached = Counters.attach(block.name, writers)
+        values = itertools.count(1)
+        records = [block.front, *block.writers, *block.inputs]
+        written = [[(name, next(values)) for name in r.dtype.names if not r.dtype[name].shape] for r in records]
+        for record, fields in zip(records, written):
+            for name, value in fields:
+                record[name] = value
+        read = [attached.front, *attached.writers, *attached.inputs]
+        assert [[(name, int(r[name])) for name, _ in fields] for r, fields in zip(read, written)] == written
+        f = Figures(writers=[WriterFigures(pid=0, alive=True, restarts=0)] * writers,
+                    inputs=[InputFigures(name=f"input-{slot}", slot=slot, pid=0, alive=slot != 1, restarts=0)
+                            for slot in range(INPUT_SLOTS)])
+        block.read_into(f, lambda: 0)
+        for slot, source in enumerate(f.inputs):
+            counts = block.inputs[slot]
+            assert (source.pid, source.received, source.acknowledged, source.redelivered, source.unmappable) == \
+                tuple(int(counts[k]) for k in ("pid", "received", "acknowledged", "redelivered", "unmappable"))
+            assert source.connected == (slot != 1)  # a dead input is not connected, whatever its record says
+        assert INPUT_DTYPE.names[0] == "pid"
+        attached.close()
+    finally:
+        block.close()
+        block.unlink()
