@@ -14,13 +14,13 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import msgspec
 import msgspec.inspect
 
 from .errors import ConfigError
-from .mqtt_map import PayloadFields, TopicTemplate
+from .mqtt_map import PayloadFields, TopicTemplate, WeighingMetrics
 
 ENV_PREFIX = "INGESTOR_"
 
@@ -57,8 +57,8 @@ def default_instance() -> str:
     return socket.gethostname()
 
 
-class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """The ``[mqtt]`` table of the configuration file: the MQTT input (docs/inputs.md#mqtt).
+class BrokerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """How an input reaches its MQTT broker: the keys ``[mqtt]`` and ``[sparkplug]`` share.
 
     A table, so in the file only (no environment variable or flag). The
     files named here are read when the service starts (ConfigError naming
@@ -66,13 +66,9 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     """
 
     broker: Annotated[str, msgspec.Meta(pattern=_HOST_PORT)]  #: the broker's HOST:PORT (1883; 8883 with TLS)
-    #: topic templates of ingestor/mqtt_map.py, such as ``plant/+/scale/{scale_id}/weight``
-    topics: Annotated[tuple[str, ...], msgspec.Meta(min_length=1, max_length=64)]  # MAX_MQTT_TOPICS
-    fields: PayloadFields = PayloadFields()  #: the ``[mqtt.fields]`` table: where the JSON payload holds each field
-    #: the persistent session's name at the broker: stable across restarts, one per ingestor; default
-    #: ``scale-ingestor-<instance>``
+    #: the persistent session's name at the broker: stable across restarts, one per input; default
+    #: ``scale-ingestor-<instance>`` (``…-sparkplug`` for [sparkplug])
     client_id: Annotated[str, msgspec.Meta(pattern=_CLIENT_ID)] | None = None
-    qos: Literal[0, 1] = 1  #: 1: at least once from the broker, stored once; 0: at most once
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     username: str | None = None
     password_file: str | None = None  #: a file holding the password (its first line), readable by the service only
@@ -80,9 +76,34 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     tls_cert: str | None = None  #: this client's certificate (PEM), for a broker that asks for one
     tls_key: str | None = None  #: its private key (PEM)
 
+    _SESSION_SUFFIX: ClassVar[str] = ""
+
     def session(self, instance: str) -> str:
-        """The client id: ``client_id``, or ``scale-ingestor-<instance>``."""
-        return self.client_id or f"scale-ingestor-{instance}"
+        """The client id: ``client_id``, or ``scale-ingestor-<instance>`` (with the table's suffix)."""
+        return self.client_id or f"scale-ingestor-{instance}{self._SESSION_SUFFIX}"
+
+
+class MqttConfig(BrokerConfig, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[mqtt]`` table: JSON measurements on topics naming the scale (docs/operations.md#mqtt-input)."""
+
+    #: topic templates of ingestor/mqtt_map.py, such as ``plant/+/scale/{scale_id}/weight``
+    topics: Annotated[tuple[str, ...], msgspec.Meta(min_length=1, max_length=64)]  # MAX_TEMPLATES
+    fields: PayloadFields = PayloadFields()  #: the ``[mqtt.fields]`` table: where the JSON payload holds each field
+    qos: Literal[0, 1] = 1  #: 1: at least once from the broker, stored once; 0: at most once
+
+
+class SparkplugConfig(BrokerConfig, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[sparkplug]`` table: Sparkplug B edge nodes' weighing metrics (docs/operations.md#sparkplug-b-input)."""
+
+    #: templates of ``GROUP/NODE/DEVICE`` (or ``GROUP/NODE`` for a node's own metrics) naming the scale, such as
+    #: ``plant/+/scale-{scale_id}``
+    devices: Annotated[tuple[str, ...], msgspec.Meta(min_length=1, max_length=64)]  # MAX_TEMPLATES
+    metrics: WeighingMetrics = WeighingMetrics()  #: the ``[sparkplug.metrics]`` table
+    #: as the Sparkplug Primary Host Application of this id, publish its STATE (edge nodes that know it keep their
+    #: data while it is offline, and send it as historical when it is back); None: no STATE
+    host_id: Annotated[str, msgspec.Meta(pattern=_CLIENT_ID)] | None = None
+
+    _SESSION_SUFFIX: ClassVar[str] = "-sparkplug"
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +144,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seal_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     seal_file: str | None = None  #: the append-only file of seals; default data_dir/alibi-seals.jsonl
     mqtt: MqttConfig | None = None  #: the ``[mqtt]`` table (file only): the MQTT input; None: no MQTT input
+    sparkplug: SparkplugConfig | None = None  #: the ``[sparkplug]`` table (file only): the Sparkplug B input
 
     def writer_count(self) -> int:
         """``writers``, with ``auto`` resolved for this machine (bench/README.md)."""
@@ -182,7 +204,7 @@ def auto_writers(cpus: int) -> int:
 
 
 FIELDS = tuple(f.name for f in msgspec.structs.fields(Config))
-TABLES = ("mqtt",)  # options that are TOML tables: in the file only
+TABLES = ("mqtt", "sparkplug")  # options that are TOML tables: in the file only
 SCALARS = tuple(name for name in FIELDS if name not in TABLES)  # also environment variables and flags
 
 
@@ -247,12 +269,16 @@ def load(
                             else f"--{key.replace('_', '-')}" if source == "command line" else source)
     if isinstance(merged.get("writers"), str) and merged["writers"].isdigit():
         merged["writers"] = int(merged["writers"])
+    tables = {table: merged.pop(table) for table in TABLES if table in merged}
     try:
         config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as e:
-        raise _refusal(e, merged, sources) from None
-    except ConfigError as e:  # a table's own check (PayloadFields)
-        raise ConfigError(f"[mqtt.fields] (from {sources['mqtt']}): {e}") from None
+        bad = str(e).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(e) else None
+        if bad is None or bad not in _TYPES:
+            raise ConfigError(f"invalid configuration: {e}") from None
+        raise ConfigError(f"{bad} = {merged.get(bad)!r} (from {sources[bad]}): must be {_rule(_TYPES[bad])}") from None
+    for table, raw in tables.items():
+        setattr(config, table, _table(table, raw, sources[table]))
     if (config.curve_secret_key is None) != (config.curve_clients_dir is None):
         given, missing = (("curve_secret_key", "curve_clients_dir") if config.curve_clients_dir is None
                           else ("curve_clients_dir", "curve_secret_key"))
@@ -264,8 +290,9 @@ def load(
     if config.dsn:
         check_dsn(config.dsn, sources["dsn"])
     _check_lifecycle(config, sources)
-    if config.mqtt is not None:
-        _check_mqtt(config, sources["mqtt"])
+    for table in TABLES:
+        if getattr(config, table) is not None:
+            _check_input(config, table, sources[table])
     for key in ("bind", "ack_bind", "stats_endpoint", "http_bind"):
         _check_port(key, getattr(config, key), sources[key])
     return config, sources
@@ -289,60 +316,62 @@ def _check_lifecycle(config: Config, sources: Mapping[str, str]) -> None:
             raise ConfigError(f"{e} (from {sources['archive_to']})") from None
 
 
-def _refusal(e: msgspec.ValidationError, merged: Mapping[str, Any], sources: Mapping[str, str]) -> ConfigError:
-    """The ConfigError for msgspec's refusal of ``merged``: the key (dotted inside a table), its value, its
-    source and the rule it breaks."""
-    what, _, at = str(e).rpartition(" - at `$")
-    path = at.rstrip("`").lstrip(".")
-    if path in _TYPES and path not in TABLES:
-        return ConfigError(f"{path} = {merged.get(path)!r} (from {sources[path]}): must be {_rule(_TYPES[path])}")
-    table, _, key = path.partition(".")
-    if table not in TABLES:
-        return ConfigError(f"invalid configuration: {e}")
-    source = sources[table]
-    if not isinstance(merged[table], dict):
-        return ConfigError(f"{table} = {merged[table]!r} (from {source}): must be a table ([{table}])")
-    name, _, index = key.partition("[")
-    if not key or name == "fields" or name not in _MQTT_TYPES:  # a table: a key missing or unknown, or of its own
-        return ConfigError(f"[{table}{'.' + key if key else ''}] (from {source}): {what}")
-    value = merged[table].get(name)
-    if index:  # an element of topics: a template, text
-        return ConfigError(f"{table}.{key} = {value[int(index.rstrip(']'))]!r} (from {source}): must be text")
-    rule = (f"a list of 1 to {MAX_MQTT_TOPICS} topic templates" if name == "topics" else _rule(_MQTT_TYPES[name]))
-    return ConfigError(f"{table}.{key} = {value!r} (from {source}): must be {rule}")
+def _table(name: str, raw: object, source: str) -> BrokerConfig:
+    """Table ``name`` of the file as its Struct; ConfigError naming the dotted key, its value, the file and the
+    rule it breaks."""
+    kind = TABLE_TYPES[name]
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except ConfigError as e:  # a sub-table's own check (PayloadFields, WeighingMetrics)
+        raise ConfigError(f"[{name}.{_SUB_TABLES[name]}] (from {source}): {e}") from None
+    except msgspec.ValidationError as e:
+        what, at, path = str(e).rpartition(" - at `$")
+        key = path.rstrip("`").lstrip(".") if at else ""
+        what = what if at else str(e)  # an error of the table itself has no path
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{name} = {raw!r} (from {source}): must be a table ([{name}])") from None
+        field, _, index = key.partition("[")
+        types = _TABLE_FIELD_TYPES[name]
+        if not key or field == _SUB_TABLES[name] or field not in types:  # a key missing or unknown, or a sub-table's
+            raise ConfigError(f"[{name}{'.' + key if key else ''}] (from {source}): {what}") from None
+        value = raw[field]  # it is there: msgspec refused its value
+        if index:  # an element of a list of templates: text
+            raise ConfigError(f"{name}.{key} = {value[int(index.rstrip(']'))]!r} (from {source}): must be text") from None
+        rule = (f"a list of 1 to {MAX_TEMPLATES} templates" if field in ("topics", "devices") else _rule(types[field]))
+        raise ConfigError(f"{name}.{key} = {value!r} (from {source}): must be {rule}") from None
 
 
-MAX_MQTT_TOPICS = 64
+MAX_TEMPLATES = 64
 
 
-def _check_mqtt(config: Config, source: str) -> None:
-    """ConfigError naming the ``[mqtt]`` key when a topic template is not one, acked mode is off (the input
+def _check_input(config: Config, name: str, source: str) -> None:
+    """ConfigError naming the key of table ``name`` when a template is not one, acked mode is off (an input
     acknowledges a message to the broker only after the ingestor's reply), or a file it names cannot be read."""
-    mqtt = config.mqtt
-    assert mqtt is not None
-    for i, template in enumerate(mqtt.topics):
+    table = getattr(config, name)
+    templates = "topics" if isinstance(table, MqttConfig) else "devices"
+    for i, template in enumerate(getattr(table, templates)):
         try:
             TopicTemplate(template)
         except ConfigError as e:
-            raise ConfigError(f"mqtt.topics[{i}] = {template!r} (from {source}): {e}") from None
+            raise ConfigError(f"{name}.{templates}[{i}] = {template!r} (from {source}): {e}") from None
     if config.ack_endpoint() is None:
-        raise ConfigError(f"[mqtt] (from {source}) needs acked mode, but ack_bind = {config.ack_bind!r}: the input "
+        raise ConfigError(f"[{name}] (from {source}) needs acked mode, but ack_bind = {config.ack_bind!r}: the input "
                           "acknowledges each message to the broker only after the ingestor's reply")
-    if (mqtt.password_file is None) != (mqtt.username is None):
-        given, missing = ("password_file", "username") if mqtt.username is None else ("username", "password_file")
-        raise ConfigError(f"mqtt.{given} is set (from {source}) but mqtt.{missing} is not: the broker takes the two "
-                          "together")
-    if (mqtt.tls_cert is None) != (mqtt.tls_key is None) or (mqtt.tls_cert is not None and mqtt.tls_ca is None):
-        raise ConfigError(f"[mqtt] (from {source}): a client certificate needs tls_cert, tls_key and tls_ca together")
+    if (table.password_file is None) != (table.username is None):
+        given, missing = ("password_file", "username") if table.username is None else ("username", "password_file")
+        raise ConfigError(f"{name}.{given} is set (from {source}) but {name}.{missing} is not: the broker takes the "
+                          "two together")
+    if (table.tls_cert is None) != (table.tls_key is None) or (table.tls_cert is not None and table.tls_ca is None):
+        raise ConfigError(f"[{name}] (from {source}): a client certificate needs tls_cert, tls_key and tls_ca together")
     for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
-        path = getattr(mqtt, key)
+        path = getattr(table, key)
         if path is None:
             continue
         try:
             with open(path, "rb") as f:
                 f.read(1)
         except OSError as e:
-            raise ConfigError(f"mqtt.{key} = {path!r} (from {source}): cannot be read: {e.strerror}") from None
+            raise ConfigError(f"{name}.{key} = {path!r} (from {source}): cannot be read: {e.strerror}") from None
 
 
 def _check_port(key: str, value: str, source: str) -> None:
@@ -372,7 +401,10 @@ def check_dsn(dsn: str, source: str) -> None:
 
 
 _TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config)).fields}
-_MQTT_TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(MqttConfig)).fields}
+TABLE_TYPES: dict[str, type[BrokerConfig]] = {"mqtt": MqttConfig, "sparkplug": SparkplugConfig}
+_SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics"}
+_TABLE_FIELD_TYPES = {name: {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(t)).fields}
+                      for name, t in TABLE_TYPES.items()}
 
 
 def _rule(t: msgspec.inspect.Type) -> str:
@@ -421,20 +453,22 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
         if name == "dsn":
             value = mask_password(value)
         lines.append(f"{name} = {_toml_value(value)}  # {sources[name]}")
-    if config.mqtt is None:
-        lines.append("# [mqtt] (unset): no MQTT input  # default")
-    else:
-        lines += _table("mqtt", config.mqtt, sources["mqtt"], {"client_id": config.mqtt.session(config.instance)})
+    for name in TABLES:
+        table = getattr(config, name)
+        if table is None:
+            lines.append(f"# [{name}] (unset): no {name} input  # default")
+        else:
+            lines += _toml_table(name, table, sources[name], {"client_id": table.session(config.instance)})
     return "\n".join(lines)
 
 
-def _table(name: str, table: msgspec.Struct, source: str, resolved: Mapping[str, str]) -> list[str]:
+def _toml_table(name: str, table: msgspec.Struct, source: str, resolved: Mapping[str, str]) -> list[str]:
     """A table and its sub-tables as TOML lines (unset keys as comments, ``resolved`` ones with their value)."""
     lines, below = ["", f"[{name}]  # {source}"], []
     for key in table.__struct_fields__:
         value = getattr(table, key)
         if isinstance(value, msgspec.Struct):
-            below += _table(f"{name}.{key}", value, source, {})
+            below += _toml_table(f"{name}.{key}", value, source, {})
         elif value is None and key in resolved:
             lines.append(f"{key} = {_toml_value(resolved[key])}  # default")
         elif value is None:

@@ -148,3 +148,22 @@ def _milliseconds(text: str, name: str) -> int:
     if moment.tzinfo is None:
         raise Unmappable(f"field {name!r} is {text!r}: an RFC 3339 time needs its offset (Z or ±hh:mm)")
     return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+class WeighingMetrics(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which Sparkplug B metrics of a scale's device make a measurement (ingestor/sparkplug.py).
+
+    ``data[0]`` is the weighing: each value of it in an NDATA or DDATA
+    message is one measurement, with its metric timestamp as ``ts``; the
+    other data fields are the other metrics' values in the same message, or
+    else their last values (births included: Sparkplug reports by exception).
+    """
+
+    data: tuple[str, ...] = ("Weight",)  #: metric names for data_1 … data_5, in order
+    seq: str = ""  #: a metric counting the weighings; "": the weighing's timestamp in ms stands in (as for MQTT)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.data) <= MAX_DATA_FIELDS:
+            raise ConfigError(f"Sparkplug weighing metrics: {len(self.data)} data metrics, 1 to {MAX_DATA_FIELDS}")
+        if any(not name for name in self.data) or self.seq in self.data:
+            raise ConfigError(f"Sparkplug weighing metrics: an empty name, or seq among the data, in {self.data!r}")

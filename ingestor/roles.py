@@ -170,7 +170,7 @@ class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
     name: ClassVar[str] = "mqtt"
     entry: ClassVar[str] = "ingestor.mqtt:run_mqtt"
 
-    source: MqttConfig  #: the [mqtt] table (docs/inputs.md#mqtt)
+    source: MqttConfig  #: the [mqtt] table (docs/operations.md#mqtt-input)
     client_id: str  #: the persistent session's name at the broker (MqttConfig.session)
     ack_endpoint: str  #: the front's ROUTER endpoint (acked mode), on loopback
     dead_letters: DeadLetterArgs

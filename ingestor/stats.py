@@ -315,7 +315,7 @@ class WriterFigures(msgspec.Struct):
 
 
 class InputFigures(msgspec.Struct):
-    """One input's figures besides ZeroMQ (docs/inputs.md): its process, and its messages (each may hold events)."""
+    """One input's figures besides ZeroMQ (docs/operations.md#mqtt-input): its process, and its messages."""
 
     name: str  #: the role, such as "mqtt"
     slot: int  #: its record in the counters
@@ -397,7 +397,7 @@ class Figures(msgspec.Struct, kw_only=True):
     latency_ms: Latency = msgspec.field(default_factory=Latency)
     recent_events: list[RecentEvent] = []
     writers: list[WriterFigures] = []
-    inputs: list[InputFigures] = []  #: the MQTT input and others (docs/inputs.md); none when the configuration has none
+    inputs: list[InputFigures] = []  #: the MQTT and Sparkplug B inputs, as configured (docs/operations.md#mqtt-input)
     # for /metrics and plots; `ingestor stats` leaves them out unless --histograms
     latency_histogram: LatencyHistogram = msgspec.field(default_factory=LatencyHistogram)
     batch_size_histogram: list[tuple[str, int]] = []  #: (Prometheus "le", cumulative count)

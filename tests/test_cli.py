@@ -104,8 +104,8 @@ def test_config_show_prints_every_option_with_its_source(tmp_path):
     r = ingestor("config", "show", "--config", str(f), "--writers", "3",
                  env={**os.environ, "INGESTOR_SPOOL_MAX_BYTES": "2097152"})
     assert r.returncode == 0, r.stderr
-    lines = {line.split()[1 if line.startswith("#") else 0]: line for line in r.stdout.splitlines()}
-    assert set(lines) == set(config.FIELDS)
+    lines = {line.split()[1 if line.startswith("#") else 0]: line for line in r.stdout.splitlines() if line}
+    assert set(lines) == set(config.SCALARS) | {f"[{table}]" for table in config.TABLES}  # a table unset: a comment
     assert lines["batch_size"] == f"batch_size = 100  # file {f}"
     assert lines["writers"] == "writers = 3  # --writers"
     assert lines["dead_letter_dir"].startswith('dead_letter_dir = "') and "/dead-letters\"  # default" in lines["dead_letter_dir"]

@@ -79,10 +79,14 @@ def test_the_command_line_beats_the_environment_beats_the_file_beats_the_default
     assert getattr(cfg, key) == default and sources[key] == "--" + key.replace("_", "-")
 
 
-# -- the [mqtt] table ---------------------------------------------------------------
+# -- the [mqtt] and [sparkplug] tables ------------------------------------------------
 
-MQTT_OK = {"broker": "127.0.0.1:1883", "topics": ["plant/+/scale/{scale_id}/weight"]}
-MQTT_CASES = [(key, value) for key, t in config._MQTT_TYPES.items() for value in bad_values(t)]
+TABLE_OK = {"mqtt": {"broker": "127.0.0.1:1883", "topics": ["plant/+/scale/{scale_id}/weight"]},
+            "sparkplug": {"broker": "127.0.0.1:1883", "devices": ["plant/+/scale-{scale_id}"]}}
+TEMPLATES = {"mqtt": "topics", "sparkplug": "devices"}
+SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics"}
+TABLE_CASES = [(table, key, value) for table in config.TABLES
+               for key, t in config._TABLE_FIELD_TYPES[table].items() for value in bad_values(t)]
 
 
 def toml(value: object) -> str:
@@ -95,26 +99,28 @@ def toml(value: object) -> str:
     return msgspec.json.encode(value).decode() if isinstance(value, str) else repr(value)
 
 
-def mqtt_file(tmp_path, table: dict, top: str = "") -> str:
+def table_file(tmp_path, name: str, table: dict, top: str = "") -> str:
     f = tmp_path / "ingestor.toml"
-    f.write_text(top + "[mqtt]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in table.items()))
+    f.write_text(top + f"[{name}]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in table.items()))
     return str(f)
 
 
-def test_the_mqtt_matrix_covers_every_key_of_the_table():
-    ruled = {key for key, _ in MQTT_CASES}
-    free = {"username", "password_file", "tls_ca", "tls_cert", "tls_key"}  # any text: files are read at load
-    by_hand = {"topics", "fields"}  # test_an_mqtt_table_that_is_not_one_is_refused_naming_what_is_wrong
-    assert ruled | free | by_hand == set(config._MQTT_TYPES) and not ruled & (free | by_hand)
+def test_the_table_matrix_covers_every_key_of_each_table():
+    assert set(config.TABLES) == set(TABLE_OK) == set(config.TABLE_TYPES)
+    for table in config.TABLES:
+        ruled = {key for t, key, _ in TABLE_CASES if t == table}
+        free = {"username", "password_file", "tls_ca", "tls_cert", "tls_key"}  # any text: files are read at load
+        by_hand = {TEMPLATES[table], SUB_TABLES[table]}  # test_a_table_that_is_not_one_is_refused_naming_what_is_wrong
+        assert ruled | free | by_hand == set(config._TABLE_FIELD_TYPES[table]) and not ruled & (free | by_hand)
 
 
-@pytest.mark.parametrize("key,value", MQTT_CASES, ids=[f"{k}={v}" for k, v in MQTT_CASES])
-def test_an_mqtt_value_outside_its_rule_is_refused_naming_the_dotted_key_value_and_file(tmp_path, key, value):
-    path = mqtt_file(tmp_path, {**MQTT_OK, key: value})
+@pytest.mark.parametrize("table,key,value", TABLE_CASES, ids=[f"{t}.{k}={v}" for t, k, v in TABLE_CASES])
+def test_a_table_value_outside_its_rule_is_refused_naming_the_dotted_key_value_and_file(tmp_path, table, key, value):
+    path = table_file(tmp_path, table, {**TABLE_OK[table], key: value})
     with pytest.raises(ConfigError) as refused:
         config.load({}, config_file=path, environ={})
     message = str(refused.value)
-    assert message.startswith(f"mqtt.{key} = {value!r} (from file {path}): must be "), message
+    assert message.startswith(f"{table}.{key} = {value!r} (from file {path}): must be "), message
 
 
 def readable(tmp_path) -> str:
@@ -122,68 +128,96 @@ def readable(tmp_path) -> str:
     return str(tmp_path / "secret")
 
 
-REFUSED_TABLES = [
-    ({"topics": MQTT_OK["topics"]}, "[mqtt] (from file {path}): Object missing required field `broker`"),
-    ({"broker": MQTT_OK["broker"]}, "[mqtt] (from file {path}): Object missing required field `topics`"),
-    ({**MQTT_OK, "brokers": "x:1"}, "[mqtt] (from file {path}): Object contains unknown field `brokers`"),
-    ({**MQTT_OK, "topics": []}, "mqtt.topics = [] (from file {path}): must be a list of 1 to 64 topic templates"),
-    ({**MQTT_OK, "topics": "a/{scale_id}"}, "mqtt.topics = 'a/{scale_id}' (from file {path}): must be a list"),
-    ({**MQTT_OK, "topics": [f"t{i}/{{scale_id}}" for i in range(65)]}, "mqtt.topics = ["),
-    ({**MQTT_OK, "topics": [7]}, "mqtt.topics[0] = 7 (from file {path}): must be text"),
-    ({**MQTT_OK, "topics": ["a/{scale_id}", "plant/#/x/{scale_id}"]},
-     "mqtt.topics[1] = 'plant/#/x/{scale_id}' (from file {path}): MQTT topic template"),
-    ({**MQTT_OK, "topics": ["plant/scale"]}, "mqtt.topics[0] = 'plant/scale' (from file {path}): MQTT topic template"),
-    ({**MQTT_OK, "fields": {"time": "t"}}, "[mqtt.fields] (from file {path}): Object contains unknown field `time`"),
-    ({**MQTT_OK, "fields": {"ts": ""}}, "[mqtt.fields] (from file {path}): MQTT payload fields: an empty field"),
-    ({**MQTT_OK, "fields": {"data": ["a", "b", "c", "d", "e", "f"]}}, "[mqtt.fields] (from file {path}): MQTT payload"),
-    ({**MQTT_OK, "fields": {"data": [1]}}, "[mqtt.fields.data[0]] (from file {path}): Expected `str`, got `int`"),
-    ({**MQTT_OK, "username": "u"}, "mqtt.username is set (from file {path}) but mqtt.password_file is not"),
-    ({**MQTT_OK, "password_file": "SECRET"}, "mqtt.password_file is set (from file {path}) but mqtt.username is not"),
-    ({**MQTT_OK, "tls_ca": "SECRET", "tls_cert": "SECRET"}, "[mqtt] (from file {path}): a client certificate needs"),
-    ({**MQTT_OK, "tls_cert": "SECRET", "tls_key": "SECRET"}, "[mqtt] (from file {path}): a client certificate needs"),
-    *[({**MQTT_OK, "username": "u", "password_file": "SECRET", "tls_ca": "SECRET", "tls_cert": "SECRET",
-        "tls_key": "SECRET", key: "/no/such/file"},
-       f"mqtt.{key} = '/no/such/file' (from file {{path}}): cannot be read: No such file or directory")
-      for key in ("password_file", "tls_ca", "tls_cert", "tls_key")],
+def refused_tables(table: str) -> list[tuple[dict, str]]:
+    ok, templates, sub = TABLE_OK[table], TEMPLATES[table], SUB_TABLES[table]
+    return [
+        ({templates: ok[templates]}, f"[{table}] (from file {{path}}): Object missing required field `broker`"),
+        ({"broker": ok["broker"]}, f"[{table}] (from file {{path}}): Object missing required field `{templates}`"),
+        ({**ok, "brokers": "x:1"}, f"[{table}] (from file {{path}}): Object contains unknown field `brokers`"),
+        ({**ok, templates: []}, f"{table}.{templates} = [] (from file {{path}}): must be a list of 1 to 64 templates"),
+        ({**ok, templates: "a/{scale_id}"}, f"{table}.{templates} = 'a/{{scale_id}}' (from file {{path}}): must be a list"),
+        ({**ok, templates: [f"t{i}/{{scale_id}}" for i in range(65)]}, f"{table}.{templates} = ["),
+        ({**ok, templates: [7]}, f"{table}.{templates}[0] = 7 (from file {{path}}): must be text"),
+        ({**ok, templates: ["a/{scale_id}", "plant/#/x/{scale_id}"]},
+         f"{table}.{templates}[1] = 'plant/#/x/{{scale_id}}' (from file {{path}}): MQTT topic template"),
+        ({**ok, templates: ["plant/scale"]}, f"{table}.{templates}[0] = 'plant/scale' (from file {{path}}): MQTT topic"),
+        ({**ok, sub: {"time": "t"}}, f"[{table}.{sub}] (from file {{path}}): Object contains unknown field `time`"),
+        ({**ok, sub: {"data": ["a", "b", "c", "d", "e", "f"]}}, f"[{table}.{sub}] (from file {{path}}): "),
+        ({**ok, sub: {"data": [1]}}, f"[{table}.{sub}.data[0]] (from file {{path}}): Expected `str`, got `int`"),
+        ({**ok, "username": "u"}, f"{table}.username is set (from file {{path}}) but {table}.password_file is not"),
+        ({**ok, "password_file": "SECRET"}, f"{table}.password_file is set (from file {{path}}) but {table}.username"),
+        ({**ok, "tls_ca": "SECRET", "tls_cert": "SECRET"}, f"[{table}] (from file {{path}}): a client certificate"),
+        ({**ok, "tls_cert": "SECRET", "tls_key": "SECRET"}, f"[{table}] (from file {{path}}): a client certificate"),
+        *[({**ok, "username": "u", "password_file": "SECRET", "tls_ca": "SECRET", "tls_cert": "SECRET",
+            "tls_key": "SECRET", key: "/no/such/file"},
+           f"{table}.{key} = '/no/such/file' (from file {{path}}): cannot be read: No such file or directory")
+          for key in ("password_file", "tls_ca", "tls_cert", "tls_key")],
+    ]
+
+
+REFUSED_TABLES = [(table, *case) for table in config.TABLES for case in refused_tables(table)] + [
+    ("mqtt", {**TABLE_OK["mqtt"], "fields": {"ts": ""}}, "[mqtt.fields] (from file {path}): MQTT payload fields: an empty"),
+    ("sparkplug", {**TABLE_OK["sparkplug"], "metrics": {"data": []}},
+     "[sparkplug.metrics] (from file {path}): Sparkplug weighing metrics: 0 data metrics"),
+    ("sparkplug", {**TABLE_OK["sparkplug"], "metrics": {"data": ["Weight"], "seq": "Weight"}},
+     "[sparkplug.metrics] (from file {path}): Sparkplug weighing metrics: an empty name, or seq among the data"),
 ]
 
 
-@pytest.mark.parametrize("table,expected", REFUSED_TABLES, ids=[e[:50] for _, e in REFUSED_TABLES])
-def test_an_mqtt_table_that_is_not_one_is_refused_naming_what_is_wrong(tmp_path, table, expected):
+@pytest.mark.parametrize("table,content,expected", REFUSED_TABLES, ids=[e[:60] for _, _, e in REFUSED_TABLES])
+def test_a_table_that_is_not_one_is_refused_naming_what_is_wrong(tmp_path, table, content, expected):
     secret = readable(tmp_path)
-    path = mqtt_file(tmp_path, {k: secret if v == "SECRET" else v for k, v in table.items()})
+    path = table_file(tmp_path, table, {k: secret if v == "SECRET" else v for k, v in content.items()})
     with pytest.raises(ConfigError) as refused:
         config.load({}, config_file=path, environ={})
     assert str(refused.value).startswith(expected.replace("{path}", path)), str(refused.value)
 
 
-def test_mqtt_that_is_not_a_table_or_without_acked_mode_is_refused(tmp_path):
+@pytest.mark.parametrize("table", config.TABLES)
+def test_a_table_that_is_no_table_or_without_acked_mode_is_refused(tmp_path, table):
     f = tmp_path / "ingestor.toml"
-    f.write_text("mqtt = 5\n")
-    with pytest.raises(ConfigError, match=r"^mqtt = 5 \(from file .*\): must be a table \(\[mqtt\]\)$"):
+    f.write_text(f"{table} = 5\n")
+    with pytest.raises(ConfigError, match=rf"^{table} = 5 \(from file .*\): must be a table \(\[{table}\]\)$"):
         config.load({}, config_file=str(f), environ={})
-    path = mqtt_file(tmp_path, MQTT_OK, top='ack_bind = "off"\n')
-    with pytest.raises(ConfigError, match=r"needs acked mode, but ack_bind = 'off'"):
+    path = table_file(tmp_path, table, TABLE_OK[table], top='ack_bind = "off"\n')
+    with pytest.raises(ConfigError, match=rf"^\[{table}\] .* needs acked mode, but ack_bind = 'off'"):
         config.load({}, config_file=path, environ={})
     with pytest.raises(ConfigError, match=r"needs acked mode, but ack_bind = 'none'"):
-        config.load({"ack_bind": "none"}, config_file=mqtt_file(tmp_path, MQTT_OK), environ={})
+        config.load({"ack_bind": "none"}, config_file=table_file(tmp_path, table, TABLE_OK[table]), environ={})
 
 
-def test_the_mqtt_table_is_read_from_the_file_only_and_an_environment_variable_for_it_is_a_typo(tmp_path):
-    assert config.load({}, environ={"INGESTOR_MQTT": "[mqtt]"})[0].mqtt is None
-    assert config.unknown_environment({"INGESTOR_MQTT": "x", "INGESTOR_BATCH_SIZE": "1"}) == ["INGESTOR_MQTT"]
+def test_the_tables_are_read_from_the_file_only_and_an_environment_variable_for_one_is_a_typo(tmp_path):
+    assert config.load({}, environ={"INGESTOR_MQTT": "[mqtt]", "INGESTOR_SPARKPLUG": "x"})[0].mqtt is None
+    assert config.unknown_environment({"INGESTOR_MQTT": "x", "INGESTOR_SPARKPLUG": "x", "INGESTOR_BATCH_SIZE": "1"}) \
+        == ["INGESTOR_MQTT", "INGESTOR_SPARKPLUG"]
 
 
-def test_the_effective_configuration_prints_the_mqtt_table_as_toml_that_loads_back_the_same(tmp_path):
+def test_the_effective_configuration_prints_both_tables_as_toml_that_loads_back_the_same(tmp_path):
     secret = readable(tmp_path)
-    path = mqtt_file(tmp_path, {**MQTT_OK, "qos": 0, "protocol": "5", "username": "plant", "password_file": secret,
-                                "fields": {"seq": "", "ts": "time.ms", "data": ["weight.value", "weight.unit"]}})
-    cfg, sources = config.load({}, config_file=path, environ={"INGESTOR_INSTANCE": "box-7"})
+    f = tmp_path / "ingestor.toml"
+    f.write_text(f"""
+[mqtt]
+broker = "127.0.0.1:1883"
+topics = ["plant/+/scale/{{scale_id}}/weight"]
+qos = 0
+protocol = "5"
+username = "plant"
+password_file = "{secret}"
+fields = {{seq = "", ts = "time.ms", data = ["weight.value", "weight.unit"]}}
+
+[sparkplug]
+broker = "127.0.0.1:1884"
+devices = ["plant/+/scale-{{scale_id}}"]
+host_id = "ingestor-1"
+metrics = {{data = ["Weighing/Gross", "Weighing/Unit"], seq = "Weighing/Counter"}}
+""")
+    cfg, sources = config.load({}, config_file=str(f), environ={"INGESTOR_INSTANCE": "box-7"})
     printed = config.to_toml(cfg, sources)
     again = tmp_path / "again.toml"
     again.write_text(printed)
-    assert config.load({}, config_file=str(again), environ={})[0].mqtt == msgspec.structs.replace(
-        cfg.mqtt, client_id="scale-ingestor-box-7")
-    assert f"[mqtt]  # file {path}" in printed and 'client_id = "scale-ingestor-box-7"  # default' in printed
+    back = config.load({}, config_file=str(again), environ={})[0]
+    assert back.mqtt == msgspec.structs.replace(cfg.mqtt, client_id="scale-ingestor-box-7")
+    assert back.sparkplug == msgspec.structs.replace(cfg.sparkplug, client_id="scale-ingestor-box-7-sparkplug")
+    assert f"[mqtt]  # file {f}" in printed and 'client_id = "scale-ingestor-box-7"  # default' in printed
     assert config.load({}, environ={})[0].mqtt is None
     assert "# [mqtt] (unset)" in config.to_toml(*config.load({}, environ={}))

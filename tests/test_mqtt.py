@@ -52,7 +52,7 @@ class Broker:
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {directory}/",
-                 # no bound on a session's queue or in-flight window: the plant's rule (docs/inputs.md: a broker's
+                 # no bound on a session's queue or in-flight window: the plant's rule (docs/operations.md#mqtt-input: a broker's
                  # default of 1,000 queued QoS 1 messages drops the rest while the ingestor is away)
                  "max_queued_messages 0", "max_inflight_messages 0"]
         if os.geteuid() == 0:
