@@ -121,11 +121,16 @@ class _Collector:
         yield seconds
 
 
-INPUT_COUNTERS = (
-    ("received", "Messages the input took from its source (the MQTT broker), re-deliveries included."),
-    ("acknowledged", "Messages the input acknowledged to its source: committed, or kept as dead letters."),
-    ("redelivered", "Messages the source marked as delivered before (MQTT DUP): the ingestor stores them once."),
-    ("unmappable", "Messages that were no measurement: dead letters with their topic."),
+INPUT_COUNTERS = (  # (figure, metric name without ingestor_input_ and _total, help)
+    ("received", "received_messages",
+     "Messages the input took from its source (the MQTT broker), re-deliveries included."),
+    ("acknowledged", "acknowledged_messages",
+     "Messages the input acknowledged to its source: committed, or kept as dead letters."),
+    ("redelivered", "redelivered_messages",
+     "Messages the source marked as delivered before (MQTT DUP): the ingestor stores them once."),
+    ("unmappable", "unmappable_messages", "Messages that were no measurement: dead letters with their topic."),
+    ("seq_gaps", "seq_gaps", "Sparkplug B: breaks in an edge node's sequence numbers (messages lost before the input)."),
+    ("rebirths", "rebirth_requests", "Sparkplug B: rebirth requests (NCMD) sent to edge nodes."),
 )
 
 
@@ -134,8 +139,8 @@ def _inputs(s: Figures) -> Iterator:
     nothing without an input besides ZeroMQ."""
     if not s.inputs:
         return
-    for key, doc in INPUT_COUNTERS:
-        c = CounterMetricFamily(f"{PREFIX}_input_{key}_messages", doc, labels=["input"])
+    for key, metric, doc in INPUT_COUNTERS:
+        c = CounterMetricFamily(f"{PREFIX}_input_{metric}", doc, labels=["input"])
         for source in s.inputs:
             c.add_metric([source.name], getattr(source, key))
         yield c

@@ -28,14 +28,16 @@ messages again on the next one) and the connection is made again with
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -43,13 +45,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import Backoff
-from .client import MAX_EVENTS_PER_FRAME, Sender
+from .client import Sender
+from .config import MqttConfig
 from .deadletter import DeadLetterWriter
 from .errors import BootError, ConfigError
 from .mqtt_map import TopicTemplate, Unmappable, measurement
 from .protocol import Rejected
 from .roles import MqttArgs
 from .shm import attached
+from .sparkplug import SparkplugMessages
 from .stats import INPUT_DTYPE, Counters
 
 log = logging.getLogger(__name__)
@@ -64,22 +68,87 @@ RESEND_S = 30.0
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: the broker keeps our session and queue
 
 
+class JsonMessages:
+    """MQTT messages with a JSON measurement on a topic naming the scale (:mod:`ingestor.mqtt_map`)."""
+
+    def __init__(self, source: MqttConfig) -> None:
+        self.source = source
+        self.templates = [TopicTemplate(t) for t in source.topics]
+
+    @property
+    def filters(self) -> list[str]:
+        return [t.filter for t in self.templates]
+
+    def prepare(self, client: paho.Client) -> None:
+        pass
+
+    def connected(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+    def events(self, topic: str, payload: bytes) -> list[dict[str, Any]]:
+        """The measurement of one message; Unmappable naming its topic and what is wrong."""
+        errors = []
+        for template in self.templates:
+            try:
+                scale = template.scale_of(topic)
+                break
+            except Unmappable as e:
+                errors.append(str(e))
+        else:
+            raise Unmappable("; ".join(errors))
+        try:
+            return [measurement(scale, payload, self.source.fields)]
+        except Unmappable as e:
+            raise Unmappable(f"topic {topic!r}: {e}") from None
+
+
+class Messages(Protocol):
+    """What an input's messages are: :class:`JsonMessages`, or :class:`ingestor.sparkplug.SparkplugMessages`."""
+
+    @property
+    def filters(self) -> list[str]: ...  # what to subscribe to
+
+    def prepare(self, client: paho.Client) -> None: ...  # before each connect
+
+    def connected(self) -> None: ...  # after each connect
+
+    def stopping(self) -> None: ...  # at a clean stop, before disconnecting
+
+    def events(self, topic: str, payload: bytes) -> list[dict[str, Any]]: ...  # Unmappable naming the topic
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message the broker delivered: acknowledged (PUBACK for QoS 1) once ``done``, in the order received."""
+
+    mid: int
+    qos: int
+    done: bool = False
+
+
 class MqttInput:
     """One connection to the broker and one acked sender to the ingestor (see the module doc).
 
     ``counts``: an INPUT_DTYPE record (shape ``()``) this input alone writes: its figures in the stats.
+    PUBACKs go out in the order the messages came (MQTT 3.1.1 §4.6): a message
+    is acknowledged once it and every message before it are committed or kept.
     """
 
-    def __init__(self, args: MqttArgs, sender: Sender, dead_letters: DeadLetterWriter, counts: np.ndarray) -> None:
+    def __init__(self, args: MqttArgs, messages: Messages, sender: Sender, dead_letters: DeadLetterWriter,
+                 counts: np.ndarray) -> None:
         self.args = args
         self.source = args.source
-        self.templates = [TopicTemplate(t) for t in args.source.topics]
+        self.messages = messages
         self.sender = sender
         self.dead_letters = dead_letters
         self.counts = counts
         self._batch: list[dict[str, Any]] = []  # measurements of this turn
-        self._batch_mids: list[int] = []  # their messages' ids (one message may hold no measurement)
-        self._awaiting: dict[bytes, list[int]] = {}  # token of an acked message -> MQTT message ids to PUBACK
+        self._batch_deliveries: list[Delivery] = []  # their messages
+        self._deliveries: collections.deque[Delivery] = collections.deque()  # not yet acknowledged, as received
+        self._awaiting: dict[bytes, list[Delivery]] = {}  # token of an acked message -> its MQTT messages
         self.connected = False
         self._connecting = False  # a CONNECT sent, its CONNACK not yet read
         self._stopping = False
@@ -111,6 +180,7 @@ class MqttInput:
     def connect(self) -> None:
         """Connect (OSError, or paho's errors, when the broker cannot be reached)."""
         host, _, port = self.source.broker.rpartition(":")
+        self.messages.prepare(self.client)
         if self.source.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
@@ -124,69 +194,66 @@ class MqttInput:
             log.error("MQTT broker %s refused the connection: %s", self.source.broker, reason)
             return
         self.connected = True
+        filters = self.messages.filters
         log.info("MQTT connected to %s (session %s, %s); subscribing to %s", self.source.broker, self.args.client_id,
-                 "resumed" if flags.session_present else "new", ", ".join(t.filter for t in self.templates))
-        filters: list[tuple[str, int]] = [(t.filter, self.source.qos) for t in self.templates]
-        client.subscribe(filters)
+                 "resumed" if flags.session_present else "new", ", ".join(filters))
+        client.subscribe([(f, self.qos) for f in filters])
+        self.messages.connected()
+
+    @property
+    def qos(self) -> int:
+        """The subscriptions' QoS: 1, or 0 for an [mqtt] table that says so (Sparkplug B: 1)."""
+        return self.source.qos if isinstance(self.source, MqttConfig) else 1
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: Any, reason: Any, properties: Any) -> None:
         self.connected = self._connecting = False
         if self._stopping:
             return
-        forgotten = sum(len(mids) for mids in self._awaiting.values()) + len(self._batch_mids)
-        self._awaiting.clear()  # their ids were the old connection's; the broker delivers them again
+        forgotten = len(self._deliveries)
+        self._deliveries.clear()  # their ids were the old connection's; the broker delivers them again
+        self._awaiting.clear()
         self._batch.clear()
-        self._batch_mids.clear()
+        self._batch_deliveries.clear()
         log.warning("MQTT connection to %s lost (%s); %d messages awaiting commit will be delivered again",
                     self.source.broker, reason, forgotten)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         self.counts["received"] += 1
         self.counts["redelivered"] += bool(message.dup)
+        delivery = Delivery(message.mid, message.qos)
+        self._deliveries.append(delivery)
         try:
-            event = self._map(message.topic, bytes(message.payload))
+            events = self.messages.events(message.topic, bytes(message.payload))
         except Unmappable as e:
             self.counts["unmappable"] += 1
             self.dead_letters.write([Rejected("unmappable", f"MQTT {e}", None, bytes(message.payload), None)])
-            self._ack([message.mid])  # kept as a dead letter: the broker may forget it
+            self._done([delivery])  # kept as a dead letter: the broker may forget it
             return
-        self._batch.append(event)
-        self._batch_mids.append(message.mid)
-
-    def _map(self, topic: str, payload: bytes) -> dict[str, Any]:
-        """The measurement of one message; Unmappable naming its topic and what is wrong."""
-        scale = self._scale_of(topic)  # its refusal names the topic
-        try:
-            return measurement(scale, payload, self.source.fields)
-        except Unmappable as e:
-            raise Unmappable(f"topic {topic!r}: {e}") from None
-
-    def _scale_of(self, topic: str) -> int:
-        errors = []
-        for template in self.templates:
-            try:
-                return template.scale_of(topic)
-            except Unmappable as e:
-                errors.append(str(e))
-        raise Unmappable("; ".join(errors))
+        if not events:  # a birth, a death, another device's data: nothing to commit
+            self._done([delivery])
+            return
+        self._batch += events
+        self._batch_deliveries.append(delivery)
 
     def turn(self) -> None:
         """One loop turn: read from the broker, send this turn's measurements, PUBACK what is committed."""
         self.client.loop(LOOP_S)
-        for start in range(0, len(self._batch), MAX_EVENTS_PER_FRAME):
-            token = self.sender.send(self._batch[start:start + MAX_EVENTS_PER_FRAME])
+        if self._batch:
+            token = self.sender.send(self._batch)  # one acked message (frames of at most 1,000 events)
             assert token is not None  # an acked sender gives every message a token
-            self._awaiting[token] = self._batch_mids[start:start + MAX_EVENTS_PER_FRAME]
-        self._batch.clear()
-        self._batch_mids.clear()
+            self._awaiting[token] = self._batch_deliveries
+            self._batch, self._batch_deliveries = [], []
         for token in self.sender.poll():
-            self._ack(self._awaiting.pop(token, []))  # none: sent on a connection that is gone
+            self._done(self._awaiting.pop(token, []))  # none: sent on a connection that is gone
 
-    def _ack(self, mids: list[int]) -> None:
-        if self.source.qos:
-            for mid in mids:
-                self.client.ack(mid, self.source.qos)
-        self.counts["acknowledged"] += len(mids)
+    def _done(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            delivery.done = True
+        while self._deliveries and self._deliveries[0].done:
+            delivery = self._deliveries.popleft()
+            if delivery.qos:
+                self.client.ack(delivery.mid, delivery.qos)
+            self.counts["acknowledged"] += 1
 
     def run(self, stop: Callable[[], bool]) -> None:
         """Turn until ``stop()``; connect again, with backoff while it keeps failing, whenever not connected (the
@@ -206,6 +273,8 @@ class MqttInput:
                 failures += 1
         self._finish()
         self._stopping = True
+        self.messages.stopping()
+        self.client.loop_write()
         self.client.disconnect()
         c = self.counts
         log.info("MQTT input stopped: %d received, %d acknowledged, %d delivered again, %d unmappable",
@@ -217,12 +286,12 @@ class MqttInput:
         deadline = time.monotonic() + FINISH_S
         while self._awaiting and self.connected and (left := deadline - time.monotonic()) > 0:
             for token in self.sender.poll(min(left, 0.05)):
-                self._ack(self._awaiting.pop(token, []))
+                self._done(self._awaiting.pop(token, []))
             self.client.loop_write()
         if self._awaiting:
             log.warning("MQTT input stopping with %d messages not yet answered by the ingestor: the broker "
                         "delivers them again on the next start (stored once)",
-                        sum(len(mids) for mids in self._awaiting.values()))
+                        len(self._deliveries))
 
     def _reconnect(self) -> bool:
         try:
@@ -276,9 +345,11 @@ def _serve(args: MqttArgs, counts: np.ndarray, stop: Callable[[], bool]) -> None
     sender = Sender(args.ack_endpoint, acked=True, keep_replies=False, curve=args.curve, resend_after_s=RESEND_S)
     try:
         try:
-            mqtt_input = MqttInput(args, sender, dead_letters, counts)
+            messages: Messages = (JsonMessages(args.source) if isinstance(args.source, MqttConfig)
+                                  else SparkplugMessages(args.source, counts))
+            mqtt_input = MqttInput(args, messages, sender, dead_letters, counts)
         except (ConfigError, OSError, ssl.SSLError) as e:
-            raise BootError(f"MQTT input: {e}") from None
+            raise BootError(f"{args.name} input: {e}") from None
         mqtt_input.run(stop)
     finally:
         sender.close(linger_s=0)

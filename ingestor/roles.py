@@ -21,7 +21,7 @@ import zmq
 
 from .acks import AckTable
 from .client import CurveKeys
-from .config import Config, MqttConfig
+from .config import Config, MqttConfig, SparkplugConfig
 from .errors import ConfigError
 from .protocol import RECORD_DTYPE
 from .ring import Ring, RingSpec
@@ -165,12 +165,14 @@ class LifecycleArgs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the MQTT input needs (:func:`ingestor.mqtt.run_mqtt`): the ``[mqtt]`` table and where to send."""
+    """Everything an MQTT input needs (:func:`ingestor.mqtt.run_mqtt`): its table and where to send.
 
-    name: ClassVar[str] = "mqtt"
+    Its name is its table's: ``mqtt`` (JSON measurements) or ``sparkplug`` (Sparkplug B).
+    """
+
     entry: ClassVar[str] = "ingestor.mqtt:run_mqtt"
 
-    source: MqttConfig  #: the [mqtt] table (docs/operations.md#mqtt-input)
+    source: MqttConfig | SparkplugConfig  #: the [mqtt] or [sparkplug] table (docs/operations.md#mqtt-input)
     client_id: str  #: the persistent session's name at the broker (MqttConfig.session)
     ack_endpoint: str  #: the front's ROUTER endpoint (acked mode), on loopback
     dead_letters: DeadLetterArgs
@@ -179,10 +181,16 @@ class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
     slot: int = 0  #: this input's record among the counters' inputs
     curve: CurveKeys | None = None  #: when CURVE is on: this input's keys, allowed by the front for this run
 
+    @property
+    def name(self) -> str:
+        return "mqtt" if isinstance(self.source, MqttConfig) else "sparkplug"
+
     @classmethod
-    def from_config(cls, config: Config, shared: SharedBlocks, slot: int, curve: CurveKeys | None) -> MqttArgs:
-        assert config.mqtt is not None and (endpoint := config.ack_endpoint()) is not None  # config.load checks both
-        return cls(source=config.mqtt, client_id=config.mqtt.session(config.instance), ack_endpoint=loopback(endpoint),
+    def from_config(cls, config: Config, source: MqttConfig | SparkplugConfig, shared: SharedBlocks, slot: int,
+                    curve: CurveKeys | None) -> MqttArgs:
+        endpoint = config.ack_endpoint()
+        assert endpoint is not None  # config.load refuses an input table without acked mode
+        return cls(source=source, client_id=source.session(config.instance), ack_endpoint=loopback(endpoint),
                    dead_letters=DeadLetterArgs.from_config(config), counters=shared.counters, lanes=shared.ring.lanes,
                    slot=slot, curve=curve)
 
@@ -199,29 +207,31 @@ ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs | MqttArgs
 
 
 def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:
-    """The children of a service: one writer per ring lane, the front, the simulator when asked for, the MQTT
-    input with an ``[mqtt]`` table, and the lifecycle child with --archive-after-days or --retention-days.
+    """The children of a service: one writer per ring lane, the front, the simulator when asked for, an MQTT
+    input per ``[mqtt]`` or ``[sparkplug]`` table, and the lifecycle child with --archive-after-days or
+    --retention-days.
 
     ``server_public``: the service's CURVE public key when CURVE is on; the
-    bundled simulator and the MQTT input then get a key pair each for this
+    bundled simulator and the MQTT inputs then get a key pair each for this
     run, which the front allows besides the clients directory's.
     """
-    front_curve = simulator_curve = mqtt_curve = None
+    front_curve = simulator_curve = None
+    inputs = [table for table in (config.mqtt, config.sparkplug) if table is not None]
+    input_curves: list[CurveKeys | None] = [None] * len(inputs)
     if config.curve_secret_key:
         if server_public is None or config.curve_clients_dir is None:  # Config and Resources.load_keys give both
             raise ConfigError("CURVE needs the service's public key and the directory of allowed client keys")
         if config.simulate_scales:
             simulator_curve = _run_keys(server_public)
-        if config.mqtt is not None:
-            mqtt_curve = _run_keys(server_public)
-        extra = tuple(keys.public for keys in (simulator_curve, mqtt_curve) if keys is not None)
+        input_curves = [_run_keys(server_public) for _ in inputs]
+        extra = tuple(keys.public for keys in (simulator_curve, *input_curves) if keys is not None)
         front_curve = CurveServerArgs(config.curve_secret_key, config.curve_clients_dir, extra)
     planned: list[ChildArgs] = [WriterArgs.from_config(config, shared, i, dsn) for i in range(shared.ring.lanes)]
     planned.append(FrontArgs.from_config(config, shared, front_curve))
     if config.simulate_scales:
         planned.append(SimulatorArgs.from_config(config, simulator_curve))
-    if config.mqtt is not None:
-        planned.append(MqttArgs.from_config(config, shared, 0, mqtt_curve))
+    planned += [MqttArgs.from_config(config, table, shared, slot, curve)
+                for slot, (table, curve) in enumerate(zip(inputs, input_curves))]
     if LifecycleArgs.wanted(config):
         planned.append(LifecycleArgs.from_config(config, dsn, shared.counters, shared.ring.lanes))
     return planned

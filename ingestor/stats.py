@@ -105,8 +105,13 @@ INPUT_DTYPE = np.dtype(
         ("acknowledged", "<i8"),  # messages acknowledged to the source: committed, or kept as dead letters
         ("redelivered", "<i8"),  # messages the source marked as delivered before (MQTT's DUP flag)
         ("unmappable", "<i8"),  # messages that are no measurement: dead letters, with their topic
+        ("seq_gaps", "<i8"),  # Sparkplug B: breaks in an edge node's sequence numbers (messages lost before us)
+        ("rebirths", "<i8"),  # Sparkplug B: rebirth requests (NCMD) sent to edge nodes
     ]
 )
+
+
+INPUT_COUNTS = ("received", "acknowledged", "redelivered", "unmappable", "seq_gaps", "rebirths")
 
 
 def acknowledged(writer: np.ndarray) -> tuple[int, int] | None:
@@ -204,7 +209,7 @@ class Counters(SharedBlock):
             counts = self.inputs[source.slot]
             source.pid = source.pid or int(counts["pid"])
             source.connected = bool(counts["connected"]) and source.alive
-            for name in ("received", "acknowledged", "redelivered", "unmappable"):
+            for name in INPUT_COUNTS:
                 setattr(source, name, int(counts[name]))
         return f
 
@@ -327,6 +332,8 @@ class InputFigures(msgspec.Struct):
     acknowledged: int = 0  #: acknowledged to the source: committed, or kept as dead letters
     redelivered: int = 0  #: marked by the source as delivered before
     unmappable: int = 0  #: no measurement: dead letters with their topic
+    seq_gaps: int = 0  #: Sparkplug B: breaks in an edge node's sequence numbers
+    rebirths: int = 0  #: Sparkplug B: rebirth requests sent to edge nodes
 
 
 Status = Literal["starting", "running", "draining"]  #: the service's life, as the stats say it
@@ -436,7 +443,8 @@ def format_text(f: Figures) -> str:
         lines.append(f"{source.name:>22}: pid {source.pid} {'alive' if source.alive else 'DEAD'}, "
                      f"{'connected' if source.connected else 'NOT CONNECTED'}, {source.received} received, "
                      f"{source.acknowledged} acknowledged, {source.redelivered} delivered again, "
-                     f"{source.unmappable} unmappable, {source.restarts} restarts")
+                     f"{source.unmappable} unmappable, {source.restarts} restarts"
+                     + (f", {source.seq_gaps} seq gaps, {source.rebirths} rebirths" if source.name == "sparkplug" else ""))
     for e in f.recent_events[-5:]:
         lines.append(f"{'recent':>22}: {e.time} {e.event}")
     return "\n".join(lines)

@@ -71,12 +71,13 @@ def render(s: Figures | None, endpoint: str, error: str | None = None, live: boo
     parts: list[ConsoleRenderable] = [head, Text(""), fill, Text(""), writers, Text("")]
     if s.inputs:
         inputs = Table("input", "pid", "state", "source", "restarts", "received", "acknowledged", "again",
-                       "unmappable", box=None)
+                       "unmappable", "seq gaps", "rebirths", box=None)
         for one in s.inputs:
             state = Text("alive", style="green") if one.alive else Text("dead", style="bold red")
             source = Text("connected", style="green") if one.connected else Text("not connected", style="bold red")
             inputs.add_row(one.name, str(one.pid), state, source, str(one.restarts), f"{one.received:,}",
-                           f"{one.acknowledged:,}", f"{one.redelivered:,}", f"{one.unmappable:,}")
+                           f"{one.acknowledged:,}", f"{one.redelivered:,}", f"{one.unmappable:,}", f"{one.seq_gaps:,}",
+                           f"{one.rebirths:,}")
         parts += [inputs, Text("")]
 
     recent = Table("time (UTC)", "recent events", box=None)
