@@ -228,7 +228,7 @@ class SparkplugMessages:
         if kind == "NDEATH":
             bd_seq = next((int(m.long_value) for m in payload.metrics if m.name == "bdSeq"), None)
             if bd_seq is None or node.bd_seq is None or bd_seq == node.bd_seq:  # else an older session's will
-                node.seq = None
+                self.nodes[key] = Node(rebirth_at=node.rebirth_at)  # its next session names its metrics anew
             return None
         if node.seq is None:
             log.warning("Sparkplug node %s/%s sent %s before its birth: asking for a rebirth", group, node_id, kind)
