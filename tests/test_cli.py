@@ -207,7 +207,8 @@ def test_shipped_example_configs_load(path):
 
 
 def test_the_full_example_config_names_every_option_with_its_default():
-    text, mqtt = (EXAMPLES / "ingestor.toml").read_text().split("\n# [mqtt]\n")
+    text, tables = (EXAMPLES / "ingestor.toml").read_text().split("\n# [mqtt]\n")
+    mqtt, sparkplug = tables.split("\n# [sparkplug]\n")
     commented = dict(re.findall(r"^# (\w+) = (\S+)", text, flags=re.M))
     assert set(commented) == set(config.SCALARS)
     defaults = config.Config(data_dir="/var/lib/ingestor")
@@ -217,11 +218,17 @@ def test_the_full_example_config_names_every_option_with_its_default():
             continue  # examples of values, not defaults (these default to unset)
         assert tomllib.loads(f"v = {shown}")["v"] == getattr(defaults, name), name
     # the [mqtt] table, uncommented, names every key of it and of [mqtt.fields], the defaults as defaults
-    table = tomllib.loads("[mqtt]\n" + re.sub(r"^# ?", "", mqtt, flags=re.M))["mqtt"]
+    def uncommented(text: str) -> str:  # the "# key = value" and "# [table]" lines, without their "# "
+        return "\n".join(line[2:] for line in text.splitlines() if re.match(r"# (\[|\w+ = )", line))
+
+    table = tomllib.loads("[mqtt]\n" + uncommented(mqtt))["mqtt"]
     assert set(table) == set(config.MqttConfig.__struct_fields__)
     assert msgspec.convert(table.pop("fields"), config.PayloadFields) == config.PayloadFields()
     defaults = {f.name: f.default for f in msgspec.structs.fields(config.MqttConfig)}
     assert (table["qos"], table["protocol"]) == (defaults["qos"], defaults["protocol"])
+    table = tomllib.loads("[sparkplug]\n" + uncommented(sparkplug))["sparkplug"]
+    assert set(table) == set(config.SparkplugConfig.__struct_fields__)
+    assert msgspec.convert(table.pop("metrics"), config.WeighingMetrics) == config.WeighingMetrics()
 
 
 def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variables():

@@ -38,7 +38,7 @@ def examples() -> dict[str, tuple[str, str]]:
     return found
 
 
-RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-mqtt"}  # by tests/test_mqtt.py
+RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-mqtt", "sparkplug-node"}  # by tests/test_mqtt.py, test_sparkplug.py
 
 
 def test_every_example_of_the_docs_is_run_by_this_module():

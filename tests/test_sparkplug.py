@@ -349,3 +349,46 @@ def test_an_edge_node_through_a_real_broker_stores_what_arrives_and_is_asked_to_
         reader.loop(0.05)
     reader.disconnect()
     assert json.loads(retained[0])["online"] is False  # the host said offline at its stop
+
+
+@pytest.mark.slow
+def test_the_protocols_edge_node_example_stores_its_twenty_weighings(broker, service_factory, dsn, tmp_path):
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from .test_mqtt import ROOT, doc_example
+
+    config_file = tmp_path / "ingestor.toml"
+    config_file.write_text(f'[sparkplug]\nbroker = "{broker.address}"\ndevices = ["plant/+/scale-{{scale_id}}"]\n'
+                           '[sparkplug.metrics]\ndata = ["Weight", "Unit"]\n')
+    svc = service_factory("--dsn", dsn, "--config", str(config_file))
+    svc.wait_ready()
+    svc.wait_for(lambda s: s["inputs"][0]["connected"])
+    time.sleep(0.5)  # subscribed: QoS 0 data reaches only a subscriber (PROTOCOL.md §12)
+    node = doc_example(ROOT / "docs" / "PROTOCOL.md", "sparkplug-node").replace('"127.0.0.1", 1883',
+                                                                            f'"127.0.0.1", {broker.port}')
+    run = subprocess.run([sys.executable, "-c", node], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "published 20", run.stderr
+    svc.wait_for(lambda s: s["persisted"] == 20)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT scale_id, data_1, data_2 FROM weighing_logs ORDER BY seq").fetchall()
+    assert rows[0] == (17, {"val": "1000.5"}, {"val": "kg"}) and len(rows) == 20
+    assert svc.stats()["inputs"][0]["seq_gaps"] == 0
+    assert svc.terminate() == 0
+
+
+def test_the_operations_example_of_the_sparkplug_table_loads_as_written(tmp_path):
+    from ingestor import config
+
+    from .test_mqtt import ROOT, doc_example
+
+    text = doc_example(ROOT / "docs" / "operations.md", "sparkplug-config")
+    for name in ("mqtt-password", "mqtt-ca.pem"):
+        (tmp_path / name).write_text("x\n")
+        text = text.replace(f"/etc/ingestor/{name}", str(tmp_path / name))
+    (tmp_path / "ingestor.toml").write_text(text)
+    cfg, _ = config.load({}, config_file=str(tmp_path / "ingestor.toml"), environ={})
+    assert cfg.sparkplug is not None and cfg.sparkplug.host_id == "scale-ingestor"
+    assert cfg.sparkplug.metrics == WeighingMetrics(data=("Weight", "Unit", "Tare"))
