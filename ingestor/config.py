@@ -32,6 +32,7 @@ _HOST_PORT_OR_OFF = r"^(.+:\d{1,5}|off|none|)$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _HOST_PORT = r"^[^\s/]+:\d{1,5}$"
 _CLIENT_ID = r"^[A-Za-z0-9._-]{1,128}$"
+_OPC_TCP = r"^opc\.tcp://[^\s/]+:\d{1,5}(/\S*)?$"
 _PATTERN_RULES = {
     _IDENTIFIER: "a PostgreSQL identifier (letters, digits, _; up to 63 characters)",
     _ENDPOINT: "a ZeroMQ endpoint: tcp://HOST:PORT, ipc://PATH or inproc://NAME",
@@ -40,6 +41,7 @@ _PATTERN_RULES = {
     _NAME: "a name of letters, digits, '.', '_' and '-', starting with a letter or digit, up to 63 characters",
     _HOST_PORT: "HOST:PORT",
     _CLIENT_ID: "an MQTT client id of letters, digits, '.', '_' and '-', up to 128 characters",
+    _OPC_TCP: "an OPC UA endpoint: opc.tcp://HOST:PORT[/PATH]",
 }
 
 
@@ -106,6 +108,33 @@ class SparkplugConfig(BrokerConfig, kw_only=True, forbid_unknown_fields=True, fr
     _SESSION_SUFFIX: ClassVar[str] = "-sparkplug"
 
 
+class OpcuaScale(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One scale of an OPC UA server: the variables holding its measurement (an ``[[opcua.scales]]`` table)."""
+
+    scale_id: Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
+    #: node ids (``ns=2;s=Scale17.Weight``) for data_1 … data_5; each change of the first is one measurement
+    data: Annotated[tuple[str, ...], msgspec.Meta(min_length=1, max_length=5)]
+    seq: str = ""  #: a variable counting the weighings; "": the weighing's source timestamp in ms stands in
+
+
+class OpcuaConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The ``[opcua]`` table: weighing terminals' variables by OPC UA (docs/operations.md#opc-ua-input)."""
+
+    endpoint: Annotated[str, msgspec.Meta(pattern=_OPC_TCP)]  #: ``opc.tcp://HOST:PORT[/PATH]``
+    scales: Annotated[tuple[OpcuaScale, ...], msgspec.Meta(min_length=1, max_length=10_000)]
+    #: asyncua's security string, ``Basic256Sha256,SignAndEncrypt,CERT.pem,KEY.pem[,SERVER_CERT.der]``; None: none
+    security: str | None = None
+    username: str | None = None
+    password_file: str | None = None  #: a file holding the password (its first line), readable by the service only
+    publishing_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 100
+    #: data changes a server may queue per variable between two notifications (it may grant fewer)
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
+
+    def session(self, instance: str) -> str:
+        """The session's name at the server."""
+        return f"scale-ingestor-{instance}"
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every option of ``ingestor run`` (docs/operations.md#options-of-ingestor-run lists them)."""
 
@@ -145,6 +174,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seal_file: str | None = None  #: the append-only file of seals; default data_dir/alibi-seals.jsonl
     mqtt: MqttConfig | None = None  #: the ``[mqtt]`` table (file only): the MQTT input; None: no MQTT input
     sparkplug: SparkplugConfig | None = None  #: the ``[sparkplug]`` table (file only): the Sparkplug B input
+    opcua: OpcuaConfig | None = None  #: the ``[opcua]`` table (file only): the OPC UA input
 
     def writer_count(self) -> int:
         """``writers``, with ``auto`` resolved for this machine (bench/README.md)."""
@@ -204,7 +234,7 @@ def auto_writers(cpus: int) -> int:
 
 
 FIELDS = tuple(f.name for f in msgspec.structs.fields(Config))
-TABLES = ("mqtt", "sparkplug")  # options that are TOML tables: in the file only
+TABLES = ("mqtt", "sparkplug", "opcua")  # options that are TOML tables: in the file only
 SCALARS = tuple(name for name in FIELDS if name not in TABLES)  # also environment variables and flags
 
 
@@ -316,7 +346,7 @@ def _check_lifecycle(config: Config, sources: Mapping[str, str]) -> None:
             raise ConfigError(f"{e} (from {sources['archive_to']})") from None
 
 
-def _table(name: str, raw: object, source: str) -> BrokerConfig:
+def _table(name: str, raw: object, source: str) -> BrokerConfig | OpcuaConfig:
     """Table ``name`` of the file as its Struct; ConfigError naming the dotted key, its value, the file and the
     rule it breaks."""
     kind = TABLE_TYPES[name]
@@ -348,12 +378,15 @@ def _check_input(config: Config, name: str, source: str) -> None:
     """ConfigError naming the key of table ``name`` when a template is not one, acked mode is off (an input
     acknowledges a message to the broker only after the ingestor's reply), or a file it names cannot be read."""
     table = getattr(config, name)
-    templates = "topics" if isinstance(table, MqttConfig) else "devices"
-    for i, template in enumerate(getattr(table, templates)):
-        try:
-            TopicTemplate(template)
-        except ConfigError as e:
-            raise ConfigError(f"{name}.{templates}[{i}] = {template!r} (from {source}): {e}") from None
+    if isinstance(table, OpcuaConfig):
+        _check_opcua(table, source)
+    else:
+        templates = "topics" if isinstance(table, MqttConfig) else "devices"
+        for i, template in enumerate(getattr(table, templates)):
+            try:
+                TopicTemplate(template)
+            except ConfigError as e:
+                raise ConfigError(f"{name}.{templates}[{i}] = {template!r} (from {source}): {e}") from None
     if config.ack_endpoint() is None:
         raise ConfigError(f"[{name}] (from {source}) needs acked mode, but ack_bind = {config.ack_bind!r}: the input "
                           "acknowledges each message to the broker only after the ingestor's reply")
@@ -361,10 +394,15 @@ def _check_input(config: Config, name: str, source: str) -> None:
         given, missing = ("password_file", "username") if table.username is None else ("username", "password_file")
         raise ConfigError(f"{name}.{given} is set (from {source}) but {name}.{missing} is not: the broker takes the "
                           "two together")
-    if (table.tls_cert is None) != (table.tls_key is None) or (table.tls_cert is not None and table.tls_ca is None):
-        raise ConfigError(f"[{name}] (from {source}): a client certificate needs tls_cert, tls_key and tls_ca together")
-    for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
-        path = getattr(table, key)
+    files = [("password_file", table.password_file)]
+    if isinstance(table, BrokerConfig):
+        if (table.tls_cert is None) != (table.tls_key is None) or (table.tls_cert is not None and table.tls_ca is None):
+            raise ConfigError(f"[{name}] (from {source}): a client certificate needs tls_cert, tls_key and tls_ca "
+                              "together")
+        files += [(key, getattr(table, key)) for key in ("tls_ca", "tls_cert", "tls_key")]
+    elif table.security is not None:
+        files += [("security", path) for path in table.security.split(",")[2:]]
+    for key, path in files:
         if path is None:
             continue
         try:
@@ -372,6 +410,34 @@ def _check_input(config: Config, name: str, source: str) -> None:
                 f.read(1)
         except OSError as e:
             raise ConfigError(f"{name}.{key} = {path!r} (from {source}): cannot be read: {e.strerror}") from None
+
+
+def _check_opcua(table: OpcuaConfig, source: str) -> None:
+    """ConfigError naming the key when a node id is not one (asyncua parses it), a scale id or a weighing variable
+    comes twice, or the security string is not POLICY,MODE,CERT,KEY[,SERVER_CERT]."""
+    from asyncua import ua
+
+    seen: dict[object, str] = {}
+    for i, scale in enumerate(table.scales):
+        for key, node in [*((f"data[{k}]", n) for k, n in enumerate(scale.data)), ("seq", scale.seq)]:
+            if not node:
+                continue
+            try:
+                ua.NodeId.from_string(node)
+            except (ValueError, ua.UaStringParsingError):
+                raise ConfigError(f"opcua.scales[{i}].{key} = {node!r} (from {source}): not an OPC UA node id "
+                                  "(ns=N;i=NUMBER, ns=N;s=TEXT, ...)") from None
+        for what, value in (("scale_id", scale.scale_id), ("data[0]", scale.data[0])):
+            if (what, value) in seen:
+                raise ConfigError(f"opcua.scales[{i}].{what} = {value!r} (from {source}): also {seen[(what, value)]}; "
+                                  "each scale and each weighing variable once")
+            seen[(what, value)] = f"opcua.scales[{i}]"
+    if table.security is not None:
+        parts = table.security.split(",")
+        if len(parts) not in (4, 5) or parts[1] not in ("Sign", "SignAndEncrypt"):
+            raise ConfigError(f"opcua.security = {table.security!r} (from {source}): must be "
+                              "POLICY,Sign|SignAndEncrypt,CERT,KEY[,SERVER_CERT] (such as "
+                              "Basic256Sha256,SignAndEncrypt,cert.pem,key.pem)")
 
 
 def _check_port(key: str, value: str, source: str) -> None:
@@ -401,8 +467,9 @@ def check_dsn(dsn: str, source: str) -> None:
 
 
 _TYPES = {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(Config)).fields}
-TABLE_TYPES: dict[str, type[BrokerConfig]] = {"mqtt": MqttConfig, "sparkplug": SparkplugConfig}
-_SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics"}
+TABLE_TYPES: dict[str, type[BrokerConfig | OpcuaConfig]] = {"mqtt": MqttConfig, "sparkplug": SparkplugConfig,
+                                                            "opcua": OpcuaConfig}
+_SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics", "opcua": "scales"}
 _TABLE_FIELD_TYPES = {name: {f.name: f.type for f in cast(msgspec.inspect.StructType, msgspec.inspect.type_info(t)).fields}
                       for name, t in TABLE_TYPES.items()}
 
@@ -458,7 +525,8 @@ def to_toml(config: Config, sources: Mapping[str, str]) -> str:
         if table is None:
             lines.append(f"# [{name}] (unset): no {name} input  # default")
         else:
-            lines += _toml_table(name, table, sources[name], {"client_id": table.session(config.instance)})
+            client_id = {"client_id": table.session(config.instance)} if isinstance(table, BrokerConfig) else {}
+            lines += _toml_table(name, table, sources[name], client_id)
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -21,7 +22,7 @@ import zmq
 
 from .acks import AckTable
 from .client import CurveKeys
-from .config import Config, MqttConfig, SparkplugConfig
+from .config import Config, MqttConfig, OpcuaConfig, SparkplugConfig
 from .errors import ConfigError
 from .protocol import RECORD_DTYPE
 from .ring import Ring, RingSpec
@@ -195,20 +196,47 @@ class MqttArgs(msgspec.Struct, frozen=True, kw_only=True):
                    slot=slot, curve=curve)
 
 
+class OpcuaArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the OPC UA input needs (:func:`ingestor.opcua.run_opcua`): the ``[opcua]`` table and where to
+    send."""
+
+    name: ClassVar[str] = "opcua"
+    entry: ClassVar[str] = "ingestor.opcua:run_opcua"
+
+    source: OpcuaConfig  #: the [opcua] table (docs/operations.md#opc-ua-input)
+    session: str  #: the session's name at the server
+    ack_endpoint: str  #: the front's ROUTER endpoint (acked mode), on loopback
+    dead_letters: DeadLetterArgs
+    state_file: str  #: the subscription's id and last committed notification, for a successor process
+    counters: str = ""  #: name of the stats.Counters block; empty: count in a record of its own (tests)
+    lanes: int = 0
+    slot: int = 0
+    curve: CurveKeys | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, shared: SharedBlocks, slot: int, curve: CurveKeys | None) -> OpcuaArgs:
+        endpoint = config.ack_endpoint()
+        assert config.opcua is not None and endpoint is not None  # config.load refuses an input without acked mode
+        return cls(source=config.opcua, session=config.opcua.session(config.instance), ack_endpoint=loopback(endpoint),
+                   dead_letters=DeadLetterArgs.from_config(config),
+                   state_file=str(Path(config.data_dir) / "opcua-subscription.json"), counters=shared.counters,
+                   lanes=shared.ring.lanes, slot=slot, curve=curve)
+
+
 def loopback(endpoint: str) -> str:
     """A bound endpoint as a process on this machine connects to it: a wildcard host becomes 127.0.0.1."""
     return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
 
 
-INPUTS = (MqttArgs,)  # the roles that take measurements from a source besides ZeroMQ: stopped first
+INPUTS = (MqttArgs, OpcuaArgs)  # the roles that take measurements from a source besides ZeroMQ: stopped first
 
 
-ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs | MqttArgs
+ChildArgs = FrontArgs | WriterArgs | SimulatorArgs | LifecycleArgs | MqttArgs | OpcuaArgs
 
 
 def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | None) -> list[ChildArgs]:
-    """The children of a service: one writer per ring lane, the front, the simulator when asked for, an MQTT
-    input per ``[mqtt]`` or ``[sparkplug]`` table, and the lifecycle child with --archive-after-days or
+    """The children of a service: one writer per ring lane, the front, the simulator when asked for, an input
+    per ``[mqtt]``, ``[sparkplug]`` or ``[opcua]`` table, and the lifecycle child with --archive-after-days or
     --retention-days.
 
     ``server_public``: the service's CURVE public key when CURVE is on; the
@@ -216,7 +244,7 @@ def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | 
     run, which the front allows besides the clients directory's.
     """
     front_curve = simulator_curve = None
-    inputs = [table for table in (config.mqtt, config.sparkplug) if table is not None]
+    inputs = [table for table in (config.mqtt, config.sparkplug, config.opcua) if table is not None]
     input_curves: list[CurveKeys | None] = [None] * len(inputs)
     if config.curve_secret_key:
         if server_public is None or config.curve_clients_dir is None:  # Config and Resources.load_keys give both
@@ -230,8 +258,9 @@ def plan(config: Config, dsn: str, shared: SharedBlocks, server_public: bytes | 
     planned.append(FrontArgs.from_config(config, shared, front_curve))
     if config.simulate_scales:
         planned.append(SimulatorArgs.from_config(config, simulator_curve))
-    planned += [MqttArgs.from_config(config, table, shared, slot, curve)
-                for slot, (table, curve) in enumerate(zip(inputs, input_curves))]
+    for slot, (table, curve) in enumerate(zip(inputs, input_curves)):
+        planned.append(OpcuaArgs.from_config(config, shared, slot, curve) if isinstance(table, OpcuaConfig)
+                       else MqttArgs.from_config(config, table, shared, slot, curve))
     if LifecycleArgs.wanted(config):
         planned.append(LifecycleArgs.from_config(config, dsn, shared.counters, shared.ring.lanes))
     return planned
