@@ -209,6 +209,7 @@ def test_shipped_example_configs_load(path):
 def test_the_full_example_config_names_every_option_with_its_default():
     text, tables = (EXAMPLES / "ingestor.toml").read_text().split("\n# [mqtt]\n")
     mqtt, sparkplug = tables.split("\n# [sparkplug]\n")
+    sparkplug, opcua = sparkplug.split("\n# [opcua]\n")
     commented = dict(re.findall(r"^# (\w+) = (\S+)", text, flags=re.M))
     assert set(commented) == set(config.SCALARS)
     defaults = config.Config(data_dir="/var/lib/ingestor")
@@ -229,6 +230,12 @@ def test_the_full_example_config_names_every_option_with_its_default():
     table = tomllib.loads("[sparkplug]\n" + uncommented(sparkplug))["sparkplug"]
     assert set(table) == set(config.SparkplugConfig.__struct_fields__)
     assert msgspec.convert(table.pop("metrics"), config.WeighingMetrics) == config.WeighingMetrics()
+    table = tomllib.loads("[opcua]\n" + uncommented(opcua))["opcua"]
+    assert set(table) == set(config.OpcuaConfig.__struct_fields__)
+    defaults = {f.name: f.default for f in msgspec.structs.fields(config.OpcuaConfig)}
+    assert (table["publishing_interval_ms"], table["queue_size"]) == (defaults["publishing_interval_ms"],
+                                                                     defaults["queue_size"])
+    assert set(table["scales"][0]) == set(config.OpcuaScale.__struct_fields__)
 
 
 def test_config_show_masks_the_dsn_password_and_names_ignored_environment_variables():

@@ -82,9 +82,11 @@ def test_the_command_line_beats_the_environment_beats_the_file_beats_the_default
 # -- the [mqtt] and [sparkplug] tables ------------------------------------------------
 
 TABLE_OK = {"mqtt": {"broker": "127.0.0.1:1883", "topics": ["plant/+/scale/{scale_id}/weight"]},
-            "sparkplug": {"broker": "127.0.0.1:1883", "devices": ["plant/+/scale-{scale_id}"]}}
+            "sparkplug": {"broker": "127.0.0.1:1883", "devices": ["plant/+/scale-{scale_id}"]},
+            "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840/", "scales": [{"scale_id": 1, "data": ["ns=2;s=W1"]}]}}
+BROKER_TABLES = ("mqtt", "sparkplug")
 TEMPLATES = {"mqtt": "topics", "sparkplug": "devices"}
-SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics"}
+SUB_TABLES = {"mqtt": "fields", "sparkplug": "metrics", "opcua": "scales"}
 TABLE_CASES = [(table, key, value) for table in config.TABLES
                for key, t in config._TABLE_FIELD_TYPES[table].items() for value in bad_values(t)]
 
@@ -109,8 +111,11 @@ def test_the_table_matrix_covers_every_key_of_each_table():
     assert set(config.TABLES) == set(TABLE_OK) == set(config.TABLE_TYPES)
     for table in config.TABLES:
         ruled = {key for t, key, _ in TABLE_CASES if t == table}
-        free = {"username", "password_file", "tls_ca", "tls_cert", "tls_key"}  # any text: files are read at load
-        by_hand = {TEMPLATES[table], SUB_TABLES[table]}  # test_a_table_that_is_not_one_is_refused_naming_what_is_wrong
+        # any text: files are read at load, the security string is checked in its own test
+        free = {"username", "password_file", "tls_ca", "tls_cert", "tls_key"} if table in BROKER_TABLES \
+            else {"username", "password_file", "security"}
+        # test_a_table_that_is_not_one_is_refused_naming_what_is_wrong
+        by_hand = {TEMPLATES[table], SUB_TABLES[table]} if table in BROKER_TABLES else {SUB_TABLES[table]}
         assert ruled | free | by_hand == set(config._TABLE_FIELD_TYPES[table]) and not ruled & (free | by_hand)
 
 
@@ -155,7 +160,35 @@ def refused_tables(table: str) -> list[tuple[dict, str]]:
     ]
 
 
-REFUSED_TABLES = [(table, *case) for table in config.TABLES for case in refused_tables(table)] + [
+OPCUA_OK = TABLE_OK["opcua"]
+REFUSED_OPCUA = [
+    ({"scales": OPCUA_OK["scales"]}, "[opcua] (from file {path}): Object missing required field `endpoint`"),
+    ({**OPCUA_OK, "scales": []}, "[opcua.scales] (from file {path}): Expected `array` of length >= 1"),
+    ({**OPCUA_OK, "scales": [{"scale_id": 0, "data": ["i=1"]}]}, "[opcua.scales[0].scale_id] (from file {path}): "),
+    ({**OPCUA_OK, "scales": [{"scale_id": 1, "data": []}]}, "[opcua.scales[0].data] (from file {path}): Expected `array`"),
+    ({**OPCUA_OK, "scales": [{"scale_id": 1, "data": ["i=1"] * 6}]}, "[opcua.scales[0].data] (from file {path}): "),
+    ({**OPCUA_OK, "scales": [{"scale_id": 1, "data": ["i=1"], "weight": "i=2"}]},
+     "[opcua.scales[0]] (from file {path}): Object contains unknown field `weight`"),
+    *[({**OPCUA_OK, "scales": [{"scale_id": 1, "data": data, "seq": seq}]},
+       f"opcua.scales[0].{key} = {bad!r} (from file {{path}}): not an OPC UA node id")
+      for data, seq, key, bad in ((["garbage"], "", "data[0]", "garbage"), (["i=1", "ns=x;i=2"], "", "data[1]", "ns=x;i=2"),
+                                  (["i=1"], "ns=2;x=1", "seq", "ns=2;x=1"))],
+    ({**OPCUA_OK, "scales": [{"scale_id": 1, "data": ["i=1"]}, {"scale_id": 1, "data": ["i=2"]}]},
+     "opcua.scales[1].scale_id = 1 (from file {path}): also opcua.scales[0]"),
+    ({**OPCUA_OK, "scales": [{"scale_id": 1, "data": ["i=1"]}, {"scale_id": 2, "data": ["i=1"]}]},
+     "opcua.scales[1].data[0] = 'i=1' (from file {path}): also opcua.scales[0]"),
+    ({**OPCUA_OK, "security": "Basic256Sha256,Encrypt,c.pem,k.pem"}, "opcua.security = 'Basic256Sha256,Encrypt,"),
+    ({**OPCUA_OK, "security": "Basic256Sha256"}, "opcua.security = 'Basic256Sha256' (from file {path}): must be"),
+    ({**OPCUA_OK, "security": "Basic256Sha256,Sign,/no/cert.pem,/no/key.pem"},
+     "opcua.security = '/no/cert.pem' (from file {path}): cannot be read"),
+    ({**OPCUA_OK, "username": "u"}, "opcua.username is set (from file {path}) but opcua.password_file is not"),
+    ({**OPCUA_OK, "username": "u", "password_file": "/no/such/file"},
+     "opcua.password_file = '/no/such/file' (from file {path}): cannot be read"),
+    ({**OPCUA_OK, "endpoint": "http://x:1/"}, "opcua.endpoint = 'http://x:1/' (from file {path}): must be an OPC UA "),
+]
+
+REFUSED_TABLES = [(table, *case) for table in BROKER_TABLES for case in refused_tables(table)] + [
+    ("opcua", *case) for case in REFUSED_OPCUA] + [
     ("mqtt", {**TABLE_OK["mqtt"], "fields": {"ts": ""}}, "[mqtt.fields] (from file {path}): MQTT payload fields: an empty"),
     ("sparkplug", {**TABLE_OK["sparkplug"], "metrics": {"data": []}},
      "[sparkplug.metrics] (from file {path}): Sparkplug weighing metrics: 0 data metrics"),

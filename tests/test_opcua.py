@@ -256,3 +256,47 @@ def test_an_input_sigkilled_mid_stream_takes_over_its_subscription_and_loses_no_
     assert svc.terminate() == 0
     assert not (tmp_path / "data" / "opcua-subscription.json").exists()  # a clean stop ends the subscription
     assert np.all(np.diff(stored(dsn)) == 1)
+
+
+@pytest.mark.slow
+def test_the_protocols_terminal_and_configuration_examples_store_the_ten_weighings(service_factory, dsn, tmp_path):
+    from .test_mqtt import doc_example
+
+    port = free_port()
+    protocol = ROOT / "docs" / "PROTOCOL.md"
+    config_file = tmp_path / "ingestor.toml"
+    config_file.write_text(doc_example(protocol, "opcua-config").replace(":4840/", f":{port}/"))
+    terminal = subprocess.Popen([sys.executable, "-c", doc_example(protocol, "opcua-terminal").replace(
+        ":4840/", f":{port}/")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert terminal.stdout.readline().startswith("serving")
+        svc = service_factory("--dsn", dsn, "--config", str(config_file))
+        svc.wait_ready()
+        svc.wait_for(lambda s: s["inputs"][0]["connected"])
+        time.sleep(1)  # subscribed
+        terminal.stdin.write("\n")
+        terminal.stdin.flush()
+        assert terminal.stdout.readline().strip() == "recorded 10"
+        wait_until(lambda: len(stored(dsn)) >= 10, 30)
+        assert stored(dsn) == list(range(1, 11))
+        assert svc.terminate() == 0
+    finally:
+        terminal.kill()
+        terminal.wait(10)
+        terminal.stdin.close()
+        terminal.stdout.close()
+
+
+def test_the_operations_example_of_the_opcua_table_loads_as_written(tmp_path):
+    from ingestor import config
+
+    from .test_mqtt import doc_example
+
+    text = doc_example(ROOT / "docs" / "operations.md", "opcua-operations")
+    for name in ("opcua-cert.pem", "opcua-key.pem", "opcua-password"):
+        (tmp_path / name).write_text("x\n")
+        text = text.replace(f"/etc/ingestor/{name}", str(tmp_path / name))
+    (tmp_path / "ingestor.toml").write_text(text)
+    cfg, _ = config.load({}, config_file=str(tmp_path / "ingestor.toml"), environ={})
+    assert cfg.opcua is not None and [s.scale_id for s in cfg.opcua.scales] == [17, 18]
+    assert cfg.opcua.scales[0].seq == "ns=2;s=Scale17.Counter" and cfg.opcua.scales[1].seq == ""

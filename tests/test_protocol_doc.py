@@ -38,7 +38,8 @@ def examples() -> dict[str, tuple[str, str]]:
     return found
 
 
-RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-mqtt", "sparkplug-node"}  # by tests/test_mqtt.py, test_sparkplug.py
+# run by tests/test_mqtt.py, test_sparkplug.py and test_opcua.py, with a broker or as an OPC UA server
+RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-mqtt", "sparkplug-node", "opcua-terminal", "opcua-config"}
 
 
 def test_every_example_of_the_docs_is_run_by_this_module():
