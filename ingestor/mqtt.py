@@ -3,10 +3,13 @@
 It subscribes on a persistent session (MQTT 3.1.1 ``clean_session=0``, or
 MQTT 5 ``clean_start=0`` with a session that never expires) with manual
 acknowledgement. Each loop turn takes what the broker delivered, maps each
-message (:mod:`ingestor.mqtt_map`), and sends the measurements as one
-acked message to the front's ROUTER endpoint (docs/PROTOCOL.md §5); the
-PUBACK of each MQTT message goes out once the ingestor's reply says its
-events are committed. So a crash anywhere (this process, the ingestor,
+message to its measurements (:class:`JsonMessages` for an ``[mqtt]`` table,
+:class:`ingestor.sparkplug.SparkplugMessages` for ``[sparkplug]``), and
+sends them as one acked message to the front's ROUTER endpoint
+(docs/PROTOCOL.md §5); the PUBACK of each MQTT message goes out once the
+ingestor's reply says its events are committed, in the order the messages
+came (MQTT 3.1.1 §4.6; a message without measurements, a birth say, waits
+for those before it). So a crash anywhere (this process, the ingestor,
 the broker's connection) leaves the broker holding the message, which it
 delivers again; the dedup of (scale_id, seq) stores it once and counts the
 re-delivery as a duplicate.
