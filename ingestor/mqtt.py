@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT = Backoff(first_s=0.5, max_s=30.0, jitter=True)  # a plant's inputs restarted together spread out
 LOOP_S = 0.02  # one turn's wait for the broker: what arrives within it goes to the ingestor as one message
+MAX_READS_PER_TURN = 5000  # messages read in one turn at most: a backlog goes in acked messages of this many events
 KEEPALIVE_S = 30
 FINISH_S = 5.0  # at a stop, how long to wait for the ingestor's replies to what was sent (each then PUBACKed)
 # an acked message unanswered this long is sent to the front again: it was lost with a front that restarted.
@@ -241,6 +242,13 @@ class MqttInput:
     def turn(self) -> None:
         """One loop turn: read from the broker, send this turn's measurements, PUBACK what is committed."""
         self.client.loop(LOOP_S)
+        # paho reads one packet per loop() (its loop_read ignores max_packets): take what else has arrived, so a
+        # turn's messages go to the ingestor as one acked message, not one each
+        for _ in range(MAX_READS_PER_TURN):
+            before = int(self.counts["received"])
+            self.client.loop_read()
+            if int(self.counts["received"]) == before:
+                break
         if self._batch:
             token = self.sender.send(self._batch)  # one acked message (frames of at most 1,000 events)
             assert token is not None  # an acked sender gives every message a token

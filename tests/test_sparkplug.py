@@ -7,19 +7,26 @@ what the input would send. tests/test_mqtt.py runs the input against a real mosq
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
+import paho.mqtt.client as paho
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingestor import sparkplug
+from ingestor import config, sparkplug
 from ingestor.config import SparkplugConfig
 from ingestor.mqtt_map import Unmappable, WeighingMetrics
 from ingestor.sparkplug import Payload, SparkplugMessages
 from ingestor.stats import INPUT_DTYPE
+
+from .test_mqtt import ROOT, Broker, doc_example
 
 T0 = 1_764_064_800_000
 GROUP, NODE, DEVICE = "plant", "line-1", "scale-17"
@@ -275,28 +282,28 @@ def test_a_rebirth_request_is_the_specifications_ncmd():
 
 @pytest.fixture
 def broker(tmp_path):
-    from .test_mqtt import Broker
-
     (tmp_path / "broker").mkdir()
     b = Broker(tmp_path / "broker")
     yield b
     b.stop()
 
 
-@pytest.mark.slow
-def test_an_edge_node_through_a_real_broker_stores_what_arrives_and_is_asked_to_be_born_again_after_a_loss(
-        broker, service_factory, dsn, tmp_path):
-    import json
-
-    import paho.mqtt.client as paho
-    import psycopg
-
+def sparkplug_service(service_factory, dsn: str, tmp_path, broker, keys: str, data: list[str]):
+    """The service with a [sparkplug] table for ``broker`` (plus ``keys``, TOML lines), its input connected."""
     config_file = tmp_path / "ingestor.toml"
     config_file.write_text(f'[sparkplug]\nbroker = "{broker.address}"\ndevices = ["plant/+/scale-{{scale_id}}"]\n'
-                           'host_id = "ingestor-test"\n[sparkplug.metrics]\ndata = ["Weight", "Unit", "Tare"]\n')
+                           f'{keys}\n[sparkplug.metrics]\ndata = {json.dumps(data)}\n')
     svc = service_factory("--dsn", dsn, "--config", str(config_file))
     svc.wait_ready()
     svc.wait_for(lambda s: s["inputs"][0]["connected"])
+    return svc
+
+
+@pytest.mark.slow
+def test_an_edge_node_through_a_real_broker_stores_what_arrives_and_is_asked_to_be_born_again_after_a_loss(
+        broker, service_factory, dsn, tmp_path):
+    svc = sparkplug_service(service_factory, dsn, tmp_path, broker, 'host_id = "ingestor-test"',
+                            ["Weight", "Unit", "Tare"])
 
     node = EdgeNode()
     heard: list[tuple[str, bytes]] = []
@@ -353,19 +360,7 @@ def test_an_edge_node_through_a_real_broker_stores_what_arrives_and_is_asked_to_
 
 @pytest.mark.slow
 def test_the_protocols_edge_node_example_stores_its_twenty_weighings(broker, service_factory, dsn, tmp_path):
-    import subprocess
-    import sys
-
-    import psycopg
-
-    from .test_mqtt import ROOT, doc_example
-
-    config_file = tmp_path / "ingestor.toml"
-    config_file.write_text(f'[sparkplug]\nbroker = "{broker.address}"\ndevices = ["plant/+/scale-{{scale_id}}"]\n'
-                           '[sparkplug.metrics]\ndata = ["Weight", "Unit"]\n')
-    svc = service_factory("--dsn", dsn, "--config", str(config_file))
-    svc.wait_ready()
-    svc.wait_for(lambda s: s["inputs"][0]["connected"])
+    svc = sparkplug_service(service_factory, dsn, tmp_path, broker, "", ["Weight", "Unit"])
     time.sleep(0.5)  # subscribed: QoS 0 data reaches only a subscriber (PROTOCOL.md §12)
     node = doc_example(ROOT / "docs" / "PROTOCOL.md", "sparkplug-node").replace('"127.0.0.1", 1883',
                                                                             f'"127.0.0.1", {broker.port}')
@@ -380,10 +375,6 @@ def test_the_protocols_edge_node_example_stores_its_twenty_weighings(broker, ser
 
 
 def test_the_operations_example_of_the_sparkplug_table_loads_as_written(tmp_path):
-    from ingestor import config
-
-    from .test_mqtt import ROOT, doc_example
-
     text = doc_example(ROOT / "docs" / "operations.md", "sparkplug-config")
     for name in ("mqtt-password", "mqtt-ca.pem"):
         (tmp_path / name).write_text("x\n")
