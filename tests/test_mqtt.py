@@ -474,26 +474,48 @@ def doc_example(path: Path, name: str) -> str:
     return found[1]
 
 
-def test_the_readme_configuration_and_the_protocol_publisher_store_every_weighing_once(
+def test_the_readmes_configuration_runs_the_three_inputs_and_the_protocols_senders_store_every_weighing_once(
         broker, service_factory, dsn, tmp_path):
-    """README's [mqtt] example runs the input; PROTOCOL.md §11.1's publisher publishes; both as written, but for the
-    broker's port (the examples name 1883, this broker listens on a free port)."""
-    config_file = tmp_path / "ingestor.toml"
-    config_file.write_text(doc_example(ROOT / "README.md", "readme-mqtt").replace("127.0.0.1:1883", broker.address))
-    svc = service_factory("--dsn", dsn, "--config", str(config_file))
-    svc.wait_ready()
-    svc.wait_for(lambda s: s["inputs"][0]["connected"])
-    time.sleep(0.5)  # its subscription confirmed (a new session: nothing is queued for it before)
-    publisher = doc_example(ROOT / "docs" / "PROTOCOL.md", "mqtt-publisher").replace(
-        '"127.0.0.1", 1883', f'"127.0.0.1", {broker.port}')
-    run = subprocess.run([sys.executable, "-c", publisher], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0 and run.stdout.strip() == "published 100", run.stderr
-    publish(broker, [weighing(17, seq) for seq in range(101, 111)], qos=2)  # QoS 2 arrives as 1: stored once too
-    svc.wait_for(lambda s: s["persisted"] == 110)
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT scale_id, count(*), min(seq), max(seq) FROM weighing_logs GROUP BY 1").fetchall() \
-            == [(17, 110, 1, 110)]
-    assert svc.terminate() == 0
+    """README's configuration example runs the MQTT, Sparkplug B and OPC UA inputs; PROTOCOL.md's publisher (§11.1),
+    edge node (§12.1) and terminal (§13.1) send: all as written, but for the broker's and the terminal's ports
+    (the examples name 1883 and 4840; these listen on free ports)."""
+    protocol = ROOT / "docs" / "PROTOCOL.md"
+    port = free_port()
+    terminal = subprocess.Popen([sys.executable, "-c", doc_example(protocol, "opcua-terminal").replace(
+        ":4840/", f":{port}/")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert terminal.stdout is not None and terminal.stdin is not None
+        assert terminal.stdout.readline().startswith("serving")
+        config_file = tmp_path / "ingestor.toml"
+        config_file.write_text(doc_example(ROOT / "README.md", "readme-inputs").replace(
+            "127.0.0.1:1883", broker.address).replace(":4840/", f":{port}/"))
+        svc = service_factory("--dsn", dsn, "--config", str(config_file))
+        svc.wait_ready()
+        svc.wait_for(lambda s: [(i["name"], i["connected"]) for i in s["inputs"]] ==
+                     [("mqtt", True), ("sparkplug", True), ("opcua", True)])
+        time.sleep(1)  # subscribed (new sessions: nothing is queued for them before)
+        for name, printed in (("mqtt-publisher", "published 100"), ("sparkplug-node", "published 20")):
+            sender = doc_example(protocol, name).replace('"127.0.0.1", 1883', f'"127.0.0.1", {broker.port}')
+            run = subprocess.run([sys.executable, "-c", sender], capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0 and run.stdout.strip() == printed, run.stderr
+        publish(broker, [weighing(17, seq) for seq in range(101, 111)], qos=2)  # QoS 2 arrives as 1: stored once too
+        terminal.stdin.write("\n")
+        terminal.stdin.flush()
+        assert terminal.stdout.readline().strip() == "recorded 10"
+        # 110 MQTT and 20 Sparkplug B weighings of scale 17; 10 of the terminal, scale 40, and its first value
+        s = svc.wait_for(lambda s: s["persisted"] == 141)
+        assert [(i["name"], i["unmappable"], i["seq_gaps"]) for i in s["inputs"]] == \
+            [("mqtt", 0, 0), ("sparkplug", 0, 0), ("opcua", 0, 0)]
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT scale_id, count(*) FROM weighing_logs WHERE seq > 0 GROUP BY 1 ORDER BY 1"
+                                ).fetchall() == [(17, 130), (40, 10)]
+        assert svc.terminate() == 0
+    finally:
+        terminal.kill()
+        terminal.wait(10)
+        for pipe in (terminal.stdin, terminal.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_the_operations_example_of_the_mqtt_table_loads_as_written(tmp_path):

@@ -39,7 +39,7 @@ def examples() -> dict[str, tuple[str, str]]:
 
 
 # run by tests/test_mqtt.py, test_sparkplug.py and test_opcua.py, with a broker or as an OPC UA server
-RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-mqtt", "sparkplug-node", "opcua-terminal", "opcua-config"}
+RUN_WITH_A_BROKER = {"mqtt-publisher", "readme-inputs", "sparkplug-node", "opcua-terminal", "opcua-config"}
 
 
 def test_every_example_of_the_docs_is_run_by_this_module():
