@@ -381,6 +381,11 @@ def test_the_inputs_figures_count_its_messages_and_follow_its_connection_in_stat
     assert metric(svc, 'ingestor_input_received_messages_total{input="mqtt"}') == 202
     assert metric(svc, 'ingestor_input_unmappable_messages_total{input="mqtt"}') == 2
     assert metric(svc, 'ingestor_input_connected{input="mqtt"}') == 1
+    with urllib.request.urlopen(f"http://{svc.http}/metrics", timeout=5) as r:
+        exported = r.read().decode()
+    alerts = (ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text()
+    for name in set(re.findall(r"\b(ingestor_input_\w+)", alerts)):  # the inputs' alerts name real metrics
+        assert f"{name}{{" in exported, name
 
     broker.stop()
     svc.wait_for(lambda s: not s["inputs"][0]["connected"])
