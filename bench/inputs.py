@@ -12,10 +12,14 @@ queued or in-flight messages), per round:
   input's session), then the service starts and takes the backlog; events/s
   from the first commit to the last, and the ratio to a raw COPY of the same
   number of rows in the same run.
+  OPC UA: tests/opcua_scale.py's terminal records --opcua-events weighings
+  of one variable as fast as asyncua's own server writes them.
 - **the plant's rate**: --rate messages/s of 300 scales for --seconds,
   each input alone (ZeroMQ single-event frames; MQTT QoS 1 JSON; Sparkplug B
-  DDATA by alias at QoS 0): CPU seconds per process (front, writers, the
-  input, supervisor, PostgreSQL, mosquitto) and the service's share of a core.
+  DDATA by alias at QoS 0; OPC UA: one terminal's variable changing --rate
+  times a second): CPU seconds per process (front, writers, the input,
+  supervisor, PostgreSQL, mosquitto or the terminal) and the service's share
+  of a core.
 
 Results: bench/results/inputs-DATE.json and .md.
 """
@@ -72,9 +76,32 @@ class Broker:
         self.proc.wait(10)
 
 
-def config_file(workdir: Path, broker: Broker, table: str) -> Path:
+class Terminal:
+    """tests/opcua_scale.py: one scale's OPC UA server recording ``n`` weighings at ``rate``/s once told to."""
+
+    def __init__(self, n: int, rate: float) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-opcua-"))
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.opcua_scale", str(self.port), str(self.directory),
+                                      str(n), str(1000 / rate if rate else 0)], cwd=Path(__file__).resolve().parent.parent,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (self.directory / "listening").exists():
+            time.sleep(0.05)
+
+    def go(self) -> None:
+        (self.directory / "go").write_text("")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def config_file(workdir: Path, broker: Broker, table: str, port: int = 0) -> Path:
     path = workdir / f"{table}.toml"
-    if table == "mqtt":
+    if table == "opcua":
+        path.write_text(f'[opcua]\nendpoint = "opc.tcp://127.0.0.1:{port}/"\nqueue_size = 1000\n[[opcua.scales]]\n'
+                        'scale_id = 17\ndata = ["ns=2;s=Scale17.Weight"]\nseq = "ns=2;s=Scale17.Counter"\n')
+    elif table == "mqtt":
         path.write_text(f'[mqtt]\nbroker = "127.0.0.1:{broker.port}"\ntopics = ["{TEMPLATE}"]\n'
                         'client_id = "bench-ingestor"\n')
     else:
@@ -159,9 +186,14 @@ def wait_done(stats_ep: str, n: int, timeout_s: float = 600) -> dict:
 def drain(stats_ep: str, n: int) -> dict:
     """Events/s from the first commit to the last one of ``n`` events (the service's start and the sender's not
     counted): what a commit after the first stores per second."""
+    return drain_after(stats_ep, 0, n)
+
+
+def drain_after(stats_ep: str, already: int, n: int) -> dict:
+    """As :func:`drain`, from the first commit past ``already`` persisted events."""
     import datetime as dt
 
-    while (first := stats.query(stats_ep))["persisted"] == 0:
+    while (first := stats.query(stats_ep))["persisted"] <= already:
         time.sleep(0.005)
     t_first, done_first = dt.datetime.fromisoformat(first["last_persisted_at"]).timestamp(), first["persisted"]
     s = wait_done(stats_ep, n)
@@ -180,6 +212,25 @@ def full_speed_zmq(server, workdir: Path, n: int) -> dict:
     return result
 
 
+def full_speed_opcua(server, workdir: Path, broker: Broker, n: int) -> dict:
+    """The terminal records ``n`` weighings as fast as asyncua's server writes them; events/s first to last commit."""
+    dsn = fresh_db(server, f"opcua_{time.time_ns()}")
+    terminal = Terminal(n, 0)
+    proc, _, stats_ep = start_service(dsn, workdir, *ack_args(), "--config",
+                                      str(config_file(workdir, broker, "opcua", terminal.port)))
+    while not stats.query(stats_ep)["inputs"][0]["connected"]:
+        time.sleep(0.1)
+    time.sleep(1)
+    while stats.query(stats_ep)["persisted"] == 0:  # the first value, before the weighings begin
+        time.sleep(0.05)
+    terminal.go()
+    result = drain_after(stats_ep, 1, n + 1)
+    proc.terminate()
+    proc.wait(120)
+    terminal.stop()
+    return result
+
+
 def full_speed_mqtt(server, workdir: Path, broker: Broker, n: int, round_no: int) -> dict:
     dsn = fresh_db(server, f"mqtt_{time.time_ns()}")
     subscribe_once(broker, "bench-ingestor", TEMPLATE.replace("{scale_id}", "+"))
@@ -193,18 +244,20 @@ def full_speed_mqtt(server, workdir: Path, broker: Broker, n: int, round_no: int
 
 def paced(server, workdir: Path, broker: Broker, kind: str, rate: float, seconds: float, round_no: int) -> dict:
     dsn = fresh_db(server, f"{kind}_{time.time_ns()}")
-    extra = [] if kind == "zeromq" else [*ack_args(), "--config", str(config_file(workdir, broker, kind))]
+    n = int(rate * seconds)
+    terminal = Terminal(n, rate) if kind == "opcua" else None
+    extra = [] if kind == "zeromq" else [*ack_args(), "--config", str(config_file(workdir, broker, kind,
+                                                                                  terminal.port if terminal else 0))]
     proc, bind, stats_ep = start_service(dsn, workdir, *extra)
     if kind != "zeromq":
         deadline = time.monotonic() + 30
         while not stats.query(stats_ep)["inputs"][0]["connected"] and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1)
-    n = int(rate * seconds)
     sampler = Sampler()
     sampler.watch(postgres_procs(server))
     sampler.watch(named_procs(proc, stats_ep))
-    sampler.watch(lambda: {broker.proc.pid: "mosquitto"})
+    sampler.watch(lambda: {broker.proc.pid: "mosquitto"} if terminal is None else {terminal.proc.pid: "terminal"})
     with sampler:
         t0 = time.perf_counter()
         if kind == "zeromq":
@@ -213,14 +266,18 @@ def paced(server, workdir: Path, broker: Broker, kind: str, rate: float, seconds
             send.wait()
         elif kind == "mqtt":
             publish(broker, json_messages(n, round_no * 1_000_000), rate)
-        else:
+        elif kind == "sparkplug":
             sparkplug_node(broker, n, rate, round_no)
-        s = wait_done(stats_ep, n)
+        else:
+            terminal.go()
+        s = wait_done(stats_ep, n + (terminal is not None))  # the terminal's first value is stored too
         wall = time.perf_counter() - t0
     proc.terminate()
     proc.wait(120)
+    if terminal is not None:
+        terminal.stop()
     procs = sampler.figures()
-    service = sum(v["cpu_s"] for name, v in procs.items() if name not in ("postgres", "mosquitto", "sender"))
+    service = sum(v["cpu_s"] for name, v in procs.items() if name not in ("postgres", "mosquitto", "sender", "terminal"))
     return {"messages": n, "seconds": round(wall, 1), "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
             "processes": procs, "service_cpu_s": round(service, 2),
             "service_core_percent": round(100 * service / wall, 1), "service_us_per_event": round(1e6 * service / n)}
@@ -259,6 +316,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=300.0)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--opcua-events", type=int, default=10_000)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     workdir, server = throwaway_server("inputs")
@@ -272,18 +330,20 @@ def main() -> int:
             one["copy_events_per_s"] = round(a.events / copy_baseline(server, fresh_db(server, f"copy_{r}"), a.events))
             one["zeromq"] = full_speed_zmq(server, workdir, a.events)
             one["mqtt"] = full_speed_mqtt(server, workdir, broker, a.events, r)
+            one["opcua"] = full_speed_opcua(server, workdir, broker, a.opcua_events)
             one["paced"] = {kind: paced(server, workdir, broker, kind, a.rate, a.seconds, r)
-                            for kind in ("zeromq", "mqtt", "sparkplug")}
+                            for kind in ("zeromq", "mqtt", "sparkplug", "opcua")}
             results["rounds"].append(one)
             copy = one["copy_events_per_s"]
             lines.append(f"round {r + 1}: COPY {copy:,} events/s; full speed, one measurement per message: "
                          f"ZeroMQ {one['zeromq']['events_per_s']:,} ({one['zeromq']['events_per_s'] / copy:.2f} × COPY), "
-                         f"MQTT backlog {one['mqtt']['events_per_s']:,} ({one['mqtt']['events_per_s'] / copy:.2f} × COPY)")
+                         f"MQTT backlog {one['mqtt']['events_per_s']:,} ({one['mqtt']['events_per_s'] / copy:.2f} × COPY), "
+                         f"OPC UA {one['opcua']['events_per_s']:,} (one variable, as fast as asyncua's server writes)")
             for kind, v in one["paced"].items():
                 per = ", ".join(f"{name} {x['cpu_s']:.2f}" for name, x in v["processes"].items())
                 lines.append(f"  {a.rate:g}/s {kind:>9}: service {v['service_core_percent']} % of a core, "
                              f"{v['service_us_per_event']} µs/event, p50 {v['p50_ms']} p99 {v['p99_ms']} ms; CPU-s: {per}")
-            print("\n".join(lines[-4:]), flush=True)
+            print("\n".join(lines[-5:]), flush=True)
         save_results(a.out, f"inputs-{results['date']}", results, lines)
     finally:
         broker.stop()
