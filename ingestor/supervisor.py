@@ -10,13 +10,14 @@ to :class:`ingestor.resources.Resources` (the stats, the periodic work of
 (sockets, the database, the shared blocks) lives there.
 
 Children: one front, one writer per ring lane, optionally the lifecycle child,
-a simulator and the MQTT input (:func:`ingestor.roles.plan`).
+a simulator and the inputs of the ``[mqtt]``, ``[sparkplug]`` and ``[opcua]``
+tables (:func:`ingestor.roles.plan`).
 A dead child is respawned at the same index, after a backoff that doubles
 with each quick failure; a child exiting with ``EXIT_BOOT_ERROR`` halts the
 supervisor instead (it would only fail again).
 
 Stopping (the phases of :class:`Phase`):
-- graceful (SIGTERM, SIGINT): ``STOPPING_INPUTS`` (with an MQTT input):
+- graceful (SIGTERM, SIGINT): ``STOPPING_INPUTS`` (with an input table):
   stop the inputs (SIGTERM: each reads no more and acknowledges to its
   source what the ingestor answers meanwhile, while front and writers run
   on); once they are gone, ``STOPPING_FRONT``: stop the simulator and
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 LOOP_WAKE_S = 1.0  # the loop runs at least this often
 DRAIN_OFFLINE_GRACE_S = 10.0  # a drain waits this long for an unreachable database, then spools
 FRONT_STOP_TIMEOUT_S = 15.0
-INPUT_STOP_TIMEOUT_S = 15.0  # an input waits up to 5 s for the ingestor's last replies (ingestor/mqtt.py FINISH_S)
+INPUT_STOP_TIMEOUT_S = 15.0  # an input waits up to 5 s for the ingestor's last replies (mqtt.py, opcua.py FINISH_S)
 # the identity of docs/operations.md#stats, logged once at exit: received_events = the sum of the others.
 FINAL_COUNTS = ("received_events", "invalid", "duplicates", "persisted", "failed", "lost", "pending")
 
