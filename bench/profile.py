@@ -27,6 +27,8 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+# the one installed beside this interpreter (a virtualenv's bin/ is often not on PATH), else PATH's
+PY_SPY = str(Path(sys.executable).with_name("py-spy")) if Path(sys.executable).with_name("py-spy").exists() else "py-spy"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -37,7 +39,7 @@ from ingestor import stats  # noqa: E402
 
 
 def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen:
-    return subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(round(seconds)), "-r", "200", "-f", fmt,
+    return subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", "200", "-f", fmt,
                              "-o", str(out)], stdout=subprocess.DEVNULL)
 
 

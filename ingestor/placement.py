@@ -66,6 +66,7 @@ class Placement:
         self._spool_retry_at = 0.0  # monotonic time before which the spool is not tried again
         self._read_failing = False  # the last read of a spool block failed (logged once until one succeeds)
         self._held = 0  # received records in hand, in no ring or spool yet
+        self._published: tuple[int, int, int, int] | None = None  # the figures last stored by _publish_pending
 
     @property
     def spooling(self) -> bool:
@@ -289,6 +290,10 @@ class Placement:
         in_ring = 0
         if self._carry is not None:
             in_ring = self.spool.oldest_records - sum(len(part) for part in self._carry)
+        figures = (in_ring, self.spool.events, self._held, self.spool.bytes)
+        if figures == self._published:
+            return  # the block already holds them: a frame's steps repeat the same figures (one store is ~1 µs)
+        self._published = figures
         c = self.counters
         c["spool_in_ring"] = in_ring
         c["spool_events"] = self.spool.events - in_ring

@@ -258,16 +258,17 @@ class Lane:
 
     # -- consumer -------------------------------------------------------
 
-    def wait_batch(self, max_records: int, interval_s: float, last_start: float,
-                   keep_waiting: Callable[[], bool]) -> int:
+    def wait_batch(self, max_records: int, interval_s: float, keep_waiting: Callable[[], bool]) -> int:
         """Wait until a batch is ready and return its size (at most ``max_records``).
 
-        Group commit: a batch is ready when ``max_records`` records are held, or
-        when records are held and ``interval_s`` has passed since ``last_start``
-        (``time.monotonic()`` when the caller's previous batch began). So a
-        writer idle for ``interval_s`` takes a first event at once, a busy one
-        takes everything that arrived while it committed, and no record waits
-        more than ``interval_s`` for its batch to begin. Once ``keep_waiting``
+        Group commit by age: a batch is ready when ``max_records`` records are
+        held (or the lane is full), or when its oldest record has waited
+        ``interval_s`` since the front received it (its ``received_ns``). So no
+        record waits longer than ``interval_s`` for its batch to begin, and
+        every batch is as large as that allows: a quiet lane's first record
+        waits for those behind it (a plant at 30 events/s commits about two per
+        transaction, not one), a busy writer whose commit outlasted
+        ``interval_s`` takes what is held at once. Once ``keep_waiting``
         returns False (draining), whatever is held is ready at once, and 0 is
         returned when nothing is.
 
@@ -276,17 +277,25 @@ class Lane:
         ``want`` and ``head`` a wakeup can be missed (ring module doc): it then
         costs at most WAIT_SLICE_S, or the rest of ``interval_s``.
         """
+        deadline = None  # monotonic, once a record is held (the tail does not move while we wait)
         while True:
             n = self.used()
-            if n >= max_records:
-                return max_records
+            if n >= max_records or (n and n >= self.capacity):
+                return min(n, max_records)
             if n and not keep_waiting():
                 return n
             if not n and not keep_waiting():
                 return 0
-            left = last_start + interval_s - time.monotonic() if n else WAIT_SLICE_S
-            if n and left <= 0:
-                return n
+            if n:
+                if deadline is None:
+                    # the front's wall-clock stamp; a clock step cannot stretch the wait beyond interval_s
+                    oldest_ns = int(self._slots[self.tail % self.capacity]["received_ns"])
+                    deadline = time.monotonic() + min(interval_s, oldest_ns / 1e9 + interval_s - time.time())
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return n
+            else:
+                left = WAIT_SLICE_S
             self._pos[_WANT] = self.tail + (max_records if n else 1)
             if self.used() == n:  # nothing arrived between the look and the store
                 self._data.acquire(timeout=min(left, WAIT_SLICE_S))

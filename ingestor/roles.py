@@ -67,6 +67,11 @@ class CurveServerArgs(msgspec.Struct, frozen=True):
     extra_clients: tuple[bytes, ...] = ()  #: z85 public keys allowed besides the directory's (the simulator's)
 
 
+# The front's pace as a share of the group-commit interval: a frame may wait this long in ZeroMQ's
+# queue without lengthening its commit's latency bound (ingestor/front.py, "Pacing").
+FRONT_PACE_SHARE = 0.25
+
+
 class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the front process needs (:func:`ingestor.front.run_front`)."""
 
@@ -81,6 +86,9 @@ class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
     spool_max_bytes: int
     dead_letters: DeadLetterArgs
     curve: CurveServerArgs | None = None
+    #: ms; while frames come more often than this, the front looks at its sockets at most this often
+    #: (:data:`FRONT_PACE_SHARE` of ``batch_timeout_ms``: ingestor/front.py); 0: on every frame
+    pace_ms: float = 0.0
 
     @classmethod
     def from_config(cls, config: Config, shared: SharedBlocks, curve: CurveServerArgs | None) -> FrontArgs:
@@ -88,6 +96,7 @@ class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
             shared=shared, bind=config.bind, ack_bind=config.ack_endpoint(), max_frame_bytes=config.max_frame_bytes,
             spool_dir=str(config.resolved_spool_dir()), spool_max_bytes=config.spool_max_bytes,
             dead_letters=DeadLetterArgs.from_config(config), curve=curve,
+            pace_ms=config.batch_timeout_ms * FRONT_PACE_SHARE,
         )
 
 

@@ -22,7 +22,7 @@ from .roles import SimulatorArgs
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.01  # pacing granularity
+TICK_S = 0.01  # the longest pause between two looks at what is due
 
 
 class Summary(msgspec.Struct):
@@ -110,7 +110,10 @@ class Simulator:
                     if sent >= self.events:
                         break
                 if due <= sent:
-                    time.sleep(TICK_S)
+                    # until the next frame is due, so frames come evenly spaced as from independent
+                    # scales (a 10 ms tick sent them in bursts); a tick at most: a frame takes what is due
+                    next_frame_due = (sent + self.events_per_frame - 1) / self.rate
+                    time.sleep(min(TICK_S, max(next_frame_due - elapsed, 0.0)))
                     continue
                 while sent < due and not stopping():
                     count = min(self.events_per_frame, due - sent)

@@ -229,15 +229,13 @@ class Writer:
         self.pool.open(wait=False)
         try:
             self._retrying(self._recover)
-            last_start = time.monotonic()  # the interval counts from the writer's start too
             while True:
-                n = self.lane.wait_batch(self.batch_size, self.batch_interval_s, last_start, lambda: not self.draining())
+                n = self.lane.wait_batch(self.batch_size, self.batch_interval_s, lambda: not self.draining())
                 if n == 0:
                     if self.draining() and self.lane.used() == 0:
                         log.info("Lane %d drained; writer exiting", self.lane.index)
                         return
                     continue
-                last_start = time.monotonic()
                 self.write_batch(self.lane.peek(n))
         finally:
             self.pool.close()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
+import msgspec
+import numpy as np
 import pytest
 import zmq
 
@@ -68,3 +72,67 @@ def test_an_error_once_listening_is_not_a_boot_error_so_the_front_is_restarted(s
     with pytest.raises(zmq.ZMQError) as raised:
         run_front(front_args(shared, tmp_path, free_endpoint(), free_endpoint()), stop)
     assert not isinstance(raised.value, BootError)
+
+
+@pytest.fixture
+def ring_and_shared() -> Iterator[tuple[Ring, SharedBlocks]]:
+    ring = Ring.create(lanes=1, lane_capacity=256, dtype=RECORD_DTYPE, ctx=multiprocessing.get_context("spawn"))
+    counters, acks = Counters.create(1), AckTable.create(1)
+    yield ring, SharedBlocks(ring=ring.spec, semaphores=ring.handles[1], counters=counters.name, acks=acks.name)
+    for block in (ring, counters, acks):
+        block.unlink()
+        block.close()
+
+
+def _send_spaced(bind: str, frames: int, spacing_s: float) -> list[int]:
+    """``frames`` single-event frames, one per ``spacing_s``; the wall clock (ns) just before each is sent."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(bind)
+    time.sleep(0.3)  # connected before the first frame, so none waits in the sender's queue
+    sent = []
+    try:
+        for seq in range(frames):
+            sent.append(time.time_ns())
+            push.send(msgspec.msgpack.encode({"scale_id": 1, "seq": seq, "ts": sent[-1] // 10**6}))
+            time.sleep(spacing_s)
+        time.sleep(0.3)
+    finally:
+        push.close(linger=1000)
+        ctx.term()
+    return sent
+
+
+def _run_front_while(args: FrontArgs, act) -> None:
+    stop = threading.Event()
+    t = threading.Thread(target=run_front, args=(args, stop.is_set))
+    t.start()
+    try:
+        act()
+    finally:
+        stop.set()
+        t.join(10)
+
+
+@pytest.mark.parametrize(("spacing_ms", "paced"), [(2, True), (80, False)])
+def test_frames_faster_than_the_pace_are_taken_in_few_wakes_each_stamped_no_later_than_it_was_sent(
+        ring_and_shared, tmp_path, spacing_ms, paced):
+    """The module doc's "Pacing": a busy socket is looked at once per pace, a quiet one on every frame; either
+    way a record's received_ns is never after the frame was sent, so the latency bound counts from before it came."""
+    ring, shared = ring_and_shared
+    args = msgspec.structs.replace(front_args(shared, tmp_path, free_endpoint(), None), pace_ms=25.0)
+    frames = 60 if paced else 6
+    sent: list[int] = []
+    _run_front_while(args, lambda: sent.extend(_send_spaced(args.bind, frames, spacing_ms / 1000)))
+    lane = ring.lanes[0]
+    records = lane.peek(lane.used())
+    assert list(records["seq"]) == list(range(frames))
+    stamps = records["received_ns"]
+    assert (stamps <= np.array(sent) + 5 * 10**6).all()  # never later than sent (5 ms: the two clocks' reads)
+    wakes = len(set(stamps.tolist()))
+    if paced:  # 60 frames over ~150 ms (sleep overshoot makes it longer): about one look per 25 ms, not 60
+        assert wakes <= (sent[-1] - sent[0]) / 25e6 + 4, wakes
+        assert (stamps >= np.array(sent) - 40 * 10**6).all()  # at most a pace and a half before it was sent
+    else:
+        assert wakes == frames
+        assert (stamps >= np.array(sent)).all()  # a frame of a quiet plant is stamped when it comes

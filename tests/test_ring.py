@@ -64,18 +64,40 @@ def test_release_more_than_held_raises(ring):
         ring.lanes[0].release(1)
 
 
-def test_wait_batch_returns_a_full_batch_at_once_and_a_partial_one_interval_after_the_last_began(ring):
+def test_wait_batch_returns_a_full_batch_at_once_and_a_partial_one_when_its_oldest_record_is_interval_old(ring):
     lane = ring.lanes[0]
     lane.put(records(0, 8))
-    assert lane.wait_batch(4, 10.0, time.monotonic(), lambda: True) == 4
+    assert lane.wait_batch(4, 10.0, lambda: True) == 4
     lane.release(8)
-    lane.put(records(8, 2))
+    old = records(8, 2)
+    old["received_ns"] -= 10 * 10**9  # received 10 s ago
+    lane.put(old)
     t0 = time.monotonic()
-    assert lane.wait_batch(4, 10.0, t0 - 10.0, lambda: True) == 2  # idle for the interval: at once
+    assert lane.wait_batch(4, 10.0, lambda: True) == 2  # the oldest waited the interval already: at once
     assert time.monotonic() - t0 < 0.05
-    assert lane.wait_batch(4, 0.2, t0, lambda: True) == 2  # the last batch began just now: waits
+    lane.release(2)
+    lane.put(records(10, 2))  # received just now
+    assert lane.wait_batch(4, 0.2, lambda: True) == 2  # waits until the oldest is 0.2 s old
     assert 0.19 < time.monotonic() - t0 < 1.0
-    assert lane.wait_batch(4, 10.0, time.monotonic(), lambda: False) == 2  # draining: returned regardless
+    assert lane.wait_batch(4, 10.0, lambda: False) == 2  # draining: returned regardless
+
+
+def test_a_record_received_in_the_future_by_the_clock_waits_no_longer_than_the_interval(ring):
+    lane = ring.lanes[0]
+    ahead = records(0, 1)
+    ahead["received_ns"] += 3600 * 10**9  # the wall clock stepped back an hour since the front stamped it
+    lane.put(ahead)
+    t0 = time.monotonic()
+    assert lane.wait_batch(4, 0.2, lambda: True) == 1
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_full_lane_is_a_batch_even_below_the_batch_size(ring):
+    lane = ring.lanes[0]
+    lane.put(records(0, 8))  # the lane's 8 slots
+    t0 = time.monotonic()
+    assert lane.wait_batch(100, 10.0, lambda: True) == 8
+    assert time.monotonic() - t0 < 0.05
 
 
 def test_a_waiting_consumer_is_woken_when_the_lane_reaches_the_count_it_waits_for(ring):
@@ -83,9 +105,9 @@ def test_a_waiting_consumer_is_woken_when_the_lane_reaches_the_count_it_waits_fo
     woke: list[float] = []
 
     def consume() -> None:
-        woke.append(lane.wait_batch(1, 10.0, 0.0, lambda: True))  # empty lane: waits for one record
+        woke.append(lane.wait_batch(1, 10.0, lambda: True))  # empty lane: waits for one record
         t0 = time.monotonic()
-        woke.append(lane.wait_batch(4, 5.0, t0, lambda: True))  # holds 1, waits for 4
+        woke.append(lane.wait_batch(4, 5.0, lambda: True))  # holds 1, waits for 4
         woke.append(time.monotonic() - t0)
 
     t = threading.Thread(target=consume)
@@ -118,7 +140,7 @@ def test_records_cross_processes_in_order_through_a_small_lane(ring):
     lane, got = ring.lanes[0], []
     deadline = time.monotonic() + 30
     while len(got) < n and time.monotonic() < deadline:
-        k = lane.wait_batch(8, 0.01, 0.0, lambda: True)
+        k = lane.wait_batch(8, 0.01, lambda: True)
         if k:
             got += lane.peek(k)["seq"].tolist()
             lane.release(k)
