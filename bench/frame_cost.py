@@ -14,10 +14,14 @@ receive-to-commit and the average batch; writes
 
 With --profile, each rate runs once more under py-spy (``pip install
 py-spy``; ptrace: root or ``kernel.yama.ptrace_scope=0``), the front and
-writer 0 recorded at 200 Hz: each process's CPU per event is divided among
-the functions its main thread was sampled in (self time, grouped by the
-step of the path it belongs to), a table of µs per event. py-spy takes CPU
-itself, so the profiled runs are not the ones whose totals are quoted.
+writer 0 recorded at 200 Hz with ``--gil --nonblocking`` (not pausing them): only samples of a thread holding
+the GIL, that is running Python code, so each sample is 5 ms of Python CPU
+(py-spy's own idle detection takes a sleeping thread for a busy one on these
+VMs). Their main threads' samples are grouped by the step of the path they
+are in; what the process's CPU (psutil) holds beyond them is work outside
+Python: the kernel's wake-ups and system calls, libzmq, libpq, numpy's C
+loops. A table of µs per event. py-spy takes CPU itself, so the profiled
+runs are not the ones whose totals are quoted.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profile import record  # noqa: E402
+from profile import RATE_HZ, record  # noqa: E402
 
 from compare import RESULTS, machine, run_ingestor, save_results  # noqa: E402
 from throughput import fresh_db, sender, start_service, throwaway_server  # noqa: E402
@@ -52,7 +56,10 @@ STEPS = (
                                        "Connection.execute", "BaseCursor")),
     ("claims, chain links", ("Claims", "Chains", "canonical_from_records", "_Keys", "link")),
     ("commit bookkeeping (counters, acks, release)", ("_committed", "AckTable", "latency_buckets", "bucket_of",
-                                                      "write_batch", "_acknowledge", "Lane.release")),
+                                                      "_acknowledge", "Lane.release", "Writer._commit",
+                                                      "Writer.write_batch")),
+    ("the batch's arrays (numpy)", ("_write_small", "_write_general", "BinaryArray", "texts", "upsert_params",
+                                    "copy_payload", "build")),
     ("pool", ("ConnectionPool", "_GeneratorContextManager")),
 )
 
@@ -67,15 +74,19 @@ def step_of(stack: list[str]) -> str:
 
 
 def breakdown(raw: Path, root: str, cpu_s: float, events: int) -> dict[str, float]:
-    """µs per event by step: ``cpu_s`` (psutil's, for the whole process) divided as the main thread's samples are."""
+    """µs per event by step from ``--gil`` samples (each 1/RATE_HZ s of Python), and the rest of ``cpu_s``."""
     by_step: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if root not in stack:
-            continue  # the pool's threads (idle, though py-spy may not see it), interpreter start-up
+            continue  # the pool's threads, interpreter start-up
         by_step[step_of(stack.split(";"))] += int(n)
-    total = sum(by_step.values()) or 1
-    return {step: round(1e6 * cpu_s * n / total / events, 1) for step, n in by_step.most_common()}
+    out = {step: round(1e6 * n / RATE_HZ / events, 1) for step, n in by_step.most_common()}
+    out[OUTSIDE] = round(1e6 * cpu_s / events - sum(out.values()), 1)
+    return out
+
+
+OUTSIDE = "outside Python: wake-ups, system calls, libzmq, libpq, numpy's C loops"
 
 
 def measure(server, workdir: Path, name: str, rate: float, seconds: float, events: int) -> dict:
@@ -103,7 +114,8 @@ def profiled(server, workdir: Path, rate: float, seconds: float, out: Path) -> d
     pids = {"front": front, "writer-0": writers[0]}
     before = {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in pids.items()}
     persisted = stats.query(stats_ep)["persisted"]
-    jobs = [record(pid, seconds, out / f"profile-{role}-{int(rate)}.txt", "raw") for role, pid in pids.items()]
+    jobs = [record(pid, seconds, out / f"profile-{role}-{int(rate)}.txt", "raw", "--gil", "--nonblocking")
+            for role, pid in pids.items()]
     for job in jobs:
         job.wait()
     cpu = {role: sum(psutil.Process(pid).cpu_times()[:2]) - before[role] for role, pid in pids.items()}
@@ -166,8 +178,8 @@ def totals_table(results: dict) -> list[str]:
 def profile_table(results: dict) -> list[str]:
     prof = results["profile"]
     rates = list(prof)
-    lines = [f"{results['machine']}; {results['date']}; µs of CPU per event by step (py-spy, 200 Hz, main thread; "
-             "each process's psutil CPU divided as its samples are)", ""]
+    lines = [f"{results['machine']}; {results['date']}; µs of CPU per event by step (py-spy --gil, 200 Hz, main "
+             "thread: Python's own work; the rest of the process's psutil CPU is outside Python)", ""]
     for role in ("front", "writer-0"):
         steps = list(dict.fromkeys(s for r in rates for s in prof[r][role]))
         lines += [f"**{role}**", "", "| step | " + " | ".join(f"{r}/s" for r in rates) + " |",

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+RATE_HZ = 200  # py-spy's samples per second
 # the one installed beside this interpreter (a virtualenv's bin/ is often not on PATH), else PATH's
 PY_SPY = str(Path(sys.executable).with_name("py-spy")) if Path(sys.executable).with_name("py-spy").exists() else "py-spy"
 sys.path.insert(0, str(ROOT))
@@ -38,9 +39,9 @@ from throughput import fresh_db, sender, start_service, throwaway_server  # noqa
 from ingestor import stats  # noqa: E402
 
 
-def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen:
-    return subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", "200", "-f", fmt,
-                             "-o", str(out)], stdout=subprocess.DEVNULL)
+def record(pid: int, seconds: float, out: Path, fmt: str, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(RATE_HZ), "-f", fmt,
+                             "-o", str(out), *flags], stdout=subprocess.DEVNULL)
 
 
 def summarize(raw: Path, root: str, top: int) -> list[str]:

@@ -15,11 +15,12 @@ it before any new frame's events.
 
 Pacing: each wake of the front costs tens of µs of CPU before it does any
 work (the kernel's wake-up, ZeroMQ's mailbox, cold caches), more than
-decoding a single-event frame. While frames come more often than once per
+decoding a single-event frame. While frames come more than twice per
 ``pace_s`` (a quarter of the group-commit interval by default), the front
-sleeps until ``pace_s`` after its last look and then takes everything
-queued meanwhile in one wake: at 300 single-event frames/s about one wake
-per three frames. A quiet plant's frames are taken as they come. The
+sleeps until ``pace_s`` after its last wake and then takes everything
+queued meanwhile in one wake (at 300 single-event frames/s about one wake
+per three frames), as long as a paced wake finds two frames or more. A
+quiet plant's frames are taken as they come. The
 frames of a paced wake are stamped (``received_ns``) with the moment of the
 front's previous look, the earliest they can have arrived, and the writers
 begin a batch at most the group-commit interval after its oldest record's
@@ -176,9 +177,12 @@ class Front:
                     failpoint("front.after_receive")
                     self.accept(messages, acked=acked, received_ns=received_ns)
                     taken += len(messages)
-            # Pace while frames come more often than one per pace (half again, for the jitter
-            # of a paced wake), unless a pace's frames would near the high-water mark.
-            pacing = 0 < taken < RCVHWM // 2 and self.pace_s > 0 and woke - previous < 1.5 * self.pace_s
+            # Pace while it saves wakes: from two frames within half a pace, as long as a paced
+            # wake finds two or more; not when a pace's frames would near the high-water mark.
+            if taken >= RCVHWM // 2 or not self.pace_s:
+                pacing = False
+            else:
+                pacing = taken >= 2 if paced else taken > 0 and woke - previous < self.pace_s / 2
 
     def accept(self, messages: list[list[bytes]], acked: bool = False, received_ns: int | None = None) -> None:
         """Decode ``messages`` (each a list of frames) and place their valid events (ring, else spool).

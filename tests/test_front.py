@@ -114,10 +114,11 @@ def _run_front_while(args: FrontArgs, act) -> None:
         t.join(10)
 
 
-@pytest.mark.parametrize(("spacing_ms", "paced"), [(2, True), (80, False)])
+@pytest.mark.parametrize(("spacing_ms", "paced"), [(2, True), (15, False), (80, False)])
 def test_frames_faster_than_the_pace_are_taken_in_few_wakes_each_stamped_no_later_than_it_was_sent(
         ring_and_shared, tmp_path, spacing_ms, paced):
-    """The module doc's "Pacing": a busy socket is looked at once per pace, a quiet one on every frame; either
+    """The module doc's "Pacing": a busy socket is looked at once per pace, one whose frames come less than twice
+    per pace (15 ms apart, a pace of 25 ms: a paced wake would find one) on every frame; either
     way a record's received_ns is never after the frame was sent, so the latency bound counts from before it came."""
     ring, shared = ring_and_shared
     args = msgspec.structs.replace(front_args(shared, tmp_path, free_endpoint(), None), pace_ms=25.0)
