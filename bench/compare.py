@@ -186,7 +186,7 @@ def seed_way(dsn: str, n: int) -> float:
 
 
 def run_ingestor(server: EmbeddedPostgres, workdir: Path, name: str, events: int, rate: float, duration: float,
-                 extra: list[str], pss: bool = False, events_per_frame: int = 100) -> dict:
+                 extra: list[str], pss: bool = False, events_per_frame: int = 100, scales: int = SCALES) -> dict:
     dsn = fresh_db(server, name)
     proc, bind, stats_ep = start_service(dsn, workdir, *extra)
     writer_pids = [w["pid"] for w in stats.query(stats_ep)["writers"]]
@@ -195,7 +195,7 @@ def run_ingestor(server: EmbeddedPostgres, workdir: Path, name: str, events: int
     sampler.watch(service_procs(proc, lambda: writer_pids))
     with sampler:
         t0 = time.perf_counter()
-        send = sender(bind, events, rate, 0, duration, events_per_frame)
+        send = sender(bind, events, rate, 0, duration, events_per_frame, scales)
         sampler.watch(lambda: {send.pid: "sender"})
         target = events
         while True:

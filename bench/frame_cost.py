@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -105,24 +107,25 @@ def profiled(server, workdir: Path, rate: float, seconds: float, out: Path) -> d
     """One more run at ``rate`` with py-spy on the front and writer 0: µs per event by step, per process."""
     dsn = fresh_db(server, f"prof_{int(rate)}")
     proc, bind, stats_ep = start_service(dsn, workdir)
-    import psutil
-    writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
-    front = next(c.pid for c in psutil.Process(proc.pid).children()
-                 if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline()))
-    send = sender(bind, 0, rate, 0, seconds + 6, 1)
-    time.sleep(3)
-    pids = {"front": front, "writer-0": writers[0]}
-    before = {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in pids.items()}
-    persisted = stats.query(stats_ep)["persisted"]
-    jobs = [record(pid, seconds, out / f"profile-{role}-{int(rate)}.txt", "raw", "--gil", "--nonblocking")
-            for role, pid in pids.items()]
-    for job in jobs:
-        job.wait()
-    cpu = {role: sum(psutil.Process(pid).cpu_times()[:2]) - before[role] for role, pid in pids.items()}
-    events = stats.query(stats_ep)["persisted"] - persisted
-    send.wait(60)
-    proc.terminate()
-    proc.wait(120)
+    try:  # the service goes with the run, whatever fails (py-spy missing, no ptrace)
+        writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
+        front = next(c.pid for c in psutil.Process(proc.pid).children()
+                     if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline()))
+        send = sender(bind, 0, rate, 0, seconds + 6, 1)
+        time.sleep(3)
+        pids = {"front": front, "writer-0": writers[0]}
+        before = {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in pids.items()}
+        persisted = stats.query(stats_ep)["persisted"]
+        jobs = [record(pid, seconds, out / f"profile-{role}-{int(rate)}.txt", "raw", "--gil", "--nonblocking")
+                for role, pid in pids.items()]
+        for job in jobs:
+            job.wait()
+        cpu = {role: sum(psutil.Process(pid).cpu_times()[:2]) - before[role] for role, pid in pids.items()}
+        events = stats.query(stats_ep)["persisted"] - persisted
+        send.wait(60)
+    finally:
+        proc.terminate()
+        proc.wait(120)
     return {role: breakdown(out / f"profile-{role}-{int(rate)}.txt", root, cpu[role], events)
             for role, root in (("front", "Front.run"), ("writer-0", "Writer.run"))}
 

@@ -77,21 +77,23 @@ def main() -> int:
     try:
         dsn = fresh_db(server, "profile")
         proc, bind, stats_ep = start_service(dsn, workdir, "--writers", str(a.writers))
-        writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
-        front = next(c.pid for c in psutil.Process(proc.pid).children()
-                     if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline()))
-        send = sender(bind, 0, a.rate, 0, a.seconds + 6, a.events_per_frame)
-        time.sleep(3)  # past start-up
-        targets = {"front": front, "writer-0": writers[0]}
-        jobs = []
-        for role, pid in targets.items():  # one py-spy per process: two on one pid interfere
-            jobs.append(record(pid, a.seconds, a.out / f"profile-{role}.txt", "raw"))
-        for job in jobs:
-            job.wait()
-        s = stats.query(stats_ep)
-        send.wait(60)
-        proc.terminate()
-        proc.wait(120)
+        try:  # the service goes with the run, whatever fails (py-spy missing, no ptrace)
+            writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
+            front = next(c.pid for c in psutil.Process(proc.pid).children()
+                         if c.pid not in writers and "resource_tracker" not in " ".join(c.cmdline()))
+            send = sender(bind, 0, a.rate, 0, a.seconds + 6, a.events_per_frame)
+            time.sleep(3)  # past start-up
+            targets = {"front": front, "writer-0": writers[0]}
+            jobs = []
+            for role, pid in targets.items():  # one py-spy per process: two on one pid interfere
+                jobs.append(record(pid, a.seconds, a.out / f"profile-{role}.txt", "raw"))
+            for job in jobs:
+                job.wait()
+            s = stats.query(stats_ep)
+            send.wait(60)
+        finally:
+            proc.terminate()
+            proc.wait(120)
     finally:
         server.stop()
     print(f"{f'{a.rate:g} events/s' if a.rate else 'full speed'}, {a.writers} writers: "

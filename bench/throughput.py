@@ -139,8 +139,8 @@ def wait_persisted(stats_ep: str, n: int, timeout_s: float = 600) -> dict:
 
 
 def sender(bind: str, n: int, rate: float, seq_start: int, duration: float = 0,
-           events_per_frame: int = 100) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--endpoint", bind, "--scales", str(SCALES),
+           events_per_frame: int = 100, scales: int = SCALES) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--endpoint", bind, "--scales", str(scales),
             "--rate", str(rate), "--seq-start", str(seq_start), "--start-ms", str(START_MS),
             "--events-per-frame", str(events_per_frame)]
     args += ["--events", str(n)] if n else []
