@@ -16,7 +16,7 @@ it before any new frame's events.
 Pacing: each wake of the front costs tens of µs of CPU before it does any
 work (the kernel's wake-up, ZeroMQ's mailbox, cold caches), more than
 decoding a single-event frame. While frames come more than twice per
-``pace_s`` (a quarter of the group-commit interval by default), the front
+``pace_s`` (a quarter of the group-commit interval, at most 50 ms), the front
 sleeps until ``pace_s`` after its last wake and then takes everything
 queued meanwhile in one wake (at 300 single-event frames/s about one wake
 per three frames), as long as a paced wake finds two frames or more. A
