@@ -138,18 +138,17 @@ class SmallBatch(NamedTuple):
     seq: BinaryArray  #: int8[]
     measured_us: BinaryArray  #: int8[], µs since the Unix epoch
     created_us: int
-    d1: list[str | None]
-    d2: list[str | None]
-    d3: list[str | None]
-    d4: list[str | None]
-    d5: list[str | None]
+    d1: BinaryArray  #: text[]
+    d2: BinaryArray
+    d3: BinaryArray
+    d4: BinaryArray
+    d5: BinaryArray
     record_no: BinaryArray | None  #: int8[], the new events' record numbers; None: no chain
     link: BinaryArray | None  #: bytea[]
 
 
-# psycopg's %s lets it choose the format (text for str, int and lists of str); the arrays go as binary (%b)
-_AUTO_FORMAT = {"instance", "lane", "ring_id", "position", "persisted", "duplicates", "failed", "created_us",
-                   "d1", "d2", "d3", "d4", "d5"}
+# psycopg's %s lets it choose the format (text for str and int); the arrays go as binary (%b)
+_AUTO_FORMAT = {"instance", "lane", "ring_id", "position", "persisted", "duplicates", "failed", "created_us"}
 WRITE_SMALL_BATCH_SQL = "SELECT ingestor_write_small_batch({})".format(
     ", ".join(f"p_{name} => %({name}){'s' if name in _AUTO_FORMAT else 'b'}" for name in SmallBatch._fields))
 
@@ -329,7 +328,7 @@ class Writer:
                          record_no=BinaryArray(chained.record_no, INT8_ARRAY_OID),
                          link=BinaryArray(chained.link, LINK_ARRAY_OID))
         persisted, duplicates, _ = counts = self._counts(records, fresh)
-        d1, d2, d3, d4, d5 = (copy_payload.texts(new, k) for k in range(len(DATA_FIELDS)))
+        d1, d2, d3, d4, d5 = (BinaryArray.texts(new, k) for k in range(len(DATA_FIELDS)))
         batch = SmallBatch(
             instance=self.instance, lane=self.lane.index, ring_id=self.ring_id, position=position, persisted=persisted,
             duplicates=duplicates, failed=int(self.counters["failed"]), new_scales=runs.new_scales,
@@ -503,6 +502,9 @@ class Writer:
         """Prepare a new connection (the pool's ``configure``), and check its server kept our commits."""
         copy_payload.register_dumpers(conn)
         set_search_path(conn, schema)
+        # A small batch's texts go as binary text[] of UTF-8 bytes, which PostgreSQL reads in the
+        # client encoding: a DSN's client_encoding (LATIN1, say) would mangle them otherwise.
+        conn.execute("SET client_encoding TO 'UTF8'")
         conn.commit()
         # A small batch is one statement: autocommit spares it BEGIN and COMMIT, two
         # round trips; the general path opens its transaction itself.

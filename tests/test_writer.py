@@ -172,13 +172,18 @@ def test_the_small_batch_arguments_are_the_sql_function_s_parameters_by_name_and
     ).fetchone()
     assert names == ["p_" + field for field in SmallBatch._fields]
     binary = {f for f in SmallBatch._fields if f"%({f})b" in writer.WRITE_SMALL_BATCH_SQL}
-    assert binary == {f for f, t in zip(SmallBatch._fields, types, strict=True) if t.endswith("[]") and not t.startswith("text")}
+    assert binary == {f for f, t in zip(SmallBatch._fields, types, strict=True) if t.endswith("[]")}  # all arrays
 
 
-def test_a_small_batch_in_one_statement_stores_what_copy_stores(ring, dsn, conn, tmp_path, monkeypatch):
-    # migration 007: the same events written by each path give the same history rows and latest states
+@pytest.mark.parametrize("client_encoding", [None, "LATIN1"])
+def test_a_small_batch_in_one_statement_stores_what_copy_stores(ring, dsn, conn, tmp_path, monkeypatch,
+                                                                client_encoding):
+    # migration 007: the same events written by each path give the same history rows and latest states,
+    # whatever client encoding the DSN asks for (the small batch's texts go as binary UTF-8)
     from ingestor import writer
 
+    if client_encoding:
+        dsn += f" client_encoding={client_encoding}"
     taken = _paths_taken(monkeypatch)
     texts = ['12.5 "kg"', "back\\slash", "21.4 °C", "\t tab \n", "x" * 64, "", None]
     events = lambda base: [  # noqa: E731
@@ -202,6 +207,7 @@ def test_a_small_batch_in_one_statement_stores_what_copy_stores(ring, dsn, conn,
 
     small, general = rows("weighing_logs", "1, 2")
     assert small == general and len(small) == 8
+    assert {"val": "21.4 °C"} in [value for r in small for value in r[3:]]
     small, general = rows("scale_current_states", "1")
     assert small == general and [r[1] for r in small] == [0, 0, 0]  # each scale's greatest ts: its lowest seq here
     assert conn.execute("SELECT scale_id % 100, first_seq, last_seq FROM ingestor_claims ORDER BY scale_id"
