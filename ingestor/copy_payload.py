@@ -183,13 +183,6 @@ def _build_row(record: np.void, created_us: int, chained: tuple[int, bytes] | No
     return b"".join(out)
 
 
-def texts(records: np.ndarray, k: int) -> list[str | None]:
-    """``data_{k+1}`` of each record as text, None where NULL (for the UPSERT's parameters)."""
-    lens = records["text_len"][:, k].tolist()
-    raw = records["text"][:, k].tolist()  # S64 drops the NUL padding
-    return [None if n < 0 else b.decode() for b, n in zip(raw, lens)]
-
-
 # -- binary array parameters --------------------------------------------------
 
 INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID = 1007, 1016, 1001  # the last: bytea[] of 32-byte values
@@ -227,14 +220,15 @@ class BinaryArray:
     def texts(cls, records: np.ndarray, k: int) -> BinaryArray:
         """``data_{k+1}`` of ``records`` (RECORD_DTYPE) as a text[] parameter, NULL where ``text_len`` is -1.
 
-        For a small batch's statement: psycopg adapting five lists of str
-        looked at every element to choose a dumper, then dumped each one.
+        For the UPSERT and a small batch's statement: psycopg adapting five
+        lists of str looked at every element to choose a dumper, then dumped
+        each one.
         Texts are UTF-8 (checked at decode) and without NUL, as text requires.
         """
         lens = records["text_len"][:, k].tolist()
         raw = records["text"][:, k].tolist()  # S64 drops the NUL padding
         parts = [_NULL if n < 0 else _LENGTH.pack(n) + b for b, n in zip(raw, lens)]
-        array = cls.__new__(cls)
+        array = cls.__new__(cls)  # variable-length elements: laid out here, not by __init__'s fixed-size dtype
         array.oid = TEXT_ARRAY_OID
         array.data = _ARRAY_HEADER.pack(1, int(min(lens, default=0) < 0), _TEXT_OID, len(raw), 1) + b"".join(parts)
         return array

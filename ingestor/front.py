@@ -293,12 +293,12 @@ def _receive(sock: zmq.Socket[bytes], gather_s: float) -> list[list[bytes]]:
     """
     messages: list[list[bytes]] = []
     size = 0
-    deadline = time.monotonic() + gather_s if gather_s else 0.0
+    deadline = time.monotonic() + gather_s
     while size < MAX_BATCH_BYTES:
         try:
             message = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            left = deadline - time.monotonic() if gather_s else 0.0
+            left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(int(left * 1000)):
                 break
             continue

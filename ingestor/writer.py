@@ -98,7 +98,7 @@ SELECT u.scale_id, u.seq,
        timestamptz 'epoch' + u.measured_us * interval '1 microsecond',
        {", ".join(f"CASE WHEN u.d{k} IS NULL THEN NULL ELSE jsonb_build_object('val', u.d{k}) END" for k in range(1, 6))},
        now()
-FROM unnest(%b::int4[], %b::int8[], %b::int8[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+FROM unnest(%b::int4[], %b::int8[], %b::int8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
      AS u(scale_id, seq, measured_us, d1, d2, d3, d4, d5)
 ON CONFLICT (scale_id) DO UPDATE SET
     seq = EXCLUDED.seq, measured_at = EXCLUDED.measured_at,
@@ -162,13 +162,13 @@ def latest_per_scale(records: np.ndarray) -> np.ndarray:
     return order[last]
 
 
-def upsert_params(records: np.ndarray) -> list[BinaryArray | list[str | None]]:
+def upsert_params(records: np.ndarray) -> list[BinaryArray]:
     latest = records[latest_per_scale(records)]
     return [
         BinaryArray(latest["scale_id"], INT4_ARRAY_OID),
         BinaryArray(latest["seq"], INT8_ARRAY_OID),
         BinaryArray(latest["measured_us"], INT8_ARRAY_OID),
-        *(copy_payload.texts(latest, k) for k in range(len(DATA_FIELDS))),
+        *(BinaryArray.texts(latest, k) for k in range(len(DATA_FIELDS))),
     ]
 
 
@@ -502,8 +502,8 @@ class Writer:
         """Prepare a new connection (the pool's ``configure``), and check its server kept our commits."""
         copy_payload.register_dumpers(conn)
         set_search_path(conn, schema)
-        # A small batch's texts go as binary text[] of UTF-8 bytes, which PostgreSQL reads in the
-        # client encoding: a DSN's client_encoding (LATIN1, say) would mangle them otherwise.
+        # The texts of the UPSERT and of a small batch go as binary text[] of UTF-8 bytes, which
+        # PostgreSQL reads in the client encoding: a DSN's client_encoding (LATIN1, say) would mangle them.
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.commit()
         # A small batch is one statement: autocommit spares it BEGIN and COMMIT, two
