@@ -16,10 +16,12 @@ it before any new frame's events.
 Pacing: each wake of the front costs tens of µs of CPU before it does any
 work (the kernel's wake-up, ZeroMQ's mailbox, cold caches), more than
 decoding a single-event frame. While frames come more than twice per
-``pace_s`` (a quarter of the group-commit interval, at most 50 ms), the front
+``pace_s`` (the group-commit interval, at most 50 ms), the front
 sleeps until ``pace_s`` after its last wake and then takes everything
 queued meanwhile in one wake (at 300 single-event frames/s about one wake
-per three frames), as long as a paced wake finds two frames or more. A
+per twelve frames, and a writer's batch per wake), as long as a paced wake
+finds two frames or more. While acked messages wait for their replies it
+looks every ``ACK_POLL_MS`` at most, so pacing does not hold a reply back. A
 quiet plant's frames are taken as they come. The
 frames of a paced wake are stamped (``received_ns``) with the moment of the
 front's previous look, the earliest they can have arrived, and the writers
@@ -162,7 +164,9 @@ class Front:
             spooling = self.placement.spooling
             paced = pacing and not spooling
             if paced:
-                time.sleep(max(0.0, woke + self.pace_s - time.monotonic()))
+                # acked senders wait for their replies: while any wait, a look for commits every ACK_POLL_MS
+                pace_s = min(self.pace_s, ACK_POLL_MS / 1000) if self.replies else self.pace_s
+                time.sleep(max(0.0, woke + pace_s - time.monotonic()))
                 ready = dict(poller.poll(0))
             else:
                 ready = dict(poller.poll(SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else POLL_MS))

@@ -67,10 +67,9 @@ class CurveServerArgs(msgspec.Struct, frozen=True):
     extra_clients: tuple[bytes, ...] = ()  #: z85 public keys allowed besides the directory's (the simulator's)
 
 
-# The front's pace as a share of the group-commit interval: a frame may wait this long in ZeroMQ's
-# queue without lengthening its commit's latency bound (ingestor/front.py, "Pacing"). At most
-# FRONT_PACE_MAX_MS: a long interval must not hold a stop request, or fill the high-water mark.
-FRONT_PACE_SHARE = 0.25
+# The front's pace is the group-commit interval: a frame may wait that long in ZeroMQ's queue without
+# lengthening its commit's latency bound (ingestor/front.py, "Pacing"). At most FRONT_PACE_MAX_MS: a long
+# interval must not hold a stop request, or fill the high-water mark.
 FRONT_PACE_MAX_MS = 50.0
 
 
@@ -89,8 +88,7 @@ class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: DeadLetterArgs
     curve: CurveServerArgs | None = None
     #: ms; while frames come more than twice as often, the front looks at its sockets at most this often
-    #: (:data:`FRONT_PACE_SHARE` of ``batch_timeout_ms``, at most :data:`FRONT_PACE_MAX_MS`:
-    #: ingestor/front.py "Pacing"); 0: on every frame
+    #: (``batch_timeout_ms``, at most :data:`FRONT_PACE_MAX_MS`: ingestor/front.py "Pacing"); 0: on every frame
     pace_ms: float = 0.0
 
     @classmethod
@@ -99,7 +97,7 @@ class FrontArgs(msgspec.Struct, frozen=True, kw_only=True):
             shared=shared, bind=config.bind, ack_bind=config.ack_endpoint(), max_frame_bytes=config.max_frame_bytes,
             spool_dir=str(config.resolved_spool_dir()), spool_max_bytes=config.spool_max_bytes,
             dead_letters=DeadLetterArgs.from_config(config), curve=curve,
-            pace_ms=min(config.batch_timeout_ms * FRONT_PACE_SHARE, FRONT_PACE_MAX_MS),
+            pace_ms=min(float(config.batch_timeout_ms), FRONT_PACE_MAX_MS),
         )
 
 

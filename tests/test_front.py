@@ -84,17 +84,19 @@ def ring_and_shared() -> Iterator[tuple[Ring, SharedBlocks]]:
         block.close()
 
 
-def _send_spaced(bind: str, frames: int, spacing_s: float) -> list[int]:
-    """``frames`` single-event frames, one per ``spacing_s``; the wall clock (ns) just before each is sent."""
+def _send_spaced(bind: str, frames: int, spacing_s: float, acked: bool = False) -> list[int]:
+    """``frames`` single-event frames, one per ``spacing_s`` (``acked``: as acked messages from a DEALER); the
+    wall clock (ns) just before each is sent."""
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    push = ctx.socket(zmq.DEALER if acked else zmq.PUSH)
     push.connect(bind)
     time.sleep(0.3)  # connected before the first frame, so none waits in the sender's queue
     sent = []
     try:
         for seq in range(frames):
             sent.append(time.time_ns())
-            push.send(msgspec.msgpack.encode({"scale_id": 1, "seq": seq, "ts": sent[-1] // 10**6}))
+            frame = msgspec.msgpack.encode({"scale_id": 1, "seq": seq, "ts": sent[-1] // 10**6})
+            push.send_multipart([b"t%d" % seq, frame] if acked else [frame])
             time.sleep(spacing_s)
         time.sleep(0.3)
     finally:
@@ -137,3 +139,18 @@ def test_frames_faster_than_the_pace_are_taken_in_few_wakes_each_stamped_no_late
     else:
         assert wakes == frames
         assert (stamps >= np.array(sent)).all()  # a frame of a quiet plant is stamped when it comes
+
+
+def test_while_replies_wait_a_paced_front_looks_every_ack_poll_not_once_per_pace(ring_and_shared, tmp_path):
+    """The module doc's "Pacing": acked senders wait for their replies, so while replies wait (here: never
+    committed) a busy front looks for commits every ACK_POLL_MS (10 ms), however long its pace (50 ms)."""
+    ring, shared = ring_and_shared
+    args = msgspec.structs.replace(front_args(shared, tmp_path, free_endpoint(), free_endpoint()), pace_ms=50.0)
+    sent: list[int] = []
+    _run_front_while(args, lambda: sent.extend(_send_spaced(args.ack_bind, 150, 0.002, acked=True)))
+    lane = ring.lanes[0]
+    records = lane.peek(lane.used())
+    assert list(records["seq"]) == list(range(150))
+    looks = len(set(records["received_ns"].tolist()))
+    # ~300-450 ms of frames: 30-45 looks 10 ms apart; paced at 50 ms it would be 6-9
+    assert looks >= (sent[-1] - sent[0]) / 25e6, looks
