@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import SpoolError
 from .failpoints import failpoint
-from .ring import Ring
+from .ring import Ring, whole
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class Placement:
         lane_of = records["scale_id"] % lanes
         order = np.argsort(lane_of, kind="stable")  # stable: a scale's events keep their order
         bounds = np.searchsorted(lane_of[order], np.arange(lanes + 1))
-        return [records[order[bounds[i] : bounds[i + 1]]] for i in range(lanes)]
+        items = whole(records)
+        return [items[order[bounds[i] : bounds[i + 1]]].view(records.dtype) for i in range(lanes)]
 
     def _spool(self, records: np.ndarray) -> bool:
         """Append ``records`` to the spool; False when its disk failed (logged once per episode).

@@ -255,7 +255,10 @@ class RecordBuilder:
         """Return the collected events as a ``RECORD_DTYPE`` array of ``len(self)`` records, in arrival order."""
         self._flush()
         chunks = self._chunks
-        out = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, RECORD_DTYPE)
+        if len(chunks) > 1:  # whole records: numpy concatenates a structured dtype field by field (ring.whole)
+            out = np.concatenate([c.view(_WHOLE_RECORD) for c in chunks]).view(RECORD_DTYPE)
+        else:
+            out = chunks[0] if chunks else np.zeros(0, RECORD_DTYPE)
         out["received_ns"] = received_ns
         out["tag"] = tag
         return out
@@ -267,6 +270,7 @@ class RecordBuilder:
         return out
 
 
+_WHOLE_RECORD = np.dtype((np.void, RECORD_DTYPE.itemsize))
 _TS, _SCALE_ID, _SEQ = operator.attrgetter("ts"), operator.attrgetter("scale_id"), operator.attrgetter("seq")
 _DATA_GETTERS = tuple(operator.attrgetter(name) for name in DATA_FIELDS)
 _NONE = type(None)

@@ -194,6 +194,18 @@ def _slots_offset(lanes: int, dtype: np.dtype) -> int:
     return (end + align - 1) // align * align
 
 
+def whole(items: np.ndarray) -> np.ndarray:
+    """``items`` (1-d, a structured dtype) as opaque items of the same size, over the same memory.
+
+    numpy copies a structured dtype field by field: selecting, concatenating
+    or assigning whole records through this view takes a third to a quarter of
+    the time (2,500 records of 368 bytes, numpy 2: 70 µs against 195
+    selected by index, 44 against 172 assigned; bench/README.md "The cost of
+    a quiet plant"). ``copy.view(items.dtype)`` makes records of a copy again.
+    """
+    return items.view(np.dtype((np.void, items.dtype.itemsize)))
+
+
 class Lane:
     """One SPSC lane: the front calls ``put``; lane ``i``'s writer calls ``peek``/``release``."""
 
@@ -223,15 +235,18 @@ class Lane:
 
     def put(self, records: np.ndarray) -> int:
         """Publish as many of ``records`` as fit now; return how many (0 when full)."""
+        if records.dtype != self._slots.dtype:  # whole() below would copy any bytes of that size
+            raise RingError(f"records of dtype {records.dtype} put into lane {self.index} of {self._slots.dtype}")
         head = int(self._pos[0])
         n = min(len(records), self.capacity - (head - int(self._pos[8])))
         if n <= 0:
             return 0
         start = head % self.capacity
         first = min(n, self.capacity - start)
-        self._slots[start : start + first] = records[:first]
+        items = whole(records)
+        whole(self._slots[start : start + first])[:] = items[:first]
         if n > first:  # wrap around
-            self._slots[: n - first] = records[first:n]
+            whole(self._slots[: n - first])[:] = items[first:n]
         self._pos[0] = head + n  # publish only after the content is written
         if head < int(self._pos[_WANT]) <= head + n:  # the consumer waits for this many: wake it once
             self._data.release()
@@ -305,9 +320,10 @@ class Lane:
         n = min(n, self.used())
         start = self.tail % self.capacity
         first = min(n, self.capacity - start)
+        slots = whole(self._slots)
         if first == n:
-            return np.array(self._slots[start : start + n])
-        return np.concatenate((self._slots[start:], self._slots[: n - first]))
+            return slots[start : start + n].copy().view(self._slots.dtype)
+        return np.concatenate((slots[start:], slots[: n - first])).view(self._slots.dtype)
 
     def release(self, n: int) -> None:
         """Free the ``n`` oldest records: call only after they are committed."""

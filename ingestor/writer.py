@@ -75,7 +75,7 @@ from .copy_payload import INT4_ARRAY_OID, INT8_ARRAY_OID, LINK_ARRAY_OID, Binary
 from .deadletter import DeadLetterWriter
 from .failpoints import failpoint
 from .protocol import DATA_FIELDS, EPOCH, Rejected
-from .ring import Lane, Ring
+from .ring import Lane, Ring, whole
 from .roles import WriterArgs
 from .schema import one, set_search_path
 from .stats import BATCH_MS_BOUNDS, BATCH_SIZE_BOUNDS, Counters, bucket_of, latency_buckets
@@ -163,7 +163,7 @@ def latest_per_scale(records: np.ndarray) -> np.ndarray:
 
 
 def upsert_params(records: np.ndarray) -> list[BinaryArray]:
-    latest = records[latest_per_scale(records)]
+    latest = whole(records)[latest_per_scale(records)].view(records.dtype)
     return [
         BinaryArray(latest["scale_id"], INT4_ARRAY_OID),
         BinaryArray(latest["seq"], INT8_ARRAY_OID),
@@ -346,7 +346,7 @@ class Writer:
         with conn.transaction(), conn.cursor() as cur:
             # with the chain on, the claims' heads are written with the chain's below, in one UPDATE
             fresh = self.claims.claim(cur, records["scale_id"], records["seq"], write_heads=self.chains is None)
-            new = records[fresh]
+            new = whole(records)[fresh].view(records.dtype)
             chained = None
             if self.chains is not None:
                 chained = self.chains.link(new, created_us, locked_heads(self.claims.chain_heads,

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from ingestor.errors import RingError
 from ingestor.protocol import RECORD_DTYPE
 from ingestor.ring import Ring
 
@@ -36,6 +37,29 @@ def test_ring_wraps_around_keeping_order(ring):
         lane.release(5)
     assert seen == list(range(100))
     assert lane.head == lane.tail == 100
+
+
+def test_every_byte_of_a_record_crosses_the_lane_whole_across_wrap_arounds(ring):
+    """put and peek copy whole records (ring.whole): random bytes, padding included, come out as they went in,
+    in chunks of every size from 1 to the lane's capacity, across the wrap-around."""
+    rng = np.random.default_rng(31)
+    lane = ring.lanes[1]
+    sent = rng.integers(0, 256, 300 * RECORD_DTYPE.itemsize, np.uint8).view(RECORD_DTYPE)
+    got, at = [], 0
+    while at < len(sent):
+        n = int(rng.integers(1, lane.capacity + 1))
+        assert lane.put(sent[at : at + n]) == min(n, len(sent) - at)
+        got.append(lane.peek(n))
+        lane.release(len(got[-1]))
+        at += n
+    assert b"".join(g.tobytes() for g in got) == sent.tobytes()  # np.concatenate would drop the padding
+
+
+def test_records_of_another_dtype_are_refused_naming_both(ring):
+    other = np.zeros(3, [("scale_id", "<i4"), ("pad", "V364")])  # the same size, other fields
+    with pytest.raises(RingError, match=r"records of dtype .* put into lane 0 of "):
+        ring.lanes[0].put(other)
+    assert ring.lanes[0].used() == 0
 
 
 def test_full_lane_refuses_more_and_keeps_what_it_holds(ring):
