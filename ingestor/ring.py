@@ -21,7 +21,8 @@ every platform (edge boxes are often ARM), so records are written before a
 woken consumer reads ``head``; a consumer killed in the middle cannot leave a
 semaphore held. Between storing ``want`` and reading ``head`` neither side
 has a store-load barrier, so a wakeup can be missed: the consumer's timed
-wait (WAIT_SLICE_S at most) bounds what that costs. ``space`` is posted on
+wait bounds what that costs (WAIT_SLICE_S while it holds records,
+IDLE_WAIT_S for an empty lane's first record). ``space`` is posted on
 every release.
 
 Block layout (one ``multiprocessing.shared_memory`` block, little-endian)::
@@ -61,6 +62,11 @@ _WANT = 9  # word index of a lane's want, beside tail (word 8)
 # How long one wait on a semaphore lasts before the caller re-checks its stop
 # condition: short enough for a prompt shutdown, long enough to cost nothing.
 WAIT_SLICE_S = 0.1
+# How long a consumer of an empty lane sleeps between looks. Setting the ring's draining flag
+# wakes it at once (Ring.draining), so this bounds only noticing a dead parent and what a missed
+# wakeup costs an idle lane's first record (the module doc). Each look of an idle writer costs
+# ~0.2 ms of CPU on the 2-core VM (bench/README.md "The second session on the quiet plant").
+IDLE_WAIT_S = 1.0
 
 
 class RingSpec(msgspec.Struct, frozen=True):
@@ -290,7 +296,8 @@ class Lane:
         The producer wakes us only when the lane reaches the count we wait for
         (``want``), not on every put. Without a store-load barrier between
         ``want`` and ``head`` a wakeup can be missed (ring module doc): it then
-        costs at most WAIT_SLICE_S, or the rest of ``interval_s``.
+        costs at most WAIT_SLICE_S, or the rest of ``interval_s``; IDLE_WAIT_S
+        when the lane was empty.
         """
         deadline = None  # monotonic, once a record is held (the tail does not move while we wait)
         while True:
@@ -310,10 +317,10 @@ class Lane:
                 if left <= 0:
                     return n
             else:
-                left = WAIT_SLICE_S
+                left = IDLE_WAIT_S
             self._pos[_WANT] = self.tail + (max_records if n else 1)
             if self.used() == n:  # nothing arrived between the look and the store
-                self._data.acquire(timeout=min(left, WAIT_SLICE_S))
+                self._data.acquire(timeout=min(left, WAIT_SLICE_S) if n else left)
 
     def peek(self, n: int) -> np.ndarray:
         """Copy of the ``n`` oldest held records (they stay in the lane until :meth:`release`)."""

@@ -157,6 +157,26 @@ def _producer(handles, n):
     ring.close()
 
 
+def test_an_idle_consumer_looks_about_once_a_second_and_the_draining_flag_wakes_it_at_once(ring):
+    """ring.IDLE_WAIT_S: the consumer of an empty lane sleeps a second between looks (each look of an idle writer
+    costs CPU), and setting the ring's draining flag ends its wait at once, not at the next look."""
+    lane = ring.lanes[0]
+    looks: list[float] = []
+
+    def keep_waiting() -> bool:
+        looks.append(time.monotonic())
+        return not ring.draining
+
+    timer = threading.Timer(2.5, lambda: setattr(ring, "draining", True))
+    started = time.monotonic()
+    timer.start()
+    assert lane.wait_batch(4, 0.05, keep_waiting) == 0
+    took = time.monotonic() - started
+    timer.join()
+    assert 2.5 <= took < 2.9, took  # woken by the flag, not at the look due at 3 s
+    assert len(looks) <= 5, len(looks)  # 2.5 s of looks a second apart (0.1 s apart would be 26)
+
+
 def test_records_cross_processes_in_order_through_a_small_lane(ring):
     n = 500  # far more than the 8 slots: the producer waits for space
     p = multiprocessing.get_context("spawn").Process(target=_producer, args=(ring.handles, n))
