@@ -135,17 +135,41 @@ def setup_logging(level: str, instance: str | None = None) -> None:
 
 
 class StopFlag:
-    """Set by SIGTERM, or when the supervisor (our parent) has died."""
+    """Set by SIGTERM, or when the supervisor (our parent) has died.
+
+    ``wakeup_fd`` turns readable when a signal comes (``signal.set_wakeup_fd``,
+    installed by :func:`main`): a role asleep in ``poll()`` registers it and
+    wakes at once, whichever of its threads the signal interrupted (Python
+    runs the handler in the main thread only when that thread next runs).
+    Read it empty with :func:`drain_wakeup`.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.parent = os.getppid()
+        self.wakeup_fd, self._wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_fd, False)
+        os.set_blocking(self._wakeup_w, False)  # a handler must never block on a full pipe
+
+    def install(self) -> None:
+        """Handle SIGTERM and make signals write to the wakeup pipe (the main thread only)."""
+        signal.signal(signal.SIGTERM, self.handle)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
 
     def __call__(self) -> bool:
         return self.requested or os.getppid() != self.parent
 
     def handle(self, signum: int, frame: object) -> None:
         self.requested = True
+
+
+def drain_wakeup(fd: int) -> None:
+    """Read a wakeup pipe (:attr:`StopFlag.wakeup_fd`) empty, so the next ``poll()`` sleeps again."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
@@ -158,7 +182,7 @@ def main(args: ChildArgs, log_level: str, instance: str | None = None) -> None:
     setup_logging(log_level, instance)
     stop = StopFlag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, stop.handle)
+    stop.install()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     log = logging.getLogger("ingestor.child")
     try:

@@ -45,6 +45,7 @@ import numpy as np
 import zmq
 
 from .acks import MAX_AWAITING, AckTable, Replies
+from .child import StopFlag, drain_wakeup
 from .deadletter import DeadLetterWriter
 from .errors import BootError, ConfigError, SpoolError
 from .failpoints import failpoint
@@ -62,7 +63,10 @@ log = logging.getLogger(__name__)
 # per-batch costs (numpy array, ring publish) vanish, small enough that the
 # records of one batch fit comfortably in a lane.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-POLL_MS = 100  # how often an idle front looks at its stop flag
+POLL_MS = 100  # how often an idle front looks at its stop flag when no signal wakes it (a front in a thread)
+# The same with the wakeup pipe of its process's signals: a SIGTERM wakes it at once, so this bounds only noticing a
+# dead parent. Each idle look costs ~0.1-0.2 ms of CPU on the 2-core VM (bench/README.md, "The second session").
+IDLE_POLL_MS = 1000
 SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block
 ACK_POLL_MS = 10  # while acked messages wait, how often the front looks for their commits
@@ -92,6 +96,7 @@ class Front:
         acks: AckTable | None = None,
         curve: CurveServer | None = None,
         pace_s: float = 0.0,
+        wakeup_fd: int | None = None,
     ) -> None:
         self.placement = placement
         self.curve = curve
@@ -103,6 +108,8 @@ class Front:
         self.dead_letters = dead_letters
         self.stopping = stopping
         self.pace_s = pace_s
+        # readable when a signal comes (child.StopFlag): then an idle front can sleep IDLE_POLL_MS, not POLL_MS
+        self.wakeup_fd = wakeup_fd
 
     @property
     def acked_replies(self) -> Replies:
@@ -152,6 +159,10 @@ class Front:
         """Wait for frames, take them, place their records, until ``stopping()`` (the module doc, "Pacing")."""
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        idle_ms = POLL_MS
+        if self.wakeup_fd is not None:
+            poller.register(self.wakeup_fd, zmq.POLLIN)
+            idle_ms = IDLE_POLL_MS
         pacing = False
         woke = time.monotonic()
         looked_ns = time.time_ns()  # the last look at the sockets: frames left after it came later
@@ -169,7 +180,9 @@ class Front:
                 time.sleep(max(0.0, woke + pace_s - time.monotonic()))
                 ready = dict(poller.poll(0))
             else:
-                ready = dict(poller.poll(SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else POLL_MS))
+                ready = dict(poller.poll(SPOOL_POLL_MS if spooling else ACK_POLL_MS if self.replies else idle_ms))
+            if self.wakeup_fd is not None and self.wakeup_fd in ready:
+                drain_wakeup(self.wakeup_fd)
             previous, woke, woke_ns = woke, time.monotonic(), time.time_ns()
             # a paced wake's frames queued since the last look: stamped with it, the earliest they can have come
             received_ns, looked_ns = (looked_ns if paced else woke_ns), woke_ns
@@ -340,5 +353,6 @@ def _serve(args: FrontArgs, ring: Ring, counters: Counters, acks: AckTable, stop
         placement=placement, counters=front_counts, bind=args.bind, max_frame_bytes=args.max_frame_bytes,
         dead_letters=DeadLetterWriter(args.dead_letters.directory, "front", args.dead_letters.max_bytes),
         stopping=stop, ack_bind=args.ack_bind, acks=acks, curve=curve, pace_s=args.pace_ms / 1000,
+        wakeup_fd=stop.wakeup_fd if isinstance(stop, StopFlag) else None,
     )
     front.run()  # a ZeroMQ error once bound propagates: child.main exits 1 and the supervisor restarts the front

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import msgspec
 import pytest
+import zmq
 
 from ingestor import child
 from ingestor.child import EXIT_BOOT_ERROR, RESTART_BACKOFF, STABLE_AFTER_S, Child, exit_description
@@ -33,6 +34,13 @@ def act(args: Role, stop) -> None:
         raise BootError("no port for the test role")
     if args.mode == "crash":
         raise RuntimeError("the test role crashed")
+    if args.mode == "poll":  # asleep in poll() for 30 s at a time, woken by the stop flag's wakeup pipe
+        poller = zmq.Poller()
+        poller.register(stop.wakeup_fd, zmq.POLLIN)
+        while not stop():
+            if poller.poll(30_000):
+                child.drain_wakeup(stop.wakeup_fd)
+        return
     while not stop():  # "run": until SIGTERM (or its parent dies)
         time.sleep(0.01)
 
@@ -69,6 +77,16 @@ def test_sigterm_sets_the_stop_flag_and_the_child_exits_0(started):
     c.terminate()
     assert ended(c) == (0, pid)
     assert not c.alive() and c.pid == 0 and c.sentinel is None and c.process is None
+
+
+def test_sigterm_wakes_a_child_asleep_in_poll_through_the_stop_flag_s_wakeup_pipe(started):
+    """child.StopFlag: a role asleep in a 30 s poll() on the flag's wakeup_fd ends at once on SIGTERM (the front
+    sleeps a second between idle looks on it: IDLE_POLL_MS)."""
+    c = started("poll")
+    time.sleep(1.0)  # started, handlers in, asleep in poll()
+    pid = c.pid
+    c.terminate()
+    assert ended(c, timeout_s=5.0) == (0, pid)
 
 
 def test_a_sigterm_right_after_start_waits_for_the_handler_instead_of_killing_the_child(started):

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from ingestor.acks import AckTable
+from ingestor.child import Child
 from ingestor.errors import BootError
 from ingestor.front import run_front
 from ingestor.protocol import RECORD_DTYPE
@@ -154,3 +155,25 @@ def test_while_replies_wait_a_paced_front_looks_every_ack_poll_not_once_per_pace
     looks = len(set(records["received_ns"].tolist()))
     # ~300-450 ms of frames: 30-45 looks 10 ms apart; paced at 50 ms it would be 6-9
     assert looks >= (sent[-1] - sent[0]) / 25e6, looks
+
+
+def test_an_idle_front_process_stops_at_once_on_sigterm_though_it_looks_once_a_second(ring_and_shared, tmp_path):
+    """front.IDLE_POLL_MS: a front process with nothing to take sleeps a second between looks, and its stop flag's
+    wakeup pipe (child.StopFlag) ends that sleep on SIGTERM; four stops, each within half a second."""
+    _, shared = ring_and_shared
+    took = []
+    for _ in range(4):
+        front = Child(front_args(shared, tmp_path, free_endpoint(), None))
+        front.start(multiprocessing.get_context("spawn"), "warning", "test")
+        try:
+            time.sleep(1.3)  # bound, listening, asleep in an idle look
+            started = time.monotonic()
+            front.terminate()
+            while front.reap() is None:
+                assert time.monotonic() - started < 10, "the front did not stop"
+                time.sleep(0.01)
+            took.append(time.monotonic() - started)
+        finally:
+            front.kill()
+            front.join(5)
+    assert max(took) < 0.5, took
