@@ -3,6 +3,7 @@
 
     python bench/frame_cost.py --seconds 30 --full-events 60000 [--rates 30 300 3000] [--rounds 1]
     python bench/frame_cost.py --profile --seconds 20      # and where each µs goes (py-spy)
+    python bench/frame_cost.py --idle 30 --rates --full-events 0   # an idle service alone
 
 On one throwaway PostgreSQL (default durability), per round and rate: the
 service with its defaults, a separate sender (bench/loadgen.py) of
@@ -10,7 +11,9 @@ single-event frames at the rate for --seconds, then --full-events as fast as
 the service takes them. Prints, per process (front, writers, supervisor,
 PostgreSQL), CPU µs per event, the service's share of one core, p50/p99
 receive-to-commit and the average batch; writes
-``bench/results/frame-cost-<date>.json`` and ``.md``.
+``bench/results/frame-cost-<date>.json`` and ``.md``. With --idle, first the
+service with no sender for that many seconds: each process's CPU in ms per
+second (what a plant costs when it sends nothing).
 
 With --profile, each rate runs once more under py-spy (``pip install
 py-spy``; ptrace: root or ``kernel.yama.ptrace_scope=0``), the front and
@@ -103,6 +106,26 @@ def measure(server, workdir: Path, name: str, rate: float, seconds: float, event
     return r
 
 
+def idle(server, workdir: Path, name: str, seconds: float) -> dict[str, float]:
+    """The service's processes' CPU in ms per second over ``seconds`` with no sender, nor stats asked for."""
+    proc, _, stats_ep = start_service(fresh_db(server, name), workdir)
+    try:
+        writers = [w["pid"] for w in stats.query(stats_ep)["writers"]]
+        procs = {"supervisor": psutil.Process(proc.pid)}
+        for c in psutil.Process(proc.pid).children():
+            if "resource_tracker" not in " ".join(c.cmdline()):
+                procs[f"writer-{writers.index(c.pid)}" if c.pid in writers else "front"] = c
+        time.sleep(3)  # past the start's work
+        before = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        time.sleep(seconds)
+        figures = {n: round((sum(p.cpu_times()[:2]) - before[n]) / seconds * 1000, 2) for n, p in procs.items()}
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    figures["service"] = round(sum(figures.values()), 2)
+    return figures
+
+
 def profiled(server, workdir: Path, rate: float, seconds: float, out: Path) -> dict:
     """One more run at ``rate`` with py-spy on the front and writer 0: µs per event by step, per process."""
     dsn = fresh_db(server, f"prof_{int(rate)}")
@@ -133,7 +156,8 @@ def profiled(server, workdir: Path, rate: float, seconds: float, out: Path) -> d
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--rates", type=float, nargs="+", default=[30, 300, 3000])
+    p.add_argument("--rates", type=float, nargs="*", default=[30, 300, 3000])
+    p.add_argument("--idle", type=float, default=0.0, metavar="SECONDS", help="first an idle service this long")
     p.add_argument("--full-events", type=int, default=60_000, help="single-event frames at full speed; 0: skip")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="py-spy breakdown instead of the totals")
@@ -149,6 +173,9 @@ def main() -> int:
             a.out.mkdir(parents=True, exist_ok=True)
             results["profile"] = {str(int(r)): profiled(server, workdir, r, a.seconds, a.out) for r in a.rates}
             return save_results(a.out, stem + "-profile", results, profile_table(results)) or 0
+        for i in range(a.rounds if a.idle else 0):
+            results.setdefault("idle", []).append(idle(server, workdir, f"fc_idle_{i}", a.idle))
+            print(f"round {i + 1}, idle: ms of CPU per second {results['idle'][-1]}", flush=True)
         for i in range(a.rounds):
             for rate in a.rates + ([0] if a.full_events else []):
                 r = measure(server, workdir, f"fc_{i}_{int(rate)}", rate, a.seconds, a.full_events)
@@ -164,10 +191,11 @@ def main() -> int:
 
 
 def totals_table(results: dict) -> list[str]:
-    lines = [f"{results['machine']}; {results['date']}; single-event frames, defaults (2 writers, alibi on)", "",
-             "| round | rate | events/s | service % of a core | µs per event: service | front | writer-0 | writer-1 "
-             "| supervisor | PostgreSQL | p50 / p99 ms | average batch |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [f"{results['machine']}; {results['date']}; single-event frames, defaults (2 writers, alibi on)", ""]
+    if results["runs"]:
+        lines += ["| round | rate | events/s | service % of a core | µs per event: service | front | writer-0 "
+                  "| writer-1 | supervisor | PostgreSQL | p50 / p99 ms | average batch |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in results["runs"]:
         u = r["us_per_event"]
         rate = f"{r['rate']:g}/s" if r["rate"] else "full speed"
@@ -175,6 +203,9 @@ def totals_table(results: dict) -> list[str]:
                      f"| {r['service_core_pct']} | {u['service']} | {u.get('front', 0)} | {u.get('writer-0', 0)} "
                      f"| {u.get('writer-1', 0)} | {u.get('supervisor', 0)} | {u.get('postgres', 0)} "
                      f"| {r['p50_ms']} / {r['p99_ms']} | {r['average_batch_size']} |")
+    for i, figures in enumerate(results.get("idle", []), 1):
+        lines.append(f"Round {i}, idle (no sender), ms of CPU per second: "
+                     + ", ".join(f"{n} {v}" for n, v in figures.items()))
     return lines
 
 
