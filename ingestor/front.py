@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 # records of one batch fit comfortably in a lane.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 POLL_MS = 100  # how often an idle front looks at its stop flag when no signal wakes it (a front in a thread)
-# The same with the wakeup pipe of its process's signals: a SIGTERM wakes it at once, so this bounds only noticing a
-# dead parent. Each idle look costs ~0.1-0.2 ms of CPU on the 2-core VM (bench/README.md, "The second session").
+# The same with the wakeup pipe of its process's signals: a SIGTERM wakes it at once, so this bounds only noticing
+# a dead parent. Each idle look costs ~0.1-0.2 ms of CPU on the 2-core VM (bench/README.md, "The second session
+# on the quiet plant").
 IDLE_POLL_MS = 1000
 SPOOL_POLL_MS = 10  # while the spool holds events, how often the front tries to move them to the ring
 SPOOL_GATHER_S = 0.05  # while spooling, how long the front gathers frames into one spool block

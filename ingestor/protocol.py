@@ -23,6 +23,8 @@ from typing import Annotated, NamedTuple, TypeAlias, TypeVar, cast
 import msgspec
 import numpy as np
 
+from .ring import whole
+
 MAX_EVENTS_PER_FRAME = 1000  # docs/PROTOCOL.md §2
 MAX_TEXT_BYTES = 64  # docs/PROTOCOL.md §3: a data string is at most 64 bytes of UTF-8
 FUTURE_TOLERANCE_US = 24 * 3600 * 1_000_000  # docs/PROTOCOL.md §3: ts at most 24 h ahead
@@ -255,8 +257,8 @@ class RecordBuilder:
         """Return the collected events as a ``RECORD_DTYPE`` array of ``len(self)`` records, in arrival order."""
         self._flush()
         chunks = self._chunks
-        if len(chunks) > 1:  # whole records: numpy concatenates a structured dtype field by field (ring.whole)
-            out = np.concatenate([c.view(_WHOLE_RECORD) for c in chunks]).view(RECORD_DTYPE)
+        if len(chunks) > 1:  # whole records: numpy concatenates a structured dtype field by field
+            out = np.concatenate([whole(c) for c in chunks]).view(RECORD_DTYPE)
         else:
             out = chunks[0] if chunks else np.zeros(0, RECORD_DTYPE)
         out["received_ns"] = received_ns
@@ -270,7 +272,6 @@ class RecordBuilder:
         return out
 
 
-_WHOLE_RECORD = np.dtype((np.void, RECORD_DTYPE.itemsize))
 _TS, _SCALE_ID, _SEQ = operator.attrgetter("ts"), operator.attrgetter("scale_id"), operator.attrgetter("seq")
 _DATA_GETTERS = tuple(operator.attrgetter(name) for name in DATA_FIELDS)
 _NONE = type(None)

@@ -206,8 +206,8 @@ def whole(items: np.ndarray) -> np.ndarray:
     numpy copies a structured dtype field by field: selecting, concatenating
     or assigning whole records through this view takes a third to a quarter of
     the time (2,500 records of 368 bytes, numpy 2: 70 µs against 195
-    selected by index, 44 against 172 assigned; bench/README.md "The cost of
-    a quiet plant"). ``copy.view(items.dtype)`` makes records of a copy again.
+    selected by index, 44 against 172 assigned; bench/README.md "The second
+    session on the quiet plant"). ``copy.view(items.dtype)`` makes records of a copy again.
     """
     return items.view(np.dtype((np.void, items.dtype.itemsize)))
 
